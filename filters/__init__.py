@@ -1,0 +1,3 @@
+"""Built-in filters (verification, dedup, scoring, thresholds); importing registers them."""
+
+from filters import dedup, quality, verify  # noqa: F401

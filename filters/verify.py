@@ -1,0 +1,248 @@
+"""Executor verification: run the program each record carries and put a verdict on the record."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from synthflow.errors import UserError
+from synthflow.filtering import Filter
+from synthflow.record import Record, Reject, StageResult
+from synthflow.registry import get, register
+from synthflow.sandbox import Job, Verdict
+from synthflow.sandbox.subprocess_exec import SubprocessExecutor
+
+
+class VerifyParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: str = "math_pot"
+    executor: str = Field(
+        "sandbox", description="sandbox (fork server) or subprocess (one python per program)"
+    )
+    sandbox_mode: str = Field("auto", description="auto, bwrap, unshare or fallback")
+    timeout_s: float = Field(5.0, gt=0)
+    workers: int | None = Field(None, gt=0)
+    mem_mb: int = Field(1024, gt=16)
+    rel_tol: float = Field(1e-6, ge=0)
+    percent_equals_fraction: bool = Field(True, description="math_pot: does '50%' also equal 0.5?")
+    require_all_tests: bool = Field(True, description="python_tests: every test must pass")
+
+
+@dataclass
+class Check:
+    ok: bool
+    reason: str
+    verdict: dict[str, Any]
+
+
+def verdict_columns(kind: str, v: Verdict, **details: Any) -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "status": v.status,
+        "mode": v.mode,
+        "exc_type": v.exc_type,
+        "message": v.message,
+        "duration_s": round(v.duration_s, 6),
+        "details": json.dumps({"value": v.value_repr, "stdout": v.stdout[:500], **details}, default=str),
+    }
+
+
+@register("verifier", "math_pot")
+def verify_math_pot(records: Sequence[Record], executor: Any, p: VerifyParams) -> list[Check]:
+    """Program of thought: run ``solution()`` and compare with the stated answer using math-verify.
+    With self-consistency samples (``fields['sc_programs']``) every program runs; the majority value
+    must match too, and the agreement rate goes into ``sc_agreement``."""
+    from synthflow.mathcheck import canonical, equivalent
+
+    jobs, owners = [], []
+    for i, r in enumerate(records):
+        for prog in [r.fields["program"], *(r.fields.get("sc_programs") or [])]:
+            jobs.append(Job(code=prog, call="solution()", timeout_s=p.timeout_s))
+            owners.append(i)
+    verdicts = executor.run(jobs)
+    per: dict[int, list[Verdict]] = {}
+    for i, v in zip(owners, verdicts, strict=True):
+        per.setdefault(i, []).append(v)
+    out = []
+    for i, r in enumerate(records):
+        vs = per[i]
+        main = vs[0]
+        if main.status != "pass":
+            out.append(
+                Check(
+                    False,
+                    f"verify:{main.status}" + (f":{main.exc_type}" if main.exc_type else ""),
+                    verdict_columns("math_pot", main),
+                )
+            )
+            continue
+        stated = r.fields.get("answer")
+        ok = equivalent(
+            stated, main.value if main.value is not None else main.value_repr, p.percent_equals_fraction
+        )
+        details: dict[str, Any] = {"stated": stated}
+        reason = "" if ok else "verify:answer_mismatch"
+        if len(vs) > 1:
+            values = [canonical(v.value) for v in vs if v.status == "pass" and v.value is not None]
+            if values:
+                top, count = Counter(values).most_common(1)[0]
+                r.fields["sc_agreement"] = round(count / len(vs), 4)
+                r.fields["sc_majority"] = top
+                details.update(sc_majority=top, sc_agreement=r.fields["sc_agreement"], sc_samples=len(vs))
+                if ok and not equivalent(stated, top, p.percent_equals_fraction):
+                    ok, reason = False, "verify:self_consistency_disagrees"
+            else:
+                r.fields["sc_agreement"] = 0.0
+        vc = verdict_columns("math_pot", main, **details)
+        if not ok:
+            vc["status"] = "fail"
+            vc["message"] = f"program returned {main.value_repr[:80]}, answer says {stated!r}"
+        out.append(Check(ok, reason, vc))
+    return out
+
+
+@register("verifier", "python_tests")
+def verify_python_tests(records: Sequence[Record], executor: Any, p: VerifyParams) -> list[Check]:
+    """Code plus tests (asserts, or HumanEval's ``check(candidate)`` with ``entry_point``)."""
+    jobs = [
+        Job(code=r.fields["code"] if "code" in r.fields else r.fields["solution"], tests=r.fields["tests"],
+            entry_point=r.fields.get("entry_point"), timeout_s=p.timeout_s)
+        for r in records
+    ]  # fmt: skip
+    out = []
+    for v in executor.run(jobs):
+        ok = v.status == "pass"
+        out.append(
+            Check(
+                ok,
+                "" if ok else f"verify:{v.status}" + (f":{v.exc_type}" if v.exc_type else ""),
+                verdict_columns("python_tests", v),
+            )
+        )
+    return out
+
+
+def codet_select(matrix: list[list[bool]]) -> tuple[list[int], list[int], int]:
+    """CodeT dual execution agreement. Candidates that pass exactly the same tests form a consensus
+    set; its score is (#candidates) x (#tests they pass). Returns (candidates, tests, score) of the
+    best set; ties go to more tests passed, then to the earliest candidate."""
+    groups: dict[tuple[bool, ...], list[int]] = {}
+    for c, row in enumerate(matrix):
+        groups.setdefault(tuple(row), []).append(c)
+    best: tuple[int, int, int] | None = None
+    best_key: tuple[bool, ...] = ()
+    for key, cands in groups.items():
+        rank = (len(cands) * sum(key), sum(key), -cands[0])
+        if best is None or rank > best:
+            best, best_key = rank, key
+    assert best is not None
+    tests = [t for t, ok in enumerate(best_key) if ok]
+    return groups[best_key], tests, best[0]
+
+
+@register("verifier", "codet")
+def verify_codet(records: Sequence[Record], executor: Any, p: VerifyParams) -> list[Check]:
+    """CodeT: run every candidate solution against every generated test, keep the solution of the
+    largest-scoring consensus set and the tests it passes."""
+    jobs, owners = [], []
+    for i, r in enumerate(records):
+        tests = r.fields.get("all_tests") or []
+        for c, cand in enumerate(r.fields.get("candidates") or []):
+            jobs.append(
+                Job(
+                    code=cand,
+                    test_list=tests,
+                    per_test_timeout_s=p.timeout_s,
+                    timeout_s=p.timeout_s * (len(tests) + 1),
+                )
+            )
+            owners.append((i, c))
+    verdicts = executor.run(jobs)
+    matrices: dict[int, list[list[bool]]] = {}
+    statuses: dict[int, Counter] = {}
+    for (i, _c), v in zip(owners, verdicts, strict=True):
+        n_tests = len(records[i].fields.get("all_tests") or [])
+        row = (
+            [bool(x) for x in v.value]
+            if v.status == "pass" and isinstance(v.value, list)
+            else [False] * n_tests
+        )
+        matrices.setdefault(i, []).append(row)
+        statuses.setdefault(i, Counter())[v.status] += 1
+    out = []
+    for i, r in enumerate(records):
+        m = matrices.get(i) or []
+        n_tests = len(r.fields.get("all_tests") or [])
+        st = dict(statuses.get(i) or {})
+        if not m or not n_tests:
+            v = Verdict(
+                "error",
+                exc_type="NoCandidates",
+                message="no candidates or no tests to run",
+                mode=getattr(executor, "mode", ""),
+            )
+            out.append(Check(False, "verify:codet_empty", verdict_columns("codet", v)))
+            continue
+        cands, tests, score = codet_select(m)
+        chosen = cands[0]
+        r.fields.update(
+            solution=r.fields["candidates"][chosen],
+            tests="\n".join(r.fields["all_tests"][t] for t in tests),
+            codet_score=float(score),
+            codet_consensus=len(cands),
+            codet_tests_passed=len(tests),
+            codet_candidates=len(m),
+            codet_tests_total=n_tests,
+        )
+        main = verdicts[owners.index((i, chosen))]
+        vc = verdict_columns("codet", main, matrix=m, chosen=chosen, candidate_status=st)
+        ok = score > 0
+        if not ok:
+            vc["status"] = "fail"
+            vc["message"] = "no candidate passes any generated test"
+        out.append(Check(ok, "" if ok else "verify:codet_no_agreement", vc))
+    return out
+
+
+def make_executor(p: VerifyParams) -> Any:
+    if p.executor == "subprocess":
+        return SubprocessExecutor(workers=p.workers, mem_mb=p.mem_mb)
+    if p.executor == "sandbox":
+        from synthflow.sandbox.forkserver import SandboxExecutor
+
+        return SandboxExecutor(workers=p.workers, mode=p.sandbox_mode, mem_mb=p.mem_mb)
+    raise UserError(f"filters.verify.executor: unknown executor {p.executor!r}; choose sandbox or subprocess")
+
+
+@register("filter", "verify")
+class Verify(Filter):
+    """Runs the verifier ``kind`` (pal, ...) over a batch; failures are rejects ``verify:<status>``."""
+
+    name = "verify"
+    stage = "verify"
+    Params = VerifyParams
+
+    def __init__(self, params: Any = None, ctx: Any = None):
+        super().__init__(params, ctx)
+        self.kind: Callable[..., list[Check]] = get("verifier", self.params.kind, "filters.verify.kind")
+        self.executor = make_executor(self.params)
+
+    def __call__(self, records: Sequence[Record]) -> StageResult:
+        res = StageResult()
+        if not records:
+            return res
+        for r, c in zip(records, self.kind(records, self.executor, self.params), strict=True):
+            r.verdict = c.verdict
+            if c.ok:
+                res.kept.append(r)
+            else:
+                res.rejects.append(Reject(r, self.stage, c.reason))
+        return res
+
+    def close(self) -> None:
+        self.executor.close()

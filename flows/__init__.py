@@ -1,0 +1,1 @@
+"""Prefect flows: they only wire synthflow stages into tasks over batches."""

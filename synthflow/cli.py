@@ -1,0 +1,196 @@
+"""``synthflow`` command line. User errors print one line and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from synthflow.errors import UserError
+
+
+def _prefect_env() -> None:
+    """Ephemeral Prefect with its own home and no telemetry, unless the user set otherwise."""
+    from synthflow.model import cache_home
+
+    os.environ.setdefault("PREFECT_HOME", str(cache_home() / "prefect"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    home = Path(os.environ["PREFECT_HOME"]).expanduser()
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PREFECT_MEMO_STORE_PATH", str(home / "memo_store.toml"))
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+
+
+# ---- run -----------------------------------------------------------------------------------------
+def cmd_run(a: argparse.Namespace) -> int:
+    _prefect_env()
+    from synthflow.runner import Overrides, Run, format_summary
+
+    ov = Overrides(
+        n=a.n,
+        model=a.model,
+        out=a.out,
+        engine=a.engine,
+        base_url=a.base_url,
+        seed=a.seed,
+        batch_size=a.batch_size,
+    )
+    Run.check(a.recipe, ov)  # bad input fails here, before Prefect starts
+    from flows.recipe_flow import run_recipe
+
+    summary = run_recipe(
+        recipe=a.recipe,
+        n=a.n,
+        model=a.model,
+        out=a.out,
+        engine=a.engine,
+        base_url=a.base_url,
+        seed=a.seed,
+        batch_size=a.batch_size,
+    )
+    print(format_summary(summary))
+    return 0
+
+
+# ---- query ---------------------------------------------------------------------------------------
+def connect(root: str) -> Any:
+    """A DuckDB connection with views ``examples`` and ``rejects`` over every finished run under ``root``."""
+    import duckdb
+
+    from synthflow.store import table_files
+
+    con = duckdb.connect()
+    for view in ("examples", "rejects"):
+        files = table_files(Path(root), view)
+        if files:
+            lst = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+            con.execute(f"CREATE VIEW {view} AS SELECT * FROM read_parquet([{lst}], union_by_name=true)")
+    return con
+
+
+def cmd_query(a: argparse.Namespace) -> int:
+    import duckdb
+
+    from synthflow.store import completed_runs
+
+    if not completed_runs(Path(a.out)):
+        raise UserError(f"{a.out}: no finished runs here (pass --out ROOT, or run a recipe first)")
+    con = connect(a.out)
+    try:
+        rel = con.sql(a.sql)
+    except duckdb.Error as e:
+        raise UserError(f"query: {str(e).splitlines()[0]}") from None
+    if rel is None:
+        return 0
+    if a.format == "csv":
+        import csv
+
+        w = csv.writer(sys.stdout)
+        w.writerow(rel.columns)
+        w.writerows(rel.fetchall())
+    elif a.format == "json":
+        import json
+
+        cols = rel.columns
+        for row in rel.fetchall():
+            print(json.dumps(dict(zip(cols, row, strict=True)), default=str))
+    else:
+        rel.show(max_width=200, max_rows=a.max_rows)
+    return 0
+
+
+# ---- model ---------------------------------------------------------------------------------------
+def cmd_prepare_model(a: argparse.Namespace) -> int:
+    from synthflow.model import prepare_default_model
+
+    path = prepare_default_model(force=a.force)
+    print(path)
+    return 0
+
+
+def cmd_list(a: argparse.Namespace) -> int:
+    from synthflow import registry
+
+    for kind in registry.KINDS:
+        print(f"{kind}: {', '.join(registry.names(kind))}")
+    return 0
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    _prefect_env()
+    from flows.deployments import serve_all
+
+    serve_all(a.recipes)
+    return 0
+
+
+# ---- parser --------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="synthflow",
+        description="Generate verified, deduplicated, scored synthetic SFT data from declarative recipes.",
+        epilog="Examples:\n  synthflow run recipes/math.yaml --n 20\n"
+        '  synthflow query "SELECT recipe, count(*) FROM examples GROUP BY 1"\n'
+        "  synthflow run recipes/math.yaml --engine openai --base-url http://127.0.0.1:8000/v1 --model NAME",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    r = sub.add_parser("run", help="run a recipe through the Prefect flow and publish its dataset")
+    r.add_argument("recipe", help="recipe YAML (or a name under recipes/, e.g. math)")
+    r.add_argument("--n", type=int, help="accepted rows to produce (overrides the recipe)")
+    r.add_argument(
+        "--model", help="model: 'default' (embedded SmolLM2-135M-Instruct), a folder, or a served name"
+    )
+    r.add_argument("--out", help="output root (default: the recipe's output.root, usually ./out)")
+    r.add_argument("--engine", help="engine: vllm (in process), openai (HTTP endpoint)")
+    r.add_argument("--base-url", help="OpenAI-compatible base URL for --engine openai")
+    r.add_argument("--seed", type=int, help="run seed (sampling seed and seed order)")
+    r.add_argument("--batch-size", type=int, help="records per engine call / task")
+    r.set_defaults(fn=cmd_run)
+
+    q = sub.add_parser("query", help="DuckDB SQL over all finished runs (views: examples, rejects)")
+    q.add_argument("sql")
+    q.add_argument("--out", default=os.environ.get("OUT", "out"), help="output root (default ./out)")
+    q.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    q.add_argument("--max-rows", type=int, default=40)
+    q.set_defaults(fn=cmd_query)
+
+    m = sub.add_parser("prepare-model", help="fetch and convert the embedded default model (idempotent)")
+    m.add_argument("--force", action="store_true", help="convert again even if the checksums match")
+    m.set_defaults(fn=cmd_prepare_model)
+
+    ls = sub.add_parser("list", help="list registered generators, engines, filters, verifiers, seed sources")
+    ls.set_defaults(fn=cmd_list)
+
+    s = sub.add_parser("serve", help="serve the recipe deployments (cron schedules) with flow.serve")
+    s.add_argument("recipes", nargs="*", help="recipe files (default: every recipes/*.yaml)")
+    s.set_defaults(fn=cmd_serve)
+
+    from synthflow.sandbox.verify_cli import add_parser as add_verify
+
+    add_verify(sub)
+
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    try:
+        return a.fn(a)
+    except UserError as e:
+        print(f"synthflow: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("synthflow: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""A scripted engine FOR TESTS ONLY. It is never a default; recipes must name it explicitly.
+
+The script is a list of rules ``{"match": <regex over the last user message>, "reply": <text>}``;
+replies may use ``{i}`` (sample index) and ``{n}`` (call counter) and may be a list, indexed by sample.
+When the conversation ends with an assistant prefill that the reply starts with, only the rest is returned.
+The first matching rule answers. ``delay_s`` sleeps per call so tests can kill a run mid-generation.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from synthflow.engines.base import Completion, Request, Sampling
+
+
+class FakeEngine:
+    name = "fake"
+
+    def __init__(
+        self, script: list[dict[str, Any]] | str | Path, model_id: str = "fake-model", delay_s: float = 0.0
+    ):
+        if isinstance(script, (str, Path)):
+            script = json.loads(Path(script).read_text())
+        self.rules = [(re.compile(r.get("match", ""), re.S), r["reply"]) for r in script]
+        self.model_id = model_id
+        self.delay_s = delay_s
+        self.calls = 0
+        self.prompts_seen = 0
+
+    def start(self) -> None:
+        pass
+
+    def preflight(self) -> None:
+        pass
+
+    def _answer(self, req: Request) -> str:
+        last_user = next((m["content"] for m in reversed(req.messages) if m["role"] == "user"), "")
+        for rx, reply in self.rules:
+            if rx.search(last_user):
+                if isinstance(reply, list):
+                    reply = reply[req.sample_index % len(reply)]
+                return reply.replace("{i}", str(req.sample_index)).replace("{n}", str(self.calls))
+        return ""
+
+    def generate(self, requests: list[Request], sampling: Sampling) -> list[Completion]:
+        self.calls += 1
+        self.prompts_seen += len(requests)
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        out = []
+        for r in requests:
+            text = self._answer(r)
+            if r.prefill and text.startswith(r.prefill):  # like a real engine: only the continuation
+                text = text[len(r.prefill) :]
+            out.append(
+                Completion(
+                    text=text,
+                    prompt_tokens=sum(len(m["content"].split()) for m in r.messages),
+                    completion_tokens=len(text.split()),
+                    seconds=0.0,
+                )
+            )
+        return out
+
+    def close(self) -> None:
+        pass

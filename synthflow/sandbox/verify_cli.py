@@ -1,0 +1,107 @@
+"""``synthflow verify``: check a verifier against data nobody here wrote (HumanEval format, or
+plain ``{id, code, tests}`` rows)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from synthflow.errors import UserError
+from synthflow.sandbox.verdict import Job
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    opener = gzip.open if path.suffix == ".gz" else open
+    rows = []
+    with opener(path, "rt", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{lineno}: invalid JSON: {e.msg}") from None
+    if not rows:
+        raise UserError(f"{path}: no rows")
+    return rows
+
+
+def jobs_from(
+    rows: list[dict[str, Any]], fmt: str, completion_field: str | None, timeout_s: float, path: Path
+) -> list[tuple[str, Job]]:
+    out = []
+    for i, r in enumerate(rows, 1):
+        if fmt == "humaneval":
+            field = completion_field or ("completion" if "completion" in r else "canonical_solution")
+            missing = [k for k in ("task_id", "prompt", "test", "entry_point", field) if k not in r]
+            if missing:
+                raise UserError(f"{path}: row {i}: missing field {missing[0]!r} (HumanEval format)")
+            code = r["prompt"] + r[field]
+            out.append(
+                (
+                    r["task_id"],
+                    Job(code=code, tests=r["test"], entry_point=r["entry_point"], timeout_s=timeout_s),
+                )
+            )
+        else:
+            missing = [k for k in ("id", "code", "tests") if k not in r]
+            if missing:
+                raise UserError(f"{path}: row {i}: missing field {missing[0]!r} (expects id, code, tests)")
+            tests = r["tests"] if isinstance(r["tests"], str) else "\n".join(r["tests"])
+            out.append(
+                (
+                    str(r["id"]),
+                    Job(code=r["code"], tests=tests, entry_point=r.get("entry_point"), timeout_s=timeout_s),
+                )
+            )
+    return out
+
+
+def cmd_verify(a: Any) -> int:
+    from synthflow.sandbox.forkserver import SandboxExecutor
+
+    path = Path(a.file)
+    rows = read_jsonl(path)
+    jobs = jobs_from(rows, a.format, a.completion_field, a.timeout, path)
+    with SandboxExecutor(workers=a.workers, mode=a.sandbox) as ex:
+        verdicts = ex.run([j for _, j in jobs])
+        mode = ex.mode
+    passed = sum(v.passed for v in verdicts)
+    if a.out:
+        out = Path(a.out)
+        tmp = out.with_name(out.name + ".tmp")
+        with open(tmp, "w") as f:
+            for (tid, _), v in zip(jobs, verdicts, strict=True):
+                d = v.as_dict()
+                d.pop("extra", None)
+                f.write(json.dumps({"task_id": tid, **d}) + "\n")
+        os.replace(tmp, out)
+    print(f"{passed} passed, {len(verdicts) - passed} failed  (sandbox mode: {mode})")
+    if a.show_failures:
+        for (tid, _), v in zip(jobs, verdicts, strict=True):
+            if not v.passed:
+                print(f"  {tid}: {v.status} {v.exc_type} {v.message[:100]}", file=sys.stderr)
+    return 0
+
+
+def add_parser(sub: Any) -> None:
+    v = sub.add_parser("verify", help="run programs and their tests in the sandbox; one verdict per row")
+    v.add_argument("file", help="JSONL or .jsonl.gz")
+    v.add_argument("--format", choices=["humaneval", "jsonl"], default="humaneval",
+                   help="humaneval: task_id, prompt, canonical_solution|completion, test, entry_point; jsonl: id, code, tests")  # fmt: skip
+    v.add_argument(
+        "--completion-field",
+        help="HumanEval field holding the completion (default: completion if present, else canonical_solution)",
+    )
+    v.add_argument("--out", help="write verdicts as JSONL here")
+    v.add_argument("--timeout", type=float, default=10.0, help="wall-clock seconds per program")
+    v.add_argument("--workers", type=int, help="fork servers (default: one per core)")
+    v.add_argument("--sandbox", default="auto", help="isolation: auto, bwrap, unshare, fallback")
+    v.add_argument("--show-failures", action="store_true")
+    v.set_defaults(fn=cmd_verify)

@@ -1,0 +1,222 @@
+"""Seed extraction. Each seed keeps a stable ``seed_id`` (its own id, or a hash of its content)."""
+
+from __future__ import annotations
+
+import glob as _glob
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from synthflow.errors import UserError
+from synthflow.record import stable_id
+from synthflow.registry import register
+
+BUILTIN_DIR = Path(__file__).resolve().parent / "data"
+
+
+@dataclass(frozen=True)
+class Seed:
+    seed_id: str
+    kind: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        return str(self.data.get("text") or self.data.get("instruction") or self.data.get("problem") or "")
+
+
+def resolve_path(path: str) -> Path:
+    """``builtin:<name>`` is a file shipped in ``synthflow/data``; anything else is a user path."""
+    if path.startswith("builtin:"):
+        return BUILTIN_DIR / path.removeprefix("builtin:")
+    return Path(path).expanduser()
+
+
+def _read_jsonl(p: Path) -> list[tuple[int, dict[str, Any]]]:
+    if not p.is_file():
+        raise UserError(f"{p}: seed file not found")
+    rows = []
+    with p.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{p}:{lineno}: invalid JSON: {e.msg}") from None
+            if not isinstance(obj, dict):
+                raise UserError(f"{p}:{lineno}: each line must be a JSON object")
+            rows.append((lineno, obj))
+    return rows
+
+
+@register("seed_source", "jsonl")
+def jsonl_seeds(path: str, field: str | None = None, limit: int | None = None, **_: Any) -> list[Seed]:
+    """One seed per JSON line. ``id``/``seed_id`` is kept; otherwise the content hash is the id."""
+    p = resolve_path(path)
+    seeds = []
+    for lineno, obj in _read_jsonl(p):
+        if field is not None:
+            if field not in obj:
+                raise UserError(f"{p}:{lineno}: field {field!r} missing")
+            obj = {**obj, "text": obj[field]}
+        sid = str(obj.get("seed_id") or obj.get("id") or stable_id(obj))
+        seeds.append(Seed(sid, "jsonl", obj))
+    return seeds[:limit] if limit else seeds
+
+
+@register("seed_source", "self_instruct")
+def self_instruct_seeds(path: str, limit: int | None = None, **_: Any) -> list[Seed]:
+    """The original Self-Instruct ``seed_tasks.jsonl`` format:
+    ``{id, name, instruction, instances: [{input, output}], is_classification}``."""
+    p = resolve_path(path)
+    seeds = []
+    for lineno, obj in _read_jsonl(p):
+        if "instruction" not in obj:
+            raise UserError(f"{p}:{lineno}: field 'instruction' missing (Self-Instruct seed format)")
+        inst = obj.get("instances") or []
+        seeds.append(
+            Seed(
+                str(obj.get("id") or stable_id(obj["instruction"])),
+                "self_instruct",
+                {
+                    "instruction": obj["instruction"].strip(),
+                    "name": obj.get("name", ""),
+                    "instances": [{"input": i.get("input", ""), "output": i.get("output", "")} for i in inst],
+                    "is_classification": bool(obj.get("is_classification", False)),
+                },
+            )
+        )
+    return seeds[:limit] if limit else seeds
+
+
+def chunk_text(text: str, chunk_words: int) -> list[str]:
+    """Split on blank lines, then pack paragraphs into chunks of at most ``chunk_words`` words."""
+    paras = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
+    chunks: list[str] = []
+    cur: list[str] = []
+    n = 0
+    for para in paras:
+        words = para.split()
+        while len(words) > chunk_words:  # one huge paragraph: hard split
+            if cur:
+                chunks.append("\n\n".join(cur))
+                cur, n = [], 0
+            chunks.append(" ".join(words[:chunk_words]))
+            words = words[chunk_words:]
+        if n + len(words) > chunk_words and cur:
+            chunks.append("\n\n".join(cur))
+            cur, n = [], 0
+        cur.append(" ".join(words) if "\n" not in para else para)
+        n += len(words)
+    if cur:
+        chunks.append("\n\n".join(cur))
+    return chunks
+
+
+DOC_SUFFIXES = {
+    ".txt",
+    ".md",
+    ".markdown",
+    ".rst",
+    ".py",
+    ".js",
+    ".ts",
+    ".go",
+    ".rs",
+    ".java",
+    ".c",
+    ".cpp",
+    ".h",
+}
+
+
+@register("seed_source", "docs")
+def doc_seeds(path: str, chunk_words: int = 200, limit: int | None = None, **_: Any) -> list[Seed]:
+    """Raw text, Markdown or code files from a folder or a glob, chunked to ``chunk_words``."""
+    p = resolve_path(path)
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in DOC_SUFFIXES)
+        base = p
+    else:
+        files = sorted(Path(f) for f in _glob.glob(str(p), recursive=True) if Path(f).is_file())
+        base = Path(_glob.escape(str(p)).split("*")[0]).parent if "*" in str(p) else p.parent
+        if not files:
+            raise UserError(f"{path}: no such folder, and the glob matches no files")
+    seeds = []
+    for f in files:
+        try:
+            text = f.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            continue
+        rel = str(f.relative_to(base)) if f.is_relative_to(base) else str(f)
+        kind = "code" if f.suffix.lower() not in {".txt", ".md", ".markdown", ".rst"} else "text"
+        for i, chunk in enumerate(chunk_text(text, chunk_words)):
+            seeds.append(
+                Seed(
+                    stable_id(rel, i, chunk),
+                    "doc",
+                    {"text": chunk, "source": rel, "chunk": i, "doc_kind": kind},
+                )
+            )
+    return seeds[:limit] if limit else seeds
+
+
+@register("seed_source", "table")
+def table_seeds(path: str, field: str | None = None, limit: int | None = None, **_: Any) -> list[Seed]:
+    """A text column of a Parquet file or a HF ``datasets`` dataset (``hf:<name>[:<split>]``)."""
+    if not field:
+        raise UserError(f"{path}: seed source 'table' needs field: <text column>")
+    if path.startswith("hf:"):
+        import datasets
+
+        name, _, split = path.removeprefix("hf:").partition(":")
+        try:
+            ds = datasets.load_dataset(name, split=split or "train")
+        except Exception as e:
+            raise UserError(f"{path}: cannot load dataset: {str(e).splitlines()[0]}") from None
+        texts = ds[field] if field in ds.column_names else None
+    else:
+        import pyarrow.parquet as pq
+
+        p = resolve_path(path)
+        if not p.exists():
+            raise UserError(f"{p}: seed file not found")
+        if p.suffix == ".jsonl":
+            return jsonl_seeds(path, field=field, limit=limit)
+        tbl = pq.read_table(p)
+        texts = tbl.column(field).to_pylist() if field in tbl.column_names else None
+    if texts is None:
+        raise UserError(f"{path}: no column {field!r}")
+    seeds = [
+        Seed(stable_id(path, i, t), "doc", {"text": str(t), "source": path, "chunk": i})
+        for i, t in enumerate(texts)
+        if t
+    ]
+    return seeds[:limit] if limit else seeds
+
+
+def extract_seeds(sources: list[Any], where: str = "recipe") -> list[Seed]:
+    """Run every seed source of a recipe; an empty result is a user error."""
+    from synthflow.registry import get
+
+    seeds: list[Seed] = []
+    for i, src in enumerate(sources):
+        fn: Callable[..., list[Seed]] = get("seed_source", src.source, f"{where}: field seeds[{i}].source")
+        got = fn(**src.model_dump())
+        if not got:
+            raise UserError(f"{src.path}: no seeds found (seeds[{i}] of {where})")
+        seeds.extend(got)
+    if not seeds:
+        raise UserError(f"{where}: no seeds (the recipe lists no seed sources)")
+    # stable order, unique ids
+    seen: set[str] = set()
+    uniq = []
+    for s in seeds:
+        if s.seed_id not in seen:
+            seen.add(s.seed_id)
+            uniq.append(s)
+    return uniq

@@ -1,0 +1,78 @@
+"""Shared fixtures: an isolated cache and Prefect home per test session, helpers to write recipes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(__file__).resolve().parent / "data"
+SHARED = ROOT.parent / "shared" / "data"
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("SYNTHFLOW_RESPONSE_CACHE", str(tmp_path / "responses.sqlite3"))
+    monkeypatch.setenv("SYNTHFLOW_PROGRESS", "0")
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def math_recipe(tmp_path: Path, **changes) -> Path:
+    """The shipped math recipe pointed at the fake engine and tmp output, with changes applied."""
+    data = yaml.safe_load((ROOT / "recipes" / "math.yaml").read_text())
+    data["engine"] = {"name": "fake", "script": str(DATA / "fake_math.json")}
+    data["output"] = {"root": str(tmp_path / "out")}
+    for key, val in changes.items():
+        cur = data
+        parts = key.split("__")
+        for p in parts[:-1]:
+            cur = cur.setdefault(p, {})
+        cur[parts[-1]] = val
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def synthflow_exe() -> str:
+    local = Path(sys.executable).parent / "synthflow"
+    return str(local) if local.exists() else (shutil.which("synthflow") or "synthflow")
+
+
+def run_cli(
+    *args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    e = dict(os.environ)
+    e.update(env or {})
+    return subprocess.run(
+        [synthflow_exe(), *args], capture_output=True, text=True, env=e, cwd=cwd, timeout=timeout
+    )
+
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+
+
+def assert_golden(name: str, text: str) -> None:
+    """Compare with tests/golden/<name>; SYNTHFLOW_UPDATE_GOLDEN=1 rewrites it (review the diff!)."""
+    path = GOLDEN / name
+    if os.environ.get("SYNTHFLOW_UPDATE_GOLDEN") == "1":
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text)
+    assert path.is_file(), f"missing golden file {path}; run with SYNTHFLOW_UPDATE_GOLDEN=1 and review it"
+    assert text == path.read_text(), f"{name} changed: bump the template version, then update the golden file"

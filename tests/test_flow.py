@@ -1,0 +1,85 @@
+"""The Prefect flow under prefect_test_harness with the fake engine: output layout, schema,
+DuckDB and HF datasets readers, summary counts, rejects with stage and reason."""
+
+from __future__ import annotations
+
+import json
+
+import duckdb
+import pyarrow.parquet as pq
+import pytest
+
+from synthflow.cli import connect
+from synthflow.store import CORE_COLUMNS, STAGING
+
+from .conftest import math_recipe
+
+
+@pytest.fixture
+def finished_run(tmp_path, prefect_harness):
+    from flows.recipe_flow import run_recipe
+
+    summary = run_recipe(recipe=str(math_recipe(tmp_path, n=4, batch_size=16, max_items=64)))
+    return tmp_path, summary
+
+
+def test_flow_writes_dataset(finished_run):
+    tmp_path, s = finished_run
+    c = s["counts"]
+    assert c["seeds"] == 40 and c["accepted"] == 4
+    assert c["generated"] >= c["parsed"] >= c["verified"] >= c["deduped"] >= c["scored"] >= c["accepted"]
+    run_dir = tmp_path / "out" / "math" / s["run_id"]
+    assert (run_dir / "_SUCCESS").is_file() and (run_dir / "README.md").is_file()
+    files = sorted((run_dir / "data").glob("*.parquet"))
+    assert [f.name for f in files] == ["train-00000-of-00001.parquet"]
+    t = pq.read_table(files[0])
+    for name, typ in CORE_COLUMNS:
+        assert t.schema.field(name).type == typ, name
+    for col in ("problem", "program", "answer", "score_repetition", "created_at"):
+        assert col in t.column_names
+    rows = t.to_pylist()
+    assert all(r["verify_status"] == "pass" and r["recipe"] == "math" for r in rows)
+    assert all(r["messages"][0]["role"] == "user" for r in rows)
+    # nothing half-written is left in staging
+    assert not list((tmp_path / "out" / STAGING).glob("**/*.tmp"))
+
+
+def test_rejects_have_stage_and_reason(finished_run):
+    tmp_path, s = finished_run
+    con = connect(str(tmp_path / "out"))
+    reasons = dict(con.sql("SELECT reject_reason, count(*) FROM rejects GROUP BY 1").fetchall())
+    stages = {r for (r,) in con.sql("SELECT DISTINCT reject_stage FROM rejects").fetchall()}
+    assert "parse:no_program" in reasons
+    assert any(r.startswith("dedup:") for r in reasons)
+    assert "verify:timeout" in reasons  # the infinite loop in the fake script
+    assert {"parse", "verify", "dedup"} <= stages
+    assert sum(reasons.values()) == sum(s["rejects_by_stage"].values())
+
+
+def test_duckdb_and_datasets_read_output(finished_run):
+    tmp_path, s = finished_run
+    out = tmp_path / "out"
+    n = duckdb.sql(
+        f"SELECT count(*) FROM read_parquet('{out}/**/data/*.parquet', hive_partitioning=true) WHERE recipe='math'"
+    ).fetchall()[0][0]
+    assert n == 4
+    assert connect(str(out)).sql("SELECT count(*) FROM examples WHERE recipe='math'").fetchall()[0][0] == 4
+    import datasets
+
+    ds = datasets.load_dataset(
+        "parquet", data_files=str(out / "math" / s["run_id"] / "data" / "*.parquet"), split="train"
+    )
+    assert len(ds) == 4 and ds[0]["messages"][0]["role"] == "user"
+    summary = json.loads((out / "math" / s["run_id"] / "summary.json").read_text())
+    assert summary["counts"]["accepted"] == 4
+
+
+def test_dataset_card_has_hf_metadata(finished_run):
+    tmp_path, s = finished_run
+    card = (tmp_path / "out" / "math" / s["run_id"] / "README.md").read_text()
+    import yaml
+
+    meta = yaml.safe_load(card.split("---")[1])
+    assert meta["annotations_creators"] == ["machine-generated"]
+    assert meta["configs"][0]["data_files"][0] == {"split": "train", "path": "data/train-*.parquet"}
+    assert meta["license"] == "apache-2.0" and "text-generation" in meta["task_categories"]

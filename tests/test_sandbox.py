@@ -1,0 +1,245 @@
+"""The fork-server sandbox against hostile programs: each gets the right verdict, nothing leaks,
+and the sandbox keeps working afterwards."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from synthflow.sandbox import Job
+from synthflow.sandbox.forkserver import UID_BASE, SandboxExecutor, detect_mode
+
+SECRET = "synthflow-test-secret-5f3a"
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    os.environ["SYNTHFLOW_TEST_SECRET"] = SECRET  # in the host; must never reach a program
+    ex = SandboxExecutor(workers=2)
+    yield ex
+    ex.close()
+    os.environ.pop("SYNTHFLOW_TEST_SECRET", None)
+
+
+def run1(ex, code, **kw):
+    kw.setdefault("timeout_s", 3.0)
+    return ex.run([Job(code=code, **kw)])[0]
+
+
+def assert_healthy(ex):
+    v = run1(ex, "def f(x):\n    return x + 1", tests="assert f(1) == 2")
+    assert v.status == "pass", v
+
+
+def sandbox_processes() -> list[str]:
+    """Host processes owned by the sandbox uids (should be none between programs)."""
+    out = subprocess.run(["ps", "-eo", "uid=,pid=,cmd="], capture_output=True, text=True).stdout
+    return [
+        line for line in out.splitlines() if line.split() and UID_BASE <= int(line.split()[0]) < UID_BASE + 64
+    ]
+
+
+def test_mode_is_reported(sandbox):
+    v = run1(sandbox, "x = 1")
+    assert v.mode == sandbox.mode == detect_mode()[0]
+    if os.geteuid() == 0 and subprocess.run(["which", "bwrap"], capture_output=True).returncode == 0:
+        assert sandbox.mode == "bwrap"
+
+
+def test_pass_and_value(sandbox):
+    v = run1(sandbox, "def solution():\n    return 6 * 7", call="solution()")
+    assert v.status == "pass" and v.value == 42 and v.duration_s > 0
+
+
+def test_infinite_loop_times_out(sandbox):
+    t0 = time.perf_counter()
+    v = run1(sandbox, "while True:\n    pass", timeout_s=1.0)
+    assert v.status == "timeout" and time.perf_counter() - t0 < 5
+    assert_healthy(sandbox)
+
+
+def test_fork_bomb(sandbox):
+    v = run1(sandbox, "import os\nwhile True:\n    os.fork()")
+    assert v.status == "blocked" and "fork" in v.message
+    v = run1(sandbox, "import ctypes\nlibc = ctypes.CDLL(None)\nwhile True:\n    libc.fork()")
+    assert v.status == "blocked" and "ctypes" in v.message
+    assert not sandbox_processes()
+    assert_healthy(sandbox)
+
+
+def test_memory_bomb(sandbox):
+    v = run1(sandbox, "x = bytearray(8 * 1024**3)")
+    assert v.status == "memory"
+    v = run1(sandbox, "x = []\nwhile True:\n    x.append(' ' * 10**7)", timeout_s=10)
+    assert v.status == "memory"
+    assert_healthy(sandbox)
+
+
+def test_huge_output_is_capped(sandbox):
+    v = run1(
+        sandbox, "import sys\nfor _ in range(100):\n    sys.stdout.write('x' * 1024 * 1024)", timeout_s=10
+    )
+    assert v.status == "killed" and "output limit" in v.message
+    assert 0 < len(v.stdout) <= 64 * 1024
+    assert_healthy(sandbox)
+
+
+def test_write_outside_temp_dir(sandbox, tmp_path):
+    target = tmp_path / "pwned.txt"
+    v = run1(sandbox, f"open({str(target)!r}, 'w').write('x')")
+    assert v.status == "blocked" and not target.exists()
+    v = run1(
+        sandbox, f"import os\nfd = os.open({str(target)!r}, os.O_WRONLY | os.O_CREAT)\nos.write(fd, b'x')"
+    )
+    assert v.status == "blocked" and not target.exists()
+    # its own temp dir is writable
+    v = run1(sandbox, "open('scratch.txt', 'w').write('ok')\nassert open('scratch.txt').read() == 'ok'")
+    assert v.status == "pass"
+
+
+def test_parent_environment_is_not_readable(sandbox):
+    code = (
+        "import os\n"
+        "print(dict(os.environ))\n"
+        "for p in ('/proc/self/environ', '/proc/1/environ', f'/proc/{os.getppid()}/environ'):\n"
+        "    try:\n"
+        "        print(open(p, 'rb').read())\n"
+        "    except OSError as e:\n"
+        "        print(p, e)\n"
+    )
+    v = run1(sandbox, code)
+    assert SECRET not in v.stdout and SECRET not in v.stderr
+    assert "SYNTHFLOW_TEST_SECRET" not in v.stdout
+
+
+def test_socket_to_localhost(sandbox):
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    srv.settimeout(0.5)
+    port = srv.getsockname()[1]
+    got = []
+
+    def accept():
+        try:
+            got.append(srv.accept())
+        except OSError:
+            pass
+
+    t = threading.Thread(target=accept)
+    t.start()
+    v = run1(
+        sandbox, f"import socket\ns = socket.socket()\ns.connect(('127.0.0.1', {port}))\ns.send(b'leak')"
+    )
+    t.join()
+    srv.close()
+    assert v.status == "blocked" and "network" in v.message
+    assert not got, "the program reached the host network"
+
+
+def test_kill_parent(sandbox):
+    before = sandbox.restarts
+    v = run1(sandbox, "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)")
+    assert v.status == "blocked"
+    assert_healthy(sandbox)
+    assert sandbox.restarts == before
+
+
+def test_exit_before_tests_is_not_a_pass(sandbox):
+    v = run1(sandbox, "import sys\nsys.exit(0)", tests="assert False")
+    assert v.status == "error" and v.exc_type == "SystemExit"
+    v = run1(sandbox, "import os\nos._exit(0)", tests="assert False")
+    assert v.status == "error" and v.exc_type == "EarlyExit"
+    v = run1(sandbox, "def f():\n    return 1", tests="import sys\nsys.exit(0)\nassert f() == 2")
+    assert v.status == "error"
+
+
+def test_sigterm_ignored(sandbox):
+    v = run1(
+        sandbox,
+        "import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nwhile True:\n    pass",
+        timeout_s=1.0,
+    )
+    assert v.status == "timeout"
+    assert_healthy(sandbox)
+
+
+def test_deep_recursion(sandbox):
+    v = run1(sandbox, "def f(n):\n    return f(n + 1)\nf(0)")
+    assert v.status == "error" and v.exc_type == "RecursionError"
+    v = run1(
+        sandbox,
+        "import sys\nsys.setrecursionlimit(10**7)\ndef f(n):\n    return f(n + 1)\nf(0)",
+        timeout_s=3,
+    )
+    assert v.status in ("killed", "error", "memory", "timeout")
+    assert_healthy(sandbox)
+
+
+def test_threads_outliving_main(sandbox, tmp_path):
+    target = tmp_path / "late.txt"
+    code = (
+        "import threading, time\n"
+        "def late():\n"
+        "    time.sleep(1.5)\n"
+        f"    open({str(target)!r}, 'w').write('x')\n"
+        "threading.Thread(target=late).start()\n"
+        "def f():\n    return 1\n"
+    )
+    t0 = time.perf_counter()
+    v = run1(sandbox, code, tests="assert f() == 1")
+    assert v.status == "pass" and time.perf_counter() - t0 < 1.5
+    time.sleep(2)
+    assert not target.exists() and not sandbox_processes()
+
+
+def test_subprocess_calls(sandbox, tmp_path):
+    target = tmp_path / "sub.txt"
+    v = run1(sandbox, f"import subprocess\nsubprocess.run(['touch', {str(target)!r}])")
+    assert v.status == "blocked" and "subprocess" in v.message
+    v = run1(sandbox, f"import os\nos.system('touch {target}')")
+    assert v.status == "blocked"
+    assert not target.exists()
+
+
+def test_monkeypatched_builtins_do_not_make_asserts_pass(sandbox):
+    code = "import builtins\nbuiltins.all = lambda *a: True\nbuiltins.abs = lambda x: 0\ndef f(x):\n    return -1\nall = lambda *a: True\n"
+    v = run1(sandbox, code, tests="assert all([f(1) == 1])\nassert abs(f(1) - 1) < 1e-9")
+    assert v.status == "fail" and v.exc_type == "AssertionError"
+
+
+def test_humaneval_check_style(sandbox):
+    code = "def add(a, b):\n    return a + b\n"
+    tests = "def check(candidate):\n    assert candidate(1, 2) == 3\n    assert candidate(0, 0) == 0\n"
+    assert run1(sandbox, code, tests=tests, entry_point="add").status == "pass"
+    bad = "def add(a, b):\n    return a - b\n"
+    assert run1(sandbox, bad, tests=tests, entry_point="add").status == "fail"
+
+
+def test_test_list_reports_each_test(sandbox):
+    code = "def f(x):\n    if x == 3:\n        while True:\n            pass\n    return x * 2"
+    tests = ["assert f(1) == 2", "assert f(2) == 5", "assert f(3) == 6", "assert f(4) == 8"]
+    v = run1(sandbox, code, test_list=tests, per_test_timeout_s=0.5, timeout_s=5)
+    assert v.status == "pass" and v.value == [True, False, False, True]
+
+
+@pytest.mark.parametrize("mode", ["fallback", "unshare"])
+def test_weaker_modes_still_refuse(mode, tmp_path):
+    try:
+        ex = SandboxExecutor(workers=1, mode=mode)
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"{mode} is not available here: {e}")
+    with ex:
+        assert ex.mode == mode
+        assert run1(ex, "import socket\nsocket.create_connection(('127.0.0.1', 9))").status == "blocked"
+        assert run1(ex, "import subprocess\nsubprocess.run(['true'])").status == "blocked"
+        target = tmp_path / "x.txt"
+        assert run1(ex, f"open({str(target)!r}, 'w').write('x')").status == "blocked" and not target.exists()
+        assert run1(ex, "while True:\n    pass", timeout_s=1).status == "timeout"
+        assert run1(ex, "import os\nos.kill(os.getppid(), 9)").status == "blocked"
+        assert_healthy(ex)
