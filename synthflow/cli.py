@@ -26,6 +26,29 @@ def _prefect_env() -> None:
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
 
+def _reap_orphan_prefect_servers() -> None:
+    """A run killed with ``kill -9`` leaves its ephemeral Prefect server (a child uvicorn) orphaned.
+    Stop such orphans that belong to our PREFECT_HOME before starting a new run (Linux /proc)."""
+    import signal
+
+    home = os.environ.get("PREFECT_HOME", "").encode()
+    proc = Path("/proc")
+    if not home or not proc.is_dir():
+        return
+    for d in proc.iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid != 1 or b"prefect.server.api.server:create_app" not in (d / "cmdline").read_bytes():
+                continue
+            if b"PREFECT_HOME=" + home + b"\0" in (d / "environ").read_bytes() + b"\0":
+                os.kill(int(d.name), signal.SIGTERM)
+        except (OSError, ValueError, IndexError):
+            continue
+
+
 # ---- run -----------------------------------------------------------------------------------------
 def cmd_run(a: argparse.Namespace) -> int:
     _prefect_env()
@@ -41,6 +64,7 @@ def cmd_run(a: argparse.Namespace) -> int:
         batch_size=a.batch_size,
     )
     Run.check(a.recipe, ov)  # bad input fails here, before Prefect starts
+    _reap_orphan_prefect_servers()
     from flows.recipe_flow import run_recipe
 
     summary = run_recipe(

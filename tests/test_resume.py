@@ -33,6 +33,18 @@ def _cached(db: Path) -> int:
         return 0
 
 
+def _children(pid: int) -> list[int]:
+    kids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    kids.append(int(d.name))
+            except (OSError, ValueError, IndexError):
+                pass
+    return kids
+
+
 def test_kill_and_resume(tmp_path):
     engine = {"name": "fake", "script": str(DATA / "fake_math.json"), "delay_s": 0.4}
     recipe = math_recipe(tmp_path, n=8, batch_size=8, max_items=160, engine=engine)
@@ -64,10 +76,9 @@ def test_kill_and_resume(tmp_path):
     while _cached(db) < 24 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     assert proc.poll() is None, "run finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
+    children = _children(proc.pid)  # its ephemeral Prefect server
+    os.kill(proc.pid, signal.SIGKILL)  # kill -9 of the run itself, as a user would
     proc.wait()
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)  # the ephemeral Prefect server it started
     had = _cached(db)
     assert had >= 24
     out = tmp_path / "out"
@@ -83,3 +94,14 @@ def test_kill_and_resume(tmp_path):
     assert summary["cache"]["hits"] + summary["cache"]["misses"] == summary["items_planned"]
     assert _rows(out) == want
     assert len(list(out.glob("math/*/_SUCCESS"))) == 1
+    # the orphaned Prefect server of the killed run was stopped by the rerun
+    time.sleep(1)
+    alive = [
+        p
+        for p in children
+        if Path(f"/proc/{p}").exists() and "prefect" in Path(f"/proc/{p}/cmdline").read_text(errors="replace")
+    ]
+    for p in alive:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGKILL)
+    assert not alive, "orphaned prefect server left running"

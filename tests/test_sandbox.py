@@ -3,6 +3,7 @@ and the sandbox keeps working afterwards."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -126,10 +127,8 @@ def test_socket_to_localhost(sandbox):
     got = []
 
     def accept():
-        try:
+        with contextlib.suppress(OSError):
             got.append(srv.accept())
-        except OSError:
-            pass
 
     t = threading.Thread(target=accept)
     t.start()

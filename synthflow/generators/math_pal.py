@@ -182,7 +182,7 @@ class MathPAL(Generator):
             for c in range(k):
                 reqs.append(self.request("solve", msgs, c))
                 owner.append(r)
-        for r, req, comp in zip(owner, reqs, engine.generate(reqs, sampling), strict=True):
+        for r, _req, comp in zip(owner, reqs, engine.generate(reqs, sampling), strict=True):
             add_usage(r, comp)
             code = ("def solution():" + comp.text).split("```", 1)[0].rstrip()
             try:

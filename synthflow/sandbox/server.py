@@ -5,37 +5,44 @@ Protocol on the inherited pipes: 4-byte big-endian length + JSON, one job in, on
 Standard library only, so it starts fast and forks small.
 """
 
-# Modules user programs commonly import: loaded once here, so each child finds them warm.
-import bisect  # noqa: F401, E402
-import collections  # noqa: F401, E402
-import copy  # noqa: F401, E402
-import datetime  # noqa: F401, E402
-import decimal  # noqa: F401, E402
-import fractions  # noqa: F401, E402
-import functools  # noqa: F401, E402
-import hashlib  # noqa: F401, E402
-import heapq  # noqa: F401, E402
-import itertools  # noqa: F401, E402
+import contextlib
+import importlib
 import json
-import math  # noqa: F401, E402
-import operator  # noqa: F401, E402
 import os
-import random  # noqa: F401, E402
-import re  # noqa: F401, E402
 import resource
 import select
 import shutil
 import signal
-import statistics  # noqa: F401, E402
-import string  # noqa: F401, E402
 import struct
 import sys
 import tempfile
-import threading  # noqa: F401, E402
 import time
-import typing  # noqa: F401, E402
 
 from synthflow.sandbox import harness
+
+# Modules user programs commonly import: loaded once here, so each forked child finds them warm.
+WARM_MODULES = (
+    "bisect",
+    "collections",
+    "copy",
+    "datetime",
+    "decimal",
+    "fractions",
+    "functools",
+    "hashlib",
+    "heapq",
+    "itertools",
+    "math",
+    "operator",
+    "random",
+    "re",
+    "statistics",
+    "string",
+    "threading",
+    "typing",
+)
+for _name in WARM_MODULES:
+    importlib.import_module(_name)
 
 KEEP_BYTES = 64 * 1024  # captured per stream
 MAX_BYTES = 4 * 1024 * 1024  # more than this in total: the program is killed
@@ -106,12 +113,10 @@ def _install_guard(workdir, result_fd):
     prefix = os.path.realpath(workdir) + os.sep
 
     def deny(kind, detail):
-        try:
+        with contextlib.suppress(OSError):
             real_write(
                 result_fd, (json.dumps({"violation": kind, "detail": str(detail)[:200]}) + "\n").encode()
             )
-        except OSError:
-            pass
         raise PermissionError(f"sandbox: {kind} is blocked ({detail})")
 
     def hook(event, args):
@@ -261,10 +266,8 @@ def run_one(job, base_tmp, uid, limits):
         if total > MAX_BYTES:
             killed_for = "output"
             break
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)  # the whole group: threads, children, everything
-    except (ProcessLookupError, PermissionError):
-        pass
     _, status = os.waitpid(pid, 0)
     if uid is not None:
         _sweep(uid)

@@ -1,0 +1,160 @@
+"""CodeT: dual execution agreement selection, and the code generator's full loop on a scripted engine."""
+
+from __future__ import annotations
+
+import yaml
+
+from filters.verify import codet_select
+from synthflow.engines.base import Sampling
+from synthflow.engines.fake import FakeEngine
+from synthflow.generators.code_codet import CodeCodeT, parse_problem, parse_solution, parse_tests
+from synthflow.recipe import load_recipe
+from synthflow.seeds import extract_seeds
+
+from .conftest import DATA, ROOT
+
+
+def test_codet_prefers_agreement_times_tests():
+    # c0 and c2 agree (pass t0, t1, t2); c1 passes only t1; c3 passes t1, t2
+    m = [[True, True, True], [False, True, False], [True, True, True], [False, True, True]]
+    cands, tests, score = codet_select(m)
+    assert cands == [0, 2] and tests == [0, 1, 2] and score == 6
+    # a lone candidate passing many tests loses to a larger consensus on fewer tests
+    m = [
+        [True, True, False, False],
+        [True, False, False, False],
+        [True, False, False, False],
+        [True, False, False, False],
+    ]
+    cands, tests, score = codet_select(m)
+    assert cands == [1, 2, 3] and tests == [0] and score == 3
+    assert codet_select([[False, False]])[2] == 0
+
+
+def test_parsers():
+    p = parse_problem("Problem: Return the largest item of a list.\nSignature: def biggest(xs):\nmore")
+    assert p == {
+        "problem": "Return the largest item of a list.",
+        "signature": "def biggest(xs):",
+        "entry_point": "biggest",
+    }
+    assert parse_solution("```python\ndef f(x):", "\n    return x\n```\ntext") == "def f(x):\n    return x"
+    assert parse_solution("```python\ndef f(x):", "\n    return (\n```") is None
+    got = parse_tests(
+        "```python\nassert f(",
+        "1) == 1\nassert f(2) == 2\nassert g(1) == 1\nassert f(1) == 1\nassert f(\n```",
+        "f",
+        8,
+    )
+    assert got == ["assert f(1) == 1", "assert f(2) == 2"]
+
+
+def test_generator_loop_with_fake_engine(tmp_path):
+    data = yaml.safe_load((ROOT / "recipes" / "code.yaml").read_text())
+    data["engine"] = {"name": "fake", "script": str(DATA / "fake_code.json")}
+    p = tmp_path / "code.yaml"
+    p.write_text(yaml.safe_dump(data))
+    recipe = load_recipe(p)
+    gen = CodeCodeT(recipe, extract_seeds(recipe.seeds))
+    eng = FakeEngine(DATA / "fake_code.json")
+    res = gen.generate(gen.plan(0, 3), eng, Sampling())
+    assert eng.calls == 2, "one call for the problems, one for all solutions and tests"
+    assert len(res.kept) == 3 and not res.rejects
+    r = res.kept[0]
+    assert len(r.fields["candidates"]) == 4
+    assert r.fields["all_tests"] == [
+        "assert total([1, 2]) == 3",
+        "assert total([]) == 0",
+        "assert total([5]) == 5",
+        "assert total([2, 2]) == 4",
+    ]
+
+    from filters.verify import Verify
+
+    v = Verify({"kind": "codet", "timeout_s": 2})
+    try:
+        out = v(res.kept)
+    finally:
+        v.close()
+    assert len(out.kept) == 3
+    r = out.kept[0]
+    gen.refresh(r)
+    assert (
+        r.fields["codet_consensus"] == 2
+        and r.fields["codet_tests_passed"] == 4
+        and r.fields["codet_score"] == 8
+    )
+    assert "return sum(nums)" in r.fields["solution"]
+    assert r.messages[1]["content"] == f"```python\n{r.fields['solution']}\n```"
+    assert r.verdict["kind"] == "codet" and r.verdict["mode"] == v.executor.mode
+
+
+def test_shipped_code_seeds_pass_their_own_tests():
+    from synthflow.sandbox import Job
+    from synthflow.sandbox.forkserver import SandboxExecutor
+    from synthflow.seeds import jsonl_seeds
+
+    seeds = jsonl_seeds("builtin:code_seeds.jsonl")
+    with SandboxExecutor(workers=2) as ex:
+        verdicts = ex.run([Job(code=s.data["solution"], tests="\n".join(s.data["tests"])) for s in seeds])
+    assert [v.status for v in verdicts] == ["pass"] * len(seeds)
+
+
+def test_shipped_math_seeds_verify_with_math_pot():
+    from filters.verify import Verify
+    from synthflow.generators.math_pal import pal_messages
+    from synthflow.record import Record
+    from synthflow.seeds import jsonl_seeds
+
+    recs = []
+    for s in jsonl_seeds("builtin:math_seeds.jsonl"):
+        f = {k: s.data[k] for k in ("problem", "program", "answer")}
+        recs.append(
+            Record(
+                id=s.seed_id,
+                recipe="t",
+                generator="math_pal",
+                seed_id=s.seed_id,
+                fields=f,
+                messages=pal_messages(f),
+            )
+        )
+    v = Verify({"kind": "math_pot"})
+    try:
+        res = v(recs)
+    finally:
+        v.close()
+    assert not res.rejects, [(j.record.id, j.reason, j.record.verdict["message"]) for j in res.rejects]
+
+
+def test_math_pot_equivalences_and_percent_setting():
+    from filters.verify import Verify
+    from synthflow.record import Record
+
+    def rec(prog, ans):
+        return Record(
+            id=f"{prog}|{ans}",
+            recipe="t",
+            generator="math_pal",
+            seed_id="s",
+            fields={"problem": "p", "program": f"def solution():\n    return {prog}", "answer": ans},
+        )
+
+    cases = [
+        ("1/2", "0.5", True),
+        ("0.5", "1/2", True),
+        ("50", "50%", True),
+        ("0.5", "50%", True),
+        ("7", "8", False),
+        ("2.5", "5/2", True),
+    ]
+    for pct in (True, False):
+        v = Verify({"kind": "math_pot", "percent_equals_fraction": pct})
+        try:
+            res = v([rec(p, a) for p, a, _ in cases])
+        finally:
+            v.close()
+        kept = {r.id for r in res.kept}
+        for p, a, ok in cases:
+            expect = ok and not (a == "50%" and p == "0.5" and not pct)
+            assert (f"{p}|{a}" in kept) == expect, (p, a, pct)
