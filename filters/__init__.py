@@ -1,3 +1,3 @@
 """Built-in filters (verification, dedup, scoring, thresholds); importing registers them."""
 
-from filters import dedup, quality, verify  # noqa: F401
+from filters import decontam, dedup, quality, verify  # noqa: F401

@@ -1,22 +1,37 @@
-"""Dedup stages: exact (normalized text hash), then MinHash LSH near-dup (datasketch)."""
+"""Dedup stages: exact (normalized text hash), then MinHash LSH near-dup confirmed by exact Jaccard.
+
+Both are streaming: each batch is checked against everything accepted so far in the run and in
+earlier runs under the same output root (the index lives in ``<root>/.synthflow-index/`` and is
+written atomically when a run publishes), or in Redis for several workers.
+"""
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from datasketch import MinHash, MinHashLSH
 from pydantic import BaseModel, ConfigDict, Field
 
+from synthflow.dedup.index import NearDupIndex
 from synthflow.filtering import Filter
 from synthflow.record import Record, Reject, StageResult
 from synthflow.registry import register
-from synthflow.text import exact_key, words
+from synthflow.text import exact_key
+
+INDEX_DIR = ".synthflow-index"
+
+
+def index_dir(ctx: Any) -> Path | None:
+    return Path(ctx.out_root) / INDEX_DIR if ctx.out_root is not None else None
 
 
 class ExactParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     field: str | None = None
+    cross_run: bool = Field(True, description="also drop rows seen in earlier runs under the output root")
 
 
 @register("filter", "exact_dedup")
@@ -30,18 +45,36 @@ class ExactDedup(Filter):
     def __init__(self, params: Any = None, ctx: Any = None):
         super().__init__(params, ctx)
         self.seen: dict[str, str] = {}
+        self.new: dict[str, str] = {}
+        d = index_dir(self.ctx)
+        self.path = d / "exact-v1.tsv" if d is not None and self.params.cross_run else None
+        if self.path is not None and self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                k, _, rid = line.partition("\t")
+                self.seen[k] = rid
 
     def __call__(self, records: Sequence[Record]) -> StageResult:
         res = StageResult()
         field = self.params.field or self.ctx.text_field
         for r in records:
             k = exact_key(r.text_for(field))
-            if k in self.seen:
-                res.rejects.append(Reject(r, self.stage, f"dedup:exact:{self.seen[k]}"))
+            prev = self.seen.get(k)
+            if prev is not None and prev != r.id:
+                res.rejects.append(Reject(r, self.stage, f"dedup:exact:{prev}"))
             else:
                 self.seen[k] = r.id
+                self.new[k] = r.id
                 res.kept.append(r)
         return res
+
+    def commit(self, accepted: set[str]) -> None:
+        if self.path is None:
+            return
+        keep = {k: rid for k, rid in self.new.items() if rid in accepted}
+        if not keep:
+            return
+        old = self.path.read_text() if self.path.is_file() else ""
+        _atomic_write(self.path, old + "".join(f"{k}\t{rid}\n" for k, rid in keep.items()))
 
 
 class NearParams(BaseModel):
@@ -50,11 +83,16 @@ class NearParams(BaseModel):
     threshold: float = Field(0.8, gt=0, lt=1)
     num_perm: int = Field(128, ge=16)
     shingle: int = Field(5, ge=1)
+    cross_run: bool = True
+    redis: dict[str, Any] | None = Field(
+        None, description="e.g. {host: 127.0.0.1, port: 6379}: share the index"
+    )
 
 
 @register("filter", "near_dedup")
 class NearDedup(Filter):
-    """MinHash LSH over word shingles; candidates are confirmed by exact Jaccard before a drop."""
+    """MinHash LSH over word shingles; every candidate is confirmed by exact Jaccard on the shingle
+    sets before a drop, and the reject reason names the row it duplicates."""
 
     name = "near_dedup"
     stage = "dedup"
@@ -63,34 +101,46 @@ class NearDedup(Filter):
     def __init__(self, params: Any = None, ctx: Any = None):
         super().__init__(params, ctx)
         p = self.params
-        self.lsh = MinHashLSH(threshold=p.threshold, num_perm=p.num_perm)
-        self.shingles: dict[str, set[str]] = {}
-
-    def _shingles(self, text: str) -> set[str]:
-        w = words(text)
-        k = self.params.shingle
-        if len(w) < k:
-            return {" ".join(w)} if w else set()
-        return {" ".join(w[i : i + k]) for i in range(len(w) - k + 1)}
+        self.index = NearDupIndex(p.threshold, p.num_perm, p.shingle, redis=p.redis)
+        d = index_dir(self.ctx)
+        self.path = (
+            d / f"near-{self.index.tag}.pkl" if d is not None and p.cross_run and p.redis is None else None
+        )
+        self.loaded = self.index.load(self.path) if self.path is not None else False
+        self.dropped = 0
 
     def __call__(self, records: Sequence[Record]) -> StageResult:
         res = StageResult()
+        if not records:
+            return res
         field = self.params.field or self.ctx.text_field
-        for r in records:
-            sh = self._shingles(r.text_for(field))
-            m = MinHash(num_perm=self.params.num_perm)
-            m.update_batch([s.encode() for s in sh])
-            dup = None
-            for cand in self.lsh.query(m):
-                other = self.shingles[cand]
-                j = len(sh & other) / max(1, len(sh | other))
-                if j >= self.params.threshold:
-                    dup = (cand, j)
-                    break
-            if dup:
-                res.rejects.append(Reject(r, self.stage, f"dedup:near:{dup[0]}:jaccard={dup[1]:.2f}"))
-            else:
-                self.lsh.insert(r.id, m)
-                self.shingles[r.id] = sh
+        matches = self.index.check_and_add([r.id for r in records], [r.text_for(field) for r in records])
+        for r, m in zip(records, matches, strict=True):
+            if m is None:
                 res.kept.append(r)
+            else:
+                self.dropped += 1
+                res.rejects.append(Reject(r, self.stage, f"dedup:near:{m.key}:jaccard={m.jaccard:.2f}"))
         return res
+
+    def commit(self, accepted: set[str]) -> None:
+        # rows that passed here but were not published (later filters, over target) leave the index
+        self.index.remove([k for k in self.index.added if k not in accepted])
+        if self.path is not None:
+            self.index.save(self.path)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "bands": self.index.bands,
+            "rows": self.index.rows,
+            "dropped": self.dropped,
+            "index_loaded": self.loaded,
+        }
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)

@@ -244,5 +244,8 @@ class Verify(Filter):
                 res.rejects.append(Reject(r, self.stage, c.reason))
         return res
 
+    def summary(self) -> dict[str, Any]:
+        return {"kind": self.params.kind, "sandbox": getattr(self.executor, "mode", "")}
+
     def close(self) -> None:
         self.executor.close()

@@ -95,7 +95,9 @@ def run_recipe(
             accept(run, records)
             if bar is not None:
                 bar.n = len(run.accepted)
-                bar.set_postfix(generated=run.counts["generated"], planned=run.planned, refresh=False)
+                bar.set_postfix(
+                    generated=run.counts["generated"], planned=run.planned - run.offset, refresh=False
+                )
                 bar.refresh()
         if bar is not None:
             bar.close()

@@ -200,6 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_verify(sub)
 
+    from synthflow.dedup.cli import add_parsers as add_dedup
+
+    add_dedup(sub)
+
     return p
 
 

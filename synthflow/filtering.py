@@ -61,8 +61,8 @@ class Filter(ABC):
     def __call__(self, records: Sequence[Record]) -> StageResult:
         """Keep or reject each record; every reject carries (stage, reason)."""
 
-    def commit(self) -> None:
-        """Persist state after the run's output is final (default: nothing to persist)."""
+    def commit(self, accepted: set[str]) -> None:
+        """Persist state once the run's output is final; ``accepted`` are the published row ids."""
 
     def summary(self) -> dict[str, Any]:
         return {}

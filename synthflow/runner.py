@@ -23,7 +23,7 @@ from synthflow.model import cache_home
 from synthflow.recipe import Recipe, load_recipe
 from synthflow.record import Record, Reject, StageResult
 from synthflow.seeds import extract_seeds
-from synthflow.store import STAGING, RunWriter
+from synthflow.store import STAGING, RunWriter, completed_runs
 
 # The data's way, in order. Each filter reports under one of these buckets.
 BUCKETS = ("verify", "dedup", "score", "accept")
@@ -89,6 +89,7 @@ class Run:
         self.run_id = run_id
         self.fingerprint = fingerprint
         self.resumed = resumed
+        self.offset = 0
         self.planned = 0
         self.counts: Counter = Counter()
         self.seconds: Counter = Counter()
@@ -127,6 +128,7 @@ class Run:
         tmp = marker.with_suffix(".json.tmp")
         tmp.write_text(json.dumps({"run_id": run_id, "recipe": str(recipe_path)}))
         os.replace(tmp, marker)
+        generator.run_id = run_id  # row ids are unique per run and stable when a run resumes
         ctx = FilterContext(recipe=recipe, generator=generator, out_root=root, run_id=run_id)
         filters: dict[str, list[Any]] = {b: [] for b in BUCKETS}
         for i, fc in enumerate(recipe.filters):
@@ -139,6 +141,8 @@ class Run:
         writer = RunWriter(root, recipe, run_id, generator.columns)
         run = cls(recipe, str(recipe_path), seeds, generator, cached, filters, writer, run_id, fp, resumed)
         run.counts["seeds"] = len(seeds)
+        # a later run of the same recipe continues the sample stream instead of redrawing it
+        run.offset = run.planned = previous_items(root, recipe.name, fp)
         return run
 
     @property
@@ -148,12 +152,12 @@ class Run:
 
     # ---- the loop -----------------------------------------------------------------------------
     def done(self) -> bool:
-        return len(self.accepted) >= self.recipe.n or self.planned >= self.recipe.budget
+        return len(self.accepted) >= self.recipe.n or self.planned - self.offset >= self.recipe.budget
 
     def next_batch(self) -> list[Item]:
         if self.done():
             return []
-        count = min(self.recipe.batch_size, self.recipe.budget - self.planned)
+        count = min(self.recipe.batch_size, self.recipe.budget - (self.planned - self.offset))
         items = self.generator.plan(self.planned, count)
         self.planned += count
         return items
@@ -207,7 +211,8 @@ class Run:
             "engine": e.name,
             "model": e.model_id,
             "counts": counts,
-            "items_planned": self.planned,
+            "items_planned": self.planned - self.offset,
+            "item_offset": self.offset,
             "over_target": self.counts.get("over_target", 0),
             "top_rejects": [(s, r, c) for (s, r), c in reasons.most_common(8)],
             "rejects_by_stage": dict(Counter(j.stage for j in self.rejects)),
@@ -228,9 +233,10 @@ class Run:
         summary = self.summary()
         self.writer.add(self.accepted, self.rejects)
         path = self.writer.finalize(summary, self.generator.artifacts(), card_extra=self.card_extra())
+        accepted = {r.id for r in self.accepted}
         for fs in self.filters.values():
             for f in fs:
-                f.commit()
+                f.commit(accepted)
         marker = Path(self.recipe.output.root) / STAGING / f"{self.recipe.name}--{self.fingerprint}.json"
         marker.unlink(missing_ok=True)
         summary["path"] = str(path)
@@ -246,6 +252,21 @@ class Run:
                 f.close()
         self.engine.close()
         self.engine.cache.close()
+
+
+def previous_items(root: Path, recipe: str, fingerprint: str) -> int:
+    """Items planned by earlier finished runs of the same recipe fingerprint under ``root``."""
+    total = 0
+    for run_dir in completed_runs(root):
+        if run_dir.parent.name != recipe:
+            continue
+        try:
+            s = json.loads((run_dir / "summary.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if s.get("fingerprint") == fingerprint:
+            total += int(s.get("items_planned", 0))
+    return total
 
 
 def _reason_head(reason: str) -> str:

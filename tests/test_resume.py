@@ -20,7 +20,10 @@ from .conftest import DATA, math_recipe, run_cli, synthflow_exe
 def _rows(out: Path) -> list[tuple]:
     files = sorted(out.glob("math/*/data/*.parquet"))
     rows = [r for f in files for r in pq.read_table(f).to_pylist()]
-    return sorted((r["id"], r["item"], r["problem"], r["answer"], json.dumps(r["messages"])) for r in rows)
+    # ids include the run id (unique per run, kept on resume), so compare content and position
+    return sorted(
+        (r["item"], r["seed_id"], r["problem"], r["answer"], json.dumps(r["messages"])) for r in rows
+    )
 
 
 def _cached(db: Path) -> int:

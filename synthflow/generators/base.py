@@ -63,6 +63,7 @@ class Generator(ABC):
         self._order = list(range(len(seeds)))
         rng.shuffle(self._order)
         self.structured = bool(recipe.engine.structured_outputs)
+        self.run_id = ""
 
     @classmethod
     def validate_options(cls, options: dict[str, Any], where: str) -> Any:
@@ -84,7 +85,9 @@ class Generator(ABC):
     def new_record(self, item: Item, role: str, comp: Completion, engine: Any, sampling: Sampling) -> Record:
         tmpl = self.templates[role]
         return Record(
-            id=stable_id(self.recipe.name, self.name, item.seed.seed_id, item.index, self.recipe.seed),
+            id=stable_id(
+                self.run_id, self.recipe.name, self.name, item.seed.seed_id, item.index, self.recipe.seed
+            ),
             recipe=self.recipe.name,
             generator=self.name,
             seed_id=item.seed.seed_id,

@@ -62,18 +62,28 @@ def _bwrap_prefix() -> list[str]:
     return cmd
 
 
-def _expose_private_paths() -> list[str]:
-    """Children run as an unprivileged uid. When Python or the project lives under a private folder
-    (e.g. /root/.pyenv), hide that folder behind an empty tmpfs and bind back only what they need:
-    the interpreter, the virtualenv and the project. The rest of it (keys, caches) stays invisible."""
+def _needed_paths() -> set[Path]:
+    """What a sandboxed Python needs to see: the interpreter, the virtualenv and this project."""
     import synthflow
 
-    needed = {
+    return {
         Path(sys.base_prefix).resolve(),
         Path(sys.prefix).resolve(),
         Path(synthflow.__file__).resolve().parents[1],
     }
+
+
+def _expose_private_paths() -> list[str]:
+    """Children run as an unprivileged uid. When Python or the project lives under a private folder
+    (e.g. /root/.pyenv), hide that folder behind an empty tmpfs and bind back only what they need:
+    the interpreter, the virtualenv and the project. The rest of it (keys, caches) stays invisible."""
+    needed = _needed_paths()
     args: list[str] = []
+    # the private /tmp hides anything under /tmp (a checkout or venv there): bind those back
+    for path in sorted(needed):
+        if Path("/tmp") in path.parents:
+            args += ["--ro-bind", str(path), str(path)]
+            needed = needed - {path}
     hidden: set[Path] = set()
     for path in sorted(needed):
         for anc in reversed(path.parents):  # from / downwards

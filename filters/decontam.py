@@ -1,0 +1,65 @@
+"""Benchmark decontamination stage: rows sharing an n-gram with a benchmark item are rejected as
+``contaminated:<benchmark>:<item id>``; the summary counts removals per benchmark."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from synthflow.dedup.decontam import NgramIndex, load_benchmark
+from synthflow.filtering import Filter
+from synthflow.record import Record, Reject, StageResult
+from synthflow.registry import register
+
+
+class DecontamParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    benchmarks: list[str] = Field(
+        default_factory=lambda: ["humaneval"],
+        description="humaneval, file:field[:id], hf:name:split:field[:id]",
+    )
+    ngram: int = Field(13, ge=3)
+    short_ngram: int = Field(7, ge=3)
+    field: str | None = None
+
+
+@register("filter", "decontaminate")
+class Decontaminate(Filter):
+    name = "decontaminate"
+    stage = "decontam"
+    Params = DecontamParams
+
+    def __init__(self, params: Any = None, ctx: Any = None):
+        super().__init__(params, ctx)
+        p = self.params
+        self.indexes = [NgramIndex(load_benchmark(b), p.ngram, p.short_ngram) for b in p.benchmarks]
+        self.removed: Counter = Counter()
+
+    @classmethod
+    def contract_text(cls, i: int) -> str:
+        from synthflow.dedup.decontam import load_benchmark
+
+        return load_benchmark("humaneval").texts[i]
+
+    def __call__(self, records: Sequence[Record]) -> StageResult:
+        res = StageResult()
+        field = self.params.field or self.ctx.text_field
+        texts = [r.text_for(field) for r in records]
+        hits: list[tuple[str, str] | None] = [None] * len(records)
+        for idx in self.indexes:
+            for i, h in enumerate(idx.check(texts)):
+                if h is not None and hits[i] is None:
+                    hits[i] = (idx.name, h)
+        for r, h in zip(records, hits, strict=True):
+            if h is None:
+                res.kept.append(r)
+            else:
+                self.removed[h[0]] += 1
+                res.rejects.append(Reject(r, self.stage, f"contaminated:{h[0]}:{h[1]}"))
+        return res
+
+    def summary(self) -> dict[str, Any]:
+        return {"removed": {idx.name: self.removed.get(idx.name, 0) for idx in self.indexes}}

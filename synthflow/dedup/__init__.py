@@ -1,0 +1,1 @@
+"""Dedup and decontamination: vectorized MinHash, LSH index, n-gram benchmark overlap."""

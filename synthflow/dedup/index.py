@@ -1,0 +1,178 @@
+"""Near-duplicate index: our MinHash signatures in datasketch's ``MinHashLSH`` (in memory, persisted
+next to the data, or in Redis so several workers share it), plus the shingle sets needed to confirm
+every candidate by exact Jaccard before anything is dropped."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from datasketch import LeanMinHash, MinHashLSH
+from datasketch.lsh import _optimal_param
+
+from synthflow.dedup.minhash import MinHasher, jaccard, shingle
+from synthflow.errors import UserError
+
+INDEX_VERSION = 1
+
+
+def lean(sig: np.ndarray, seed: int) -> LeanMinHash:
+    """Our uint32 signature as a datasketch sketch. Its permutations are affine maps mod 2^32 over
+    pre-mixed hashes, the family datasketch calls ``affine32``."""
+    return LeanMinHash(seed=seed, hashvalues=sig, scheme="affine32")
+
+
+def bands_rows(threshold: float, num_perm: int) -> tuple[int, int]:
+    """datasketch's choice of (bands, rows) for a Jaccard threshold (equal FP/FN weights)."""
+    return _optimal_param(threshold, num_perm, 0.5, 0.5)
+
+
+@dataclass
+class Match:
+    key: str
+    jaccard: float
+
+
+class NearDupIndex:
+    """Streaming near-dup index. ``check_and_add`` tests a batch against everything added so far
+    (earlier batches, earlier runs) and adds the rows that are new."""
+
+    def __init__(
+        self,
+        threshold: float = 0.8,
+        num_perm: int = 128,
+        shingle_k: int = 5,
+        seed: int = 1,
+        redis: dict[str, Any] | None = None,
+        name: str = "synthflow",
+    ):
+        self.threshold = threshold
+        self.num_perm = num_perm
+        self.shingle_k = shingle_k
+        self.hasher = MinHasher(num_perm, seed)
+        self.bands, self.rows = bands_rows(threshold, num_perm)
+        self.redis_cfg = redis
+        self.name = name
+        self.tag = f"{self.hasher.tag}-sh{shingle_k}-t{threshold:g}-v{INDEX_VERSION}"
+        if redis is not None:
+            self.lsh = MinHashLSH(
+                threshold=threshold,
+                num_perm=num_perm,
+                storage_config={"type": "redis", "basename": f"{name}:{self.tag}".encode(), "redis": redis},
+            )
+            import redis as redis_lib
+
+            self._r = redis_lib.Redis(**redis)
+            try:
+                self._r.ping()
+            except redis_lib.RedisError as e:
+                raise UserError(f"redis at {redis.get('host')}:{redis.get('port')}: {e}") from None
+            self.sets: dict[str, np.ndarray] | None = None
+        else:
+            self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+            self.sets = {}
+        self.added: list[str] = []
+
+    # ---- shingle sets (for exact confirmation) -------------------------------------------------
+    def _set_key(self, key: str) -> str:
+        return f"{self.name}:{self.tag}:set:{key}"
+
+    def _get_set(self, key: str) -> np.ndarray | None:
+        if self.sets is not None:
+            return self.sets.get(key)
+        raw = self._r.get(self._set_key(key))
+        return None if raw is None else np.frombuffer(raw, dtype=np.uint64)
+
+    def _put_set(self, key: str, s: np.ndarray) -> None:
+        if self.sets is not None:
+            self.sets[key] = s
+        else:
+            self._r.set(self._set_key(key), s.tobytes())
+
+    def __len__(self) -> int:
+        if self.sets is not None:
+            return len(self.sets)
+        return sum(1 for _ in self._r.scan_iter(f"{self.name}:{self.tag}:set:*", count=1000))
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.lsh
+
+    # ---- the work --------------------------------------------------------------------------------
+    def query(self, texts: Sequence[str]) -> list[Match | None]:
+        """Best confirmed match for each text, without adding anything."""
+        sh = shingle(texts, self.shingle_k)
+        out: list[Match | None] = []
+        for sig, s in zip(self.hasher.signatures(sh), sh.sets(), strict=True):
+            out.append(self._best(lean(sig, self.hasher.seed), s))
+        return out
+
+    def _best(self, m: LeanMinHash, s: np.ndarray) -> Match | None:
+        best: Match | None = None
+        for cand in sorted(self.lsh.query(m)):
+            other = self._get_set(cand)
+            if other is None:
+                continue
+            j = jaccard(s, other)
+            if j >= self.threshold and (best is None or j > best.jaccard):
+                best = Match(cand, j)
+        return best
+
+    def check_and_add(self, keys: Sequence[str], texts: Sequence[str]) -> list[Match | None]:
+        """For each row: the earlier row it near-duplicates (confirmed Jaccard >= threshold), or
+        None, in which case it is added. Rows of the same batch are checked against each other too."""
+        sh = shingle(texts, self.shingle_k)
+        sigs = self.hasher.signatures(sh)
+        sets = sh.sets()
+        out: list[Match | None] = []
+        for key, sig, s in zip(keys, sigs, sets, strict=True):
+            if key in self.lsh:  # the same row again (a resumed run): not a duplicate of itself
+                out.append(None)
+                continue
+            m = lean(sig, self.hasher.seed)
+            best = self._best(m, s)
+            if best is None:
+                self.lsh.insert(key, m, check_duplication=False)
+                self._put_set(key, s)
+                self.added.append(key)
+            out.append(best)
+        return out
+
+    def remove(self, keys: Sequence[str]) -> None:
+        for k in keys:
+            if k in self.lsh:
+                self.lsh.remove(k)
+            if self.sets is not None:
+                self.sets.pop(k, None)
+            else:
+                self._r.delete(self._set_key(k))
+
+    # ---- persistence (memory backend) ------------------------------------------------------------
+    def save(self, path: Path) -> None:
+        """Atomic: write a temporary file beside it, then rename."""
+        if self.sets is None:
+            return  # redis persists itself
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump(
+                {"tag": self.tag, "lsh": self.lsh, "sets": self.sets}, f, protocol=pickle.HIGHEST_PROTOCOL
+            )
+        os.replace(tmp, path)
+
+    def load(self, path: Path) -> bool:
+        if self.sets is None or not path.is_file():
+            return False
+        with open(path, "rb") as f:
+            d = pickle.load(f)
+        if d.get("tag") != self.tag:
+            raise UserError(
+                f"{path}: index was built with {d.get('tag')}, this run uses {self.tag}; move it aside"
+            )
+        self.lsh, self.sets = d["lsh"], d["sets"]
+        return True

@@ -1,0 +1,210 @@
+"""Near-dup correctness on planted duplicates at known Jaccard, signature accuracy, cross-run and
+Redis-shared indexes, and the streaming dedup filter."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import socket
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from synthflow.dedup.index import NearDupIndex, bands_rows
+from synthflow.dedup.minhash import MinHasher, estimate, jaccard, shingle, word_hashes
+
+rng = random.Random(0)
+VOCAB = [f"w{i}" for i in range(20000)]
+
+
+def base_doc(n: int = 200) -> list[str]:
+    return [rng.choice(VOCAB) for _ in range(n)]
+
+
+def edit(words: list[str], n_edits: int) -> list[str]:
+    w = list(words)
+    for pos in rng.sample(range(len(w)), n_edits):
+        w[pos] = rng.choice(VOCAB)
+    return w
+
+
+def reorder(words: list[str], block: int = 50) -> list[str]:
+    blocks = [words[i : i + block] for i in range(0, len(words), block)]
+    rng.shuffle(blocks)
+    return [x for b in blocks for x in b]
+
+
+def planted_pairs():
+    """(original, variant) texts spanning Jaccard from ~0.2 to 1.0: word edits, block reorderings,
+    and 'paraphrase-light' copies (case, punctuation, whitespace changes plus a few edits)."""
+    pairs = []
+    for _ in range(60):
+        b = base_doc()
+        for k in (0, 1, 2, 3, 5, 8, 12, 20, 35, 60):
+            pairs.append((b, edit(b, k)))
+        pairs.append((b, reorder(b)))
+        light = edit(b, 2)
+        pairs.append((b, [w.upper() if i % 7 == 0 else w for i, w in enumerate(light)]))
+    texts = [(" ".join(a), ", ".join(v) + " !") for a, v in pairs]
+    return texts
+
+
+@pytest.fixture(scope="module")
+def pairs_with_truth():
+    texts = planted_pairs()
+    sh_a = shingle([a for a, _ in texts])
+    sh_b = shingle([b for _, b in texts])
+    truth = [jaccard(x, y) for x, y in zip(sh_a.sets(), sh_b.sets(), strict=True)]
+    return texts, np.array(truth)
+
+
+def test_word_hashes_are_stable_across_batches():
+    a, _ = word_hashes(["hello world"])
+    b, _ = word_hashes(["something else entirely here", "hello world"])
+    assert list(a) == list(b[-2:])
+
+
+def test_recall_and_no_low_jaccard_drops(pairs_with_truth):
+    texts, truth = pairs_with_truth
+    assert truth.min() < 0.3 and truth.max() == 1.0 and (truth >= 0.9).sum() > 100
+    found = np.zeros(len(texts), bool)
+    per_base = len(texts) // 60
+    for g in range(60):  # one index per original; query its variants without adding them
+        idx = NearDupIndex(threshold=0.8)
+        group = texts[g * per_base : (g + 1) * per_base]
+        idx.check_and_add(["a"], [group[0][0]])
+        found[g * per_base : (g + 1) * per_base] = [m is not None for m in idx.query([b for _, b in group])]
+    recall_hi = found[truth >= 0.9].mean()
+    assert recall_hi >= 0.95, recall_hi
+    assert not found[truth < 0.5].any(), "a pair below Jaccard 0.5 was removed"
+    assert not found[truth < 0.8].any(), "confirmation must stop every drop under the threshold"
+
+
+def test_estimate_within_expected_error(pairs_with_truth):
+    texts, truth = pairs_with_truth
+    k = 128
+    mh = MinHasher(k)
+    sa = mh.signatures(shingle([a for a, _ in texts]))
+    sb = mh.signatures(shingle([b for _, b in texts]))
+    est = np.array([estimate(x, y) for x, y in zip(sa, sb, strict=True)])
+    err = est - truth
+    sigma = np.sqrt(truth * (1 - truth) / k)
+    assert abs(err.mean()) < 0.01, err.mean()  # unbiased
+    assert np.abs(err).mean() <= 1.25 * np.mean(sigma) * np.sqrt(2 / np.pi) + 0.005
+    assert (np.abs(err) <= 4 * sigma + 1e-9).mean() >= 0.99
+
+
+def test_bands_rows_reported():
+    b, r = bands_rows(0.8, 128)
+    assert b * r <= 128 and b > 1 and r > 1
+    idx = NearDupIndex(0.8)
+    assert (idx.bands, idx.rows) == (b, r)
+
+
+def test_reject_reason_names_the_duplicated_row():
+    idx = NearDupIndex(0.8)
+    doc = " ".join(base_doc())
+    assert idx.check_and_add(["first"], [doc]) == [None]
+    words = doc.split()
+    m = idx.check_and_add(["second"], [" ".join(words[:100] + ["changed"] + words[101:])])[0]
+    assert m is not None and m.key == "first" and 0.8 <= m.jaccard < 1
+    assert idx.check_and_add(["first"], [doc]) == [None], "the same key again is not its own duplicate"
+
+
+def test_persisted_index_round_trip(tmp_path):
+    docs = [" ".join(base_doc()) for _ in range(20)]
+    a = NearDupIndex(0.8)
+    a.check_and_add([f"d{i}" for i in range(20)], docs)
+    a.save(tmp_path / "idx.pkl")
+    b = NearDupIndex(0.8)
+    assert b.load(tmp_path / "idx.pkl") and len(b) == 20
+    hits = b.query(docs)
+    assert [h.key for h in hits] == [f"d{i}" for i in range(20)]
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.fail("redis-server is not installed (make sysdeps installs it)")
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    proc = subprocess.Popen(
+        [
+            exe,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    import redis
+
+    r = redis.Redis(host="127.0.0.1", port=port)
+    for _ in range(100):
+        try:
+            r.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    yield {"host": "127.0.0.1", "port": port}
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_redis_index_is_shared_between_workers(redis_server):
+    docs = [" ".join(base_doc()) for _ in range(10)]
+    w1 = NearDupIndex(0.8, redis=redis_server, name="t")
+    assert w1.check_and_add([f"d{i}" for i in range(10)], docs) == [None] * 10
+    w2 = NearDupIndex(0.8, redis=redis_server, name="t")  # another worker, same index
+    variants = [" ".join(d.split()[:50] + ["zz"] + d.split()[51:]) for d in docs]
+    hits = w2.check_and_add([f"v{i}" for i in range(10)], variants)
+    assert [h.key if h else None for h in hits] == [f"d{i}" for i in range(10)]
+    assert len(w2) == 10
+    w2.remove(["d0"])
+    assert w1.query([docs[0]]) == [None]
+
+
+def test_second_run_finds_first_runs_rows(tmp_path, prefect_harness):
+    """Cross-run (global) dedup: the index persists under the output root; run 2 of the same recipe
+    and seed rejects what run 1 already published, naming run 1's rows."""
+    import pyarrow.parquet as pq
+
+    from flows.recipe_flow import run_recipe
+
+    from .conftest import DATA, math_recipe
+
+    recipe = math_recipe(
+        tmp_path,
+        n=3,
+        batch_size=8,
+        max_items=24,
+        engine={"name": "fake", "script": str(DATA / "fake_math_fixed.json")},
+    )
+    s1 = run_recipe(recipe=str(recipe))
+    assert s1["counts"]["accepted"] == 3
+    run1_ids = set(
+        pq.read_table(next((tmp_path / "out" / "math" / s1["run_id"] / "data").glob("*.parquet")))
+        .column("id")
+        .to_pylist()
+    )
+    assert (tmp_path / "out" / ".synthflow-index").is_dir()
+    s2 = run_recipe(recipe=str(recipe))
+    assert s2["run_id"] != s1["run_id"] and s2["counts"]["accepted"] == 0
+    rej = pq.read_table(
+        next((tmp_path / "out" / "math" / s2["run_id"] / "rejects").glob("*.parquet"))
+    ).to_pylist()
+    dup_of = {r["reject_reason"].split(":")[2] for r in rej if r["reject_reason"].startswith("dedup:")}
+    assert dup_of and dup_of <= run1_ids
