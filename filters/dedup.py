@@ -84,6 +84,9 @@ class NearParams(BaseModel):
     num_perm: int = Field(128, ge=16)
     shingle: int = Field(5, ge=1)
     cross_run: bool = True
+    group: str | None = Field(
+        None, description="field whose equal values never count as duplicates (e.g. template_id)"
+    )
     redis: dict[str, Any] | None = Field(
         None, description="e.g. {host: 127.0.0.1, port: 6379}: share the index"
     )
@@ -114,7 +117,10 @@ class NearDedup(Filter):
         if not records:
             return res
         field = self.params.field or self.ctx.text_field
-        matches = self.index.check_and_add([r.id for r in records], [r.text_for(field) for r in records])
+        groups = [str(r.fields.get(self.params.group)) for r in records] if self.params.group else None
+        matches = self.index.check_and_add(
+            [r.id for r in records], [r.text_for(field) for r in records], groups
+        )
         for r, m in zip(records, matches, strict=True):
             if m is None:
                 res.kept.append(r)

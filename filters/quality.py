@@ -109,3 +109,58 @@ class Thresholds(Filter):
             else:
                 res.kept.append(r)
         return res
+
+
+EVASIVE = (
+    r"\bas an ai\b",
+    r"\bi(?: a|')m (?:just )?an? (?:ai|language model)\b",
+    r"\bi (?:cannot|can't|can not|am unable to|won't) (?:help|assist|provide|answer|do that|write|create)",
+    r"\bi'?m sorry,? but\b",
+    r"\bplease consult (?:a|an) (?:professional|expert)\b",
+    r"\bit depends on (?:many|various) factors\b",
+)
+PLACEHOLDER = (r"\[insert [^\]]*\]", r"\blorem ipsum\b", r"\bto be continued\b", r"\.\.\.\s*$", r"\bTODO\b")
+
+
+class ShirkerParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    min_words: int = Field(25, ge=0, description="responses shorter than this are shirking")
+    evasive: list[str] = Field(default_factory=lambda: list(EVASIVE))
+    placeholder: list[str] = Field(default_factory=lambda: list(PLACEHOLDER))
+
+
+@register("filter", "shirker")
+class Shirker(Filter):
+    """Instruct-SkillMix's warning: 'shirker' answers (too short, evasive, unfinished) ruin SFT.
+    Rejects them as ``shirker:short``, ``shirker:evasive`` or ``shirker:placeholder``."""
+
+    name = "shirker"
+    stage = "accept"
+    Params = ShirkerParams
+
+    def __init__(self, params: Any = None, ctx: Any = None):
+        super().__init__(params, ctx)
+        import re
+
+        self._evasive = [re.compile(p, re.I) for p in self.params.evasive]
+        self._placeholder = [re.compile(p, re.I) for p in self.params.placeholder]
+
+    def reason(self, response: str) -> str:
+        if len(response.split()) < self.params.min_words:
+            return "shirker:short"
+        if any(p.search(response) for p in self._evasive):
+            return "shirker:evasive"
+        if any(p.search(response) for p in self._placeholder):
+            return "shirker:placeholder"
+        return ""
+
+    def __call__(self, records: Sequence[Record]) -> StageResult:
+        res = StageResult()
+        for r in records:
+            resp = "\n".join(m["content"] for m in r.messages if m["role"] == "assistant")
+            why = self.reason(resp)
+            if why:
+                res.rejects.append(Reject(r, self.stage, why))
+            else:
+                res.kept.append(r)
+        return res

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -206,6 +207,59 @@ def verify_codet(records: Sequence[Record], executor: Any, p: VerifyParams) -> l
             vc["status"] = "fail"
             vc["message"] = "no candidate passes any generated test"
         out.append(Check(ok, "" if ok else "verify:codet_no_agreement", vc))
+    return out
+
+
+@register("verifier", "template")
+def verify_template(records: Sequence[Record], executor: Any, p: VerifyParams) -> list[Check]:
+    """TemplateGSM: run each variant's program on its assignment; the value is the answer. A template
+    whose program fails on any variant, or whose answers are degenerate (non-numeric, non-finite,
+    negative, or the same for every variant), loses all its variants."""
+    import json as _json
+
+    jobs = [
+        Job(
+            code=r.fields["program"],
+            call=f"solution(**{_json.loads(r.fields['assignment'])!r})",
+            timeout_s=p.timeout_s,
+        )
+        for r in records
+    ]
+    verdicts = executor.run(jobs)
+    by_tmpl: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        by_tmpl.setdefault(r.fields["template_id"], []).append(i)
+    bad: dict[str, str] = {}
+    for tid, idx in by_tmpl.items():
+        values = []
+        for i in idx:
+            v = verdicts[i]
+            if v.status != "pass":
+                bad[tid] = f"verify:template_failed:{v.status}" + (f":{v.exc_type}" if v.exc_type else "")
+                break
+            x = v.value
+            if isinstance(x, bool) or not isinstance(x, (int, float)):
+                bad[tid] = "verify:degenerate:non_numeric"
+                break
+            if isinstance(x, float) and not math.isfinite(x):
+                bad[tid] = "verify:degenerate:non_finite"
+                break
+            if x < 0:
+                bad[tid] = "verify:degenerate:negative"
+                break
+            values.append(x)
+        if tid not in bad and len(idx) >= 3 and len(set(values)) == 1:
+            bad[tid] = "verify:degenerate:constant"
+    out = []
+    for r, v in zip(records, verdicts, strict=True):
+        reason = bad.get(r.fields["template_id"], "")
+        if not reason:
+            x = v.value
+            r.fields["answer"] = str(int(x)) if float(x).is_integer() else str(round(float(x), 6))
+        vc = verdict_columns("template", v, assignment=r.fields["assignment"])
+        if reason:
+            vc["status"] = "fail" if v.status == "pass" else v.status
+        out.append(Check(not reason, reason, vc))
     return out
 
 

@@ -6,6 +6,7 @@ retries; the response cache makes a retry (or a rerun after a crash) regenerate 
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +23,19 @@ from synthflow.runner import FUNNEL, Overrides, Run, format_summary
 @task(name="extract-seeds", cache_policy=NO_CACHE)
 def open_run(recipe: str, overrides: Overrides) -> Run:
     return Run.open(recipe, overrides)
+
+
+@task(name="prepare-generator", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def prepare(run: Run) -> None:
+    run.prepare()
+    arts = run.generator.artifacts()
+    if arts:  # e.g. SkillMix's skill list: reviewable in the Prefect UI, saved with the run too
+        for name, obj in arts.items():
+            create_markdown_artifact(
+                key=f"{run.recipe.name}-{name}".replace("_", "-").replace(".", "-").lower(),
+                markdown=f"```json\n{json.dumps(obj, indent=2)[:50000]}\n```",
+                description=f"{name} of run {run.run_id}",
+            )
 
 
 @task(name="generate", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
@@ -87,6 +101,7 @@ def run_recipe(
     )
     bar = _progress(run)
     try:
+        prepare(run)
         while items := run.next_batch():
             records = generate(run, items)
             records = verify(run, records)

@@ -162,11 +162,19 @@ class Run:
         self.planned += count
         return items
 
+    def prepare(self) -> None:
+        """Generator set-up that needs the engine (runs once, before the first batch)."""
+        t0 = time.perf_counter()
+        self.generator.prepare(self.engine, self.sampling)
+        self.seconds["prepare"] += time.perf_counter() - t0
+
     def generate(self, items: list[Item]) -> StageResult:
         t0 = time.perf_counter()
         res = self.generator.generate(items, self.engine, self.sampling)
         self.seconds["generate"] += time.perf_counter() - t0
-        self.counts["generated"] += len(res.kept) + sum(1 for r in res.rejects if r.stage == "parse")
+        self.counts["generated"] += len(res.kept) + len(
+            res.rejects
+        )  # every generator reject is parse/generate
         self.counts["parsed"] += len(res.kept)
         self.rejects.extend(res.rejects)
         return res
@@ -225,7 +233,7 @@ class Run:
             "stage_seconds": {k: round(v, 2) for k, v in self.seconds.items()},
             "generate_seconds": round(gen_s, 2),
             "wall_seconds": round(time.time() - self.started, 1),
-            "generator": self.generator.summary(),
+            "generator": self.generator.summary(self.accepted),
             "filters": {f.name: f.summary() for fs in self.filters.values() for f in fs if f.summary()},
         }
 
@@ -293,6 +301,7 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append("  top reject reasons:")
         lines += [f"    {n:6d}  {st:8s} {r}" for st, r, n in s["top_rejects"]]
     for k, v in (s.get("generator") or {}).items():
-        lines.append(f"  {k}: {v}")
+        if not isinstance(v, (dict, list)):  # full tables stay in summary.json
+            lines.append(f"  {k}: {v}")
     lines.append(f"  wall time: {s['wall_seconds']} s")
     return "\n".join(lines)

@@ -13,7 +13,20 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data"
-SHARED = ROOT.parent / "shared" / "data"
+
+
+def _shared_data() -> Path:
+    """External test data: ``../shared/data`` beside the checkout (SYNTHFLOW_SHARED_DATA overrides;
+    /work/shared/data is where it lives on the team's machines, for clones made elsewhere)."""
+    for p in (os.environ.get("SYNTHFLOW_SHARED_DATA"), ROOT.parent / "shared" / "data", "/work/shared/data"):
+        if p and (Path(p) / "self_instruct_seed_tasks.jsonl").is_file():
+            return Path(p)
+    raise FileNotFoundError(
+        "shared test data not found: set SYNTHFLOW_SHARED_DATA to the folder with self_instruct_seed_tasks.jsonl"
+    )
+
+
+SHARED = _shared_data()
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")

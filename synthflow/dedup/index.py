@@ -78,6 +78,7 @@ class NearDupIndex:
             self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
             self.sets = {}
         self.added: list[str] = []
+        self.groups: dict[str, str] = {}  # key -> group (this process only): same-group rows never match
 
     # ---- shingle sets (for exact confirmation) -------------------------------------------------
     def _set_key(self, key: str) -> str:
@@ -112,9 +113,11 @@ class NearDupIndex:
             out.append(self._best(lean(sig, self.hasher.seed), s))
         return out
 
-    def _best(self, m: LeanMinHash, s: np.ndarray) -> Match | None:
+    def _best(self, m: LeanMinHash, s: np.ndarray, group: str | None = None) -> Match | None:
         best: Match | None = None
         for cand in sorted(self.lsh.query(m)):
+            if group is not None and self.groups.get(cand) == group:
+                continue
             other = self._get_set(cand)
             if other is None:
                 continue
@@ -123,20 +126,25 @@ class NearDupIndex:
                 best = Match(cand, j)
         return best
 
-    def check_and_add(self, keys: Sequence[str], texts: Sequence[str]) -> list[Match | None]:
+    def check_and_add(
+        self, keys: Sequence[str], texts: Sequence[str], groups: Sequence[str] | None = None
+    ) -> list[Match | None]:
         """For each row: the earlier row it near-duplicates (confirmed Jaccard >= threshold), or
         None, in which case it is added. Rows of the same batch are checked against each other too."""
         sh = shingle(texts, self.shingle_k)
         sigs = self.hasher.signatures(sh)
         sets = sh.sets()
         out: list[Match | None] = []
-        for key, sig, s in zip(keys, sigs, sets, strict=True):
+        for n, (key, sig, s) in enumerate(zip(keys, sigs, sets, strict=True)):
+            group = groups[n] if groups is not None else None
             if key in self.lsh:  # the same row again (a resumed run): not a duplicate of itself
                 out.append(None)
                 continue
             m = lean(sig, self.hasher.seed)
-            best = self._best(m, s)
+            best = self._best(m, s, group)
             if best is None:
+                if group is not None:
+                    self.groups[key] = group
                 self.lsh.insert(key, m, check_duplication=False)
                 self._put_set(key, s)
                 self.added.append(key)

@@ -3,7 +3,8 @@
 The script is a list of rules ``{"match": <regex over the last user message>, "reply": <text>}``;
 replies may use ``{i}`` (sample index) and ``{n}`` (call counter) and may be a list, indexed by sample.
 When the conversation ends with an assistant prefill that the reply starts with, only the rest is returned.
-The first matching rule answers. ``delay_s`` sleeps per call so tests can kill a run mid-generation.
+The first matching rule answers; ``"scope": "all"`` matches the whole conversation
+(``<role> content`` lines) instead of the last user message. ``delay_s`` sleeps per call so tests can kill a run mid-generation.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ class FakeEngine:
     ):
         if isinstance(script, (str, Path)):
             script = json.loads(Path(script).read_text())
-        self.rules = [(re.compile(r.get("match", ""), re.S), r["reply"]) for r in script]
+        self.rules = [
+            (re.compile(r.get("match", ""), re.S), r["reply"], r.get("scope", "last_user")) for r in script
+        ]
         self.model_id = model_id
         self.delay_s = delay_s
         self.calls = 0
@@ -39,8 +42,9 @@ class FakeEngine:
 
     def _answer(self, req: Request) -> str:
         last_user = next((m["content"] for m in reversed(req.messages) if m["role"] == "user"), "")
-        for rx, reply in self.rules:
-            if rx.search(last_user):
+        everything = "\n".join(f"<{m['role']}> {m['content']}" for m in req.messages)
+        for rx, reply, scope in self.rules:
+            if rx.search(everything if scope == "all" else last_user):
                 if isinstance(reply, list):
                     reply = reply[req.sample_index % len(reply)]
                 return reply.replace("{i}", str(req.sample_index)).replace("{n}", str(self.calls))

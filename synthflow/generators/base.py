@@ -118,7 +118,10 @@ class Generator(ABC):
     def refresh(self, rec: Record) -> None:
         """Called after verification (which may change fields, e.g. CodeT's chosen solution)."""
 
-    def summary(self) -> dict[str, Any]:
+    def prepare(self, engine: Any, sampling: Sampling) -> None:
+        """Once per run, before the first batch (e.g. SkillMix's skill extraction)."""
+
+    def summary(self, accepted: list[Record]) -> dict[str, Any]:
         """Generator-specific lines for the run summary (coverage, rounds, ...)."""
         return {}
 
@@ -148,6 +151,10 @@ def add_usage(rec: Record, comp: Completion) -> None:
     g["completion_tokens"] = g.get("completion_tokens", 0) + comp.completion_tokens
     g["engine_seconds"] = g.get("engine_seconds", 0.0) + comp.seconds
     g["cache_hit"] = bool(g.get("cache_hit", True)) and comp.cached
+
+
+def make_reject(rec: Record, reason: str, stage: str = "generate") -> Reject:
+    return Reject(rec, stage, reason)
 
 
 def parse_or_reject(

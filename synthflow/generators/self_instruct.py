@@ -1,0 +1,281 @@
+"""Self-Instruct (Wang et al., 2023, "Self-Instruct: Aligning Language Models with Self-Generated
+Instructions"): bootstrap new instructions from a pool of human-written seed tasks.
+
+Per batch (one bootstrap round): each prompt shows 8 in-context instructions (6 human seeds and 2
+machine-generated ones once there are some) and asks for new ones; new instructions are filtered
+(ROUGE-L > 0.7 against the growing pool, 4-150 words, blacklisted keywords, punctuation or non-ASCII
+start); the model says whether each is a classification task; instances are generated output-first
+for classification and input-first otherwise, at most 5 per instruction. One row per instance.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import re
+from typing import Any, ClassVar
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+
+from synthflow.dedup.rouge import RougePool
+from synthflow.engines.base import Sampling
+from synthflow.generators.base import Generator, Item, add_usage, make_reject
+from synthflow.record import Record, StageResult, stable_id
+from synthflow.registry import register
+from synthflow.seeds import Seed
+
+# Things a text-only model cannot do (the paper's list).
+BLACKLIST = ("image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps",
+             "draw", "plot", "go to", "video", "audio", "music", "flowchart", "diagram")  # fmt: skip
+_ITEM_RE = re.compile(r"^\s*(\d+)\s*[.)]\s*(.+?)\s*$")
+
+
+def parse_instructions(first_number: int, text: str) -> list[str]:
+    """The numbered list the model continued (its first line follows the prefilled number)."""
+    lines = text.splitlines()
+    out = []
+    if lines and lines[0].strip():
+        out.append(lines[0].strip())
+    for line in lines[1:]:
+        m = _ITEM_RE.match(line)
+        if m:
+            out.append(m.group(2))
+        elif line.strip() and out and not line.strip()[0].isdigit():
+            break  # prose after the list
+    return [re.sub(r"\s+", " ", t).strip() for t in out if t.strip()]
+
+
+def instruction_problem(text: str, min_words: int, max_words: int) -> str:
+    """The paper's heuristic filters; '' when the instruction passes."""
+    words = text.split()
+    if len(words) < min_words:
+        return "too_short"
+    if len(words) > max_words:
+        return "too_long"
+    low = text.lower()
+    for kw in BLACKLIST:
+        if re.search(rf"\b{re.escape(kw)}\b", low):
+            return f"keyword:{kw}"
+    if not text[0].isascii():
+        return "non_ascii_start"
+    if not text[0].isalnum():
+        return "punctuation_start"
+    if low.startswith("write a program"):
+        return "write_a_program"
+    return ""
+
+
+def parse_classification(text: str) -> bool | None:
+    t = text.strip().lower()
+    if t.startswith("yes"):
+        return True
+    if t.startswith("no"):
+        return False
+    return None
+
+
+def parse_instances(text: str, output_first: bool, limit: int = 5) -> list[dict[str, str]]:
+    """Input/Output pairs (input first), or Class label/Input pairs (output first)."""
+    a, b = ("Class label", "Input") if output_first else ("Input", "Output")
+    first = a + ":" + text
+    pat = re.compile(rf"{a}\s*:\s*(.*?)\n\s*{b}\s*:\s*(.*?)(?=\n\s*{a}\s*:|\n\s*Task\s*:|\Z)", re.S)
+    out = []
+    for m in pat.finditer(first):
+        x, y = m.group(1).strip(), m.group(2).strip()
+        inp, outp = (y, x) if output_first else (x, y)
+        if not outp or (output_first and not inp):
+            continue
+        pair = {"input": inp, "output": outp}
+        if pair not in out:
+            out.append(pair)
+        if len(out) >= limit:
+            break
+    return out
+
+
+class SelfInstructOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    human_in_context: int = Field(6, ge=1)
+    machine_in_context: int = Field(2, ge=0)
+    new_per_prompt: int = Field(8, ge=1, le=20)
+    rouge_threshold: float = Field(0.7, gt=0, le=1)
+    min_words: int = Field(4, ge=1)
+    max_words: int = Field(150, ge=1)
+    max_instances: int = Field(5, ge=1)
+    classify_examples: int = Field(6, ge=0)
+    instance_examples: int = Field(2, ge=0)
+
+
+@register("generator", "self_instruct")
+class SelfInstruct(Generator):
+    name = "self_instruct"
+    prompts: ClassVar[dict[str, str]] = {
+        "instructions": "self_instruct/instructions.jinja2",
+        "classify": "self_instruct/classify.jinja2",
+        "input_first": "self_instruct/instances_input_first.jinja2",
+        "output_first": "self_instruct/instances_output_first.jinja2",
+    }
+    Options = SelfInstructOptions
+    columns: ClassVar[dict[str, pa.DataType]] = {
+        "instruction": pa.string(),
+        "input": pa.string(),
+        "output": pa.string(),
+        "si_round": pa.int64(),
+        "si_in_context": pa.list_(pa.string()),
+        "si_nearest": pa.string(),
+        "si_rouge_l": pa.float64(),
+        "si_is_classification": pa.bool_(),
+        "si_instance": pa.int64(),
+    }
+    text_field = "instruction+input"
+
+    def __init__(self, recipe: Any, seeds: list[Seed]):
+        super().__init__(recipe, seeds)
+        self.human = [s for s in seeds if s.data.get("instruction")]
+        o = self.opts
+        self.pool = RougePool(threshold=o.rouge_threshold)
+        self.pool.add([s.seed_id for s in self.human], [s.data["instruction"] for s in self.human])
+        self.machine: list[tuple[str, str]] = []  # (key, instruction) accepted into the pool
+        self.rounds = 0
+        self.classified = {"yes": 0, "no": 0, "unknown": 0}
+
+    # ---- prompts ---------------------------------------------------------------------------
+    def in_context(self, item: Item) -> tuple[list[str], list[str]]:
+        o = self.opts
+        rng = random.Random(f"{self.recipe.seed}:si:{item.index}")
+        n_machine = min(o.machine_in_context, len(self.machine))
+        human = rng.sample(
+            self.human, min(o.human_in_context + o.machine_in_context - n_machine, len(self.human))
+        )
+        machine = rng.sample(self.machine, n_machine)
+        ids = [s.seed_id for s in human] + [k for k, _ in machine]
+        tasks = [s.data["instruction"] for s in human] + [t for _, t in machine]
+        return ids, tasks
+
+    def _examples(self, key: str, n: int, classification: bool | None = None) -> list[dict[str, Any]]:
+        rng = random.Random(f"{self.recipe.seed}:{key}")
+        pool = [
+            s.data
+            for s in self.human
+            if classification is None or s.data["is_classification"] == classification
+        ]
+        pool = [p for p in pool if p.get("instances")] or [s.data for s in self.human]
+        return rng.sample(pool, min(n, len(pool)))
+
+    def render_examples(self) -> list[list[dict[str, str]]]:
+        it = self.plan(0, 1)[0]
+        _, tasks = self.in_context(it)
+        ins = self.human[0].data["instruction"]
+        return [
+            self.templates["instructions"].render(tasks=tasks, num_new=self.opts.new_per_prompt),
+            self.templates["classify"].render(
+                examples=self._examples("clf", self.opts.classify_examples), instruction=ins
+            ),
+            self.templates["input_first"].render(examples=self._examples("if", 2, False), instruction=ins),
+            self.templates["output_first"].render(examples=self._examples("of", 2, True), instruction=ins),
+        ]
+
+    # ---- the bootstrap round --------------------------------------------------------------------
+    def generate(self, items: list[Item], engine: Any, sampling: Sampling) -> StageResult:
+        o = self.opts
+        out = StageResult()
+        self.rounds += 1
+        rnd = self.rounds
+        # 1. new instructions, one prompt per item
+        ctx = [self.in_context(it) for it in items]
+        reqs = [
+            self.request(
+                "instructions",
+                self.templates["instructions"].render(tasks=t, num_new=o.new_per_prompt),
+                it.sample,
+            )
+            for it, (_, t) in zip(items, ctx, strict=True)
+        ]
+        comps = engine.generate(reqs, sampling)
+        live: list[Record] = []
+        for it, (ids, tasks), req, comp in zip(items, ctx, reqs, comps, strict=True):
+            new = parse_instructions(len(tasks) + 1, comp.text)
+            if not new:
+                rec = self.new_record(it, "instructions", comp, engine, sampling)
+                rec.raw = req.prefill + comp.text
+                out.rejects.append(make_reject(rec, "parse:no_instructions", "parse"))
+                continue
+            for j, ins in enumerate(new[: o.new_per_prompt]):
+                rec = self.new_record(it, "instructions", comp, engine, sampling)
+                rec.id = stable_id(rec.id, j)
+                rec.raw = ins
+                rec.fields = {"instruction": ins, "si_round": rnd, "si_in_context": ids}
+                problem = instruction_problem(ins, o.min_words, o.max_words)
+                if problem:
+                    out.rejects.append(make_reject(rec, f"filter:{problem}"))
+                    continue
+                near = self.pool.check_and_add([rec.id], [ins])[0]
+                rec.fields.update(si_nearest=near.text, si_rouge_l=round(near.rouge_l, 4))
+                if near.rouge_l > o.rouge_threshold:
+                    out.rejects.append(make_reject(rec, f"filter:rouge_l>{o.rouge_threshold:g}"))
+                    continue
+                self.machine.append((rec.id, ins))
+                live.append(rec)
+        if not live:
+            return out
+        # 2. classification or not
+        clf_ex = self._examples("clf", o.classify_examples)
+        reqs = [
+            self.request(
+                "classify",
+                self.templates["classify"].render(examples=clf_ex, instruction=r.fields["instruction"]),
+                0,
+            )
+            for r in live
+        ]
+        for r, comp in zip(live, engine.generate(reqs, sampling), strict=True):
+            add_usage(r, comp)
+            flag = parse_classification(comp.text)
+            self.classified["unknown" if flag is None else ("yes" if flag else "no")] += 1
+            r.fields["si_is_classification"] = bool(flag)
+        # 3. instances: output-first for classification, input-first otherwise
+        reqs = []
+        for r in live:
+            clf = r.fields["si_is_classification"]
+            role = "output_first" if clf else "input_first"
+            msgs = self.templates[role].render(
+                examples=self._examples(role, o.instance_examples, clf), instruction=r.fields["instruction"]
+            )
+            reqs.append(self.request(role, msgs, 0))
+        for r, req, comp in zip(live, reqs, engine.generate(reqs, sampling), strict=True):
+            add_usage(r, comp)
+            insts = parse_instances(comp.text, r.fields["si_is_classification"], o.max_instances)
+            if not insts:
+                r.raw = req.prefill + comp.text
+                out.rejects.append(make_reject(r, "parse:no_instances", "parse"))
+                continue
+            for k, inst in enumerate(insts):
+                row = copy.deepcopy(r)
+                row.id = stable_id(r.id, "instance", k)
+                row.fields.update(input=inst["input"], output=inst["output"], si_instance=k)
+                row.raw = req.prefill + comp.text
+                user = r.fields["instruction"] + (f"\n\n{inst['input']}" if inst["input"] else "")
+                row.messages = [
+                    {"role": "user", "content": user},
+                    {"role": "assistant", "content": inst["output"]},
+                ]
+                out.kept.append(row)
+        return out
+
+    def summary(self, accepted: list[Record]) -> dict[str, Any]:
+        return {
+            "bootstrap rounds": self.rounds,
+            "machine instructions in pool": len(self.machine),
+            "classification answers": dict(self.classified),
+            "accepted instructions": len({r.fields.get("instruction") for r in accepted}),
+        }
+
+    def card_section(self) -> str:
+        return (
+            "## Self-Instruct provenance\n\n"
+            "- `si_round`: bootstrap round; `si_in_context`: ids of the 8 in-context instructions (seed ids or machine rows)\n"
+            "- `si_nearest`, `si_rouge_l`: most similar pooled instruction and its ROUGE-L F1 when this one was added\n"
+            "- `si_is_classification`: the model's answer (instances were made output-first when true)\n"
+            "- `si_instance`: index of this instance among the instruction's instances (at most 5)\n"
+        )

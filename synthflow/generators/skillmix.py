@@ -1,0 +1,276 @@
+"""Instruct-SkillMix (Kaur et al., 2024, "Instruct-SkillMix: A Powerful Pipeline for LLM Instruction
+Tuning"): extract skills and query types with the LLM, then generate (instruction, response) pairs
+that each combine k random skills and one query type.
+
+Stage 1 (once per run, ``prepare``): the model names the skills and query types behind each seed
+instruction (seeds from a user dataset), or lists them for each seed domain (``domain`` field).
+Lists are merged and normalized and saved with the run as ``skills.json`` (also a Prefect artifact);
+``skills_file`` reuses a reviewed list instead. Stage 2: per example, k skills and one query type
+are drawn with a recorded seed; the shirker filter (``filters/quality.py``) rejects short or
+evasive responses.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+
+from synthflow.engines.base import Sampling
+from synthflow.errors import UserError
+from synthflow.generators.base import Generator, Item, ParseError, add_usage, make_reject, parse_or_reject
+from synthflow.record import Record, StageResult
+from synthflow.registry import register
+from synthflow.seeds import Seed, jsonl_seeds
+
+SKILLS_VERSION = 1
+_BULLET = re.compile(r"^\s*(?:[-*•]|\d+(?:\.\d+)*[.)]?)\s+")
+
+
+def normalize_skill(s: str) -> str:
+    """'2. Persuasive Writing: essays' -> 'persuasive writing'; '' for what is not a short phrase."""
+    prev = None
+    while prev != s:  # nested numbering like '1. 1.2.'
+        prev, s = s, _BULLET.sub("", s)
+    s = s.split(":", 1)[0].strip().strip(".;,\"'*").lower()
+    s = re.sub(r"\s+", " ", s)
+    ok = 1 <= len(s.split()) <= 6 and re.fullmatch(r"[a-z][a-z &/'-]*[a-z]", s or "") is not None
+    return s if ok else ""
+
+
+def _split_list(block: str) -> list[str]:
+    items = []
+    for line in block.splitlines():
+        for part in re.split(r"[,;]", line) if "," in line or ";" in line else [line]:
+            n = normalize_skill(part)
+            if n:
+                items.append(n)
+    return items
+
+
+def parse_skill_lists(text: str) -> tuple[list[str], list[str]]:
+    """'Skills: ... Query type(s): ...' (the prefilled 'Skills:' is not in ``text``)."""
+    parts = re.split(r"\n?\s*(?:query\s*types?|type of query)\s*:\s*", text, maxsplit=1, flags=re.I)
+    skills = _split_list(parts[0])
+    queries = _split_list(parts[1]) if len(parts) > 1 else []
+    return skills, queries
+
+
+def merge_counts(lists: list[list[str]], limit: int) -> list[dict[str, Any]]:
+    c = Counter(x for lst in lists for x in dict.fromkeys(lst))
+    return [{"name": k, "count": v} for k, v in sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]]
+
+
+class SkillMixOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    k: int = Field(2, ge=1, le=5, description="skills combined per example")
+    extract_max: int = Field(40, ge=1, description="seeds analysed in stage 1")
+    max_skills: int = Field(40, ge=2)
+    max_query_types: int = Field(12, ge=1)
+    list_size: int = Field(10, ge=2, description="items asked for per domain")
+    skills_file: str | None = Field(None, description="reuse a saved skills.json instead of extracting")
+    examples: str = Field("builtin:skillmix_examples.jsonl", description="worked pairs shown as few-shot")
+
+
+@register("generator", "skillmix")
+class SkillMix(Generator):
+    name = "skillmix"
+    prompts: ClassVar[dict[str, str]] = {
+        "from_instruction": "skillmix/skills_from_instruction.jinja2",
+        "for_domain": "skillmix/skills_for_domain.jinja2",
+        "instruction": "skillmix/instruction.jinja2",
+        "respond": "skillmix/respond.jinja2",
+    }
+    Options = SkillMixOptions
+    columns: ClassVar[dict[str, pa.DataType]] = {
+        "instruction": pa.string(),
+        "response": pa.string(),
+        "skills": pa.list_(pa.string()),
+        "query_type": pa.string(),
+        "mix_seed": pa.string(),
+    }
+    schemas: ClassVar[dict[str, dict[str, Any]]] = {
+        "instruction": {
+            "type": "object",
+            "properties": {"instruction": {"type": "string"}},
+            "required": ["instruction"],
+        }
+    }
+    text_field = "instruction"
+
+    def __init__(self, recipe: Any, seeds: list[Seed]):
+        super().__init__(recipe, seeds)
+        self.skills: list[dict[str, Any]] = []
+        self.query_types: list[dict[str, Any]] = []
+        self.extracted_from: list[str] = []
+        self.source = ""
+        self.examples = [s.data for s in jsonl_seeds(self.opts.examples)]
+
+    # ---- stage 1 -----------------------------------------------------------------------------
+    def extraction_prompts(self) -> list[tuple[Seed, str, list[dict[str, str]]]]:
+        out = []
+        for s in self.seeds[: self.opts.extract_max]:
+            if s.data.get("domain"):
+                out.append(
+                    (
+                        s,
+                        "for_domain",
+                        self.templates["for_domain"].render(domain=s.data["domain"], n=self.opts.list_size),
+                    )
+                )
+            else:
+                out.append(
+                    (s, "from_instruction", self.templates["from_instruction"].render(instruction=s.text))
+                )
+        return out
+
+    def prepare(self, engine: Any, sampling: Sampling) -> None:
+        o = self.opts
+        if o.skills_file:
+            p = Path(o.skills_file)
+            if not p.is_file():
+                raise UserError(f"{p}: skills file not found (generator.options.skills_file)")
+            d = json.loads(p.read_text())
+            self.skills, self.query_types = d["skills"], d["query_types"]
+            self.source = f"file:{p}"
+        else:
+            prompts = self.extraction_prompts()
+            reqs = [self.request(role, msgs, 0) for _, role, msgs in prompts]
+            comps = engine.generate(reqs, sampling)
+            skill_lists, query_lists = [], []
+            for (seed, _, _), comp in zip(prompts, comps, strict=True):
+                sk, qt = parse_skill_lists(comp.text)
+                skill_lists.append(sk)
+                query_lists.append(qt)
+                self.extracted_from.append(seed.seed_id)
+            self.skills = merge_counts(skill_lists, o.max_skills)
+            self.query_types = merge_counts(query_lists, o.max_query_types)
+            self.source = "domains" if any(s.data.get("domain") for s, _, _ in prompts) else "instructions"
+        if len(self.skills) < o.k or not self.query_types:
+            raise UserError(
+                f"skill extraction gave {len(self.skills)} skills and {len(self.query_types)} query types "
+                f"(need at least {o.k} and 1); use a stronger model or set generator.options.skills_file"
+            )
+
+    def artifacts(self) -> dict[str, Any]:
+        if not self.skills:
+            return {}
+        return {
+            "skills.json": {
+                "version": SKILLS_VERSION,
+                "source": self.source,
+                "prompt": self.templates[
+                    "for_domain" if self.source == "domains" else "from_instruction"
+                ].label,
+                "extracted_from": self.extracted_from,
+                "skills": self.skills,
+                "query_types": self.query_types,
+            }
+        }
+
+    # ---- stage 2 -----------------------------------------------------------------------------
+    def mix(self, item: Item) -> tuple[list[str], str, str]:
+        seed = f"{self.recipe.seed}:mix:{item.index}"
+        rng = random.Random(seed)
+        skills = sorted(rng.sample([s["name"] for s in self.skills], self.opts.k))
+        return skills, rng.choice([q["name"] for q in self.query_types]), seed
+
+    def render_examples(self) -> list[list[dict[str, str]]]:
+        out = [msgs for _, _, msgs in self.extraction_prompts()[:2]]
+        out.append(self.templates["for_domain"].render(domain="cooking", n=self.opts.list_size))
+        sk, qt = ["summarization", "humor"], "how-to request"
+        out.append(self.templates["instruction"].render(examples=self.examples, skills=sk, query_type=qt))
+        out.append(
+            self.templates["respond"].render(examples=self.examples, skills=sk, instruction="Explain tides.")
+        )
+        return out
+
+    def parse_instruction(self, text: str) -> str:
+        if self.structured:
+            try:
+                text = str(json.loads(text).get("instruction", ""))
+            except (ValueError, AttributeError):
+                raise ParseError("invalid_json") from None
+        line = next((ln.strip() for ln in text.strip().splitlines() if ln.strip()), "")
+        line = re.sub(r"^(?:instruction|request)\s*:\s*", "", line, flags=re.I).strip().strip('"')
+        if len(line.split()) < 3:
+            raise ParseError("no_instruction")
+        return line
+
+    def generate(self, items: list[Item], engine: Any, sampling: Sampling) -> StageResult:
+        """Two calls per batch: the instructions (k skills + a query type each), then the responses."""
+        mixes = [self.mix(it) for it in items]
+        t_ins, t_resp = self.templates["instruction"], self.templates["respond"]
+        reqs = [
+            self.request(
+                "instruction", t_ins.render(examples=self.examples, skills=sk, query_type=qt), it.sample
+            )
+            for it, (sk, qt, _) in zip(items, mixes, strict=True)
+        ]
+        out = StageResult()
+        live = []
+        for it, (sk, qt, seed), comp in zip(items, mixes, engine.generate(reqs, sampling), strict=True):
+            rec = self.new_record(it, "instruction", comp, engine, sampling)
+            rec.raw = comp.text
+            rec.fields = {"skills": sk, "query_type": qt, "mix_seed": seed}
+            ins = parse_or_reject(rec, self.parse_instruction, comp.text, out)
+            if ins is not None:
+                rec.fields["instruction"] = ins
+                live.append(rec)
+        reqs = [
+            self.request(
+                "respond",
+                t_resp.render(
+                    examples=self.examples, skills=r.fields["skills"], instruction=r.fields["instruction"]
+                ),
+                0,
+            )
+            for r in live
+        ]
+        for r, comp in zip(live, engine.generate(reqs, sampling) if reqs else [], strict=True):
+            add_usage(r, comp)
+            resp = comp.text.strip()
+            if not resp:
+                r.raw = comp.text
+                out.rejects.append(make_reject(r, "parse:empty_response", "parse"))
+                continue
+            r.fields["response"] = resp
+            r.messages = [
+                {"role": "user", "content": r.fields["instruction"]},
+                {"role": "assistant", "content": resp},
+            ]
+            out.kept.append(r)
+        return out
+
+    def summary(self, accepted: list[Record]) -> dict[str, Any]:
+        per_skill = Counter(s for r in accepted for s in r.fields.get("skills") or [])
+        pairs = Counter(
+            " + ".join(p)
+            for r in accepted
+            for p in itertools.combinations(sorted(r.fields.get("skills") or []), 2)
+        )
+        names = [s["name"] for s in self.skills]
+        unused = [n for n in names if per_skill.get(n, 0) == 0]
+        top = sorted(names, key=lambda n: (-per_skill.get(n, 0), n))
+        return {
+            "skills": f"{len(names)} extracted ({self.source}), {len(names) - len(unused)} used; query types: {len(self.query_types)}",
+            "skill coverage (top 10)": ", ".join(f"{n}={per_skill.get(n, 0)}" for n in top[:10]),
+            "skill pairs": f"{len(pairs)} distinct used; most: "
+            + ", ".join(f"{p}={c}" for p, c in pairs.most_common(3)),
+            "skills never used": f"{len(unused)}" + (f" (e.g. {', '.join(unused[:5])})" if unused else ""),
+            "coverage": {"skills": {n: per_skill.get(n, 0) for n in names}, "pairs": dict(pairs)},
+        }
+
+    def card_section(self) -> str:
+        return (
+            "## Instruct-SkillMix provenance\n\n"
+            "- `skills`: the k skills the example had to combine; `query_type`: the query type\n"
+            "- `mix_seed`: the seed of the draw (reproducible); the extracted lists are in `skills.json`\n"
+        )
