@@ -87,6 +87,7 @@ def run_recipe(
     base_url: str | None = None,
     seed: int | None = None,
     batch_size: int | None = None,
+    max_items: int | None = None,
     seed_from_date: bool = False,
 ) -> dict[str, Any]:
     """Run one recipe end to end and publish its dataset. ``seed_from_date`` (for schedules)
@@ -96,7 +97,14 @@ def run_recipe(
     run = open_run(
         recipe,
         Overrides(
-            n=n, model=model, out=out, engine=engine, base_url=base_url, seed=seed, batch_size=batch_size
+            n=n,
+            model=model,
+            out=out,
+            engine=engine,
+            base_url=base_url,
+            seed=seed,
+            batch_size=batch_size,
+            max_items=max_items,
         ),
     )
     bar = _progress(run)

@@ -64,6 +64,7 @@ def cmd_run(a: argparse.Namespace) -> int:
         base_url=a.base_url,
         seed=a.seed,
         batch_size=a.batch_size,
+        max_items=a.max_items,
     )
     Run.check(a.recipe, ov)  # bad input fails here, before Prefect starts
     _reap_orphan_prefect_servers()
@@ -78,6 +79,7 @@ def cmd_run(a: argparse.Namespace) -> int:
         base_url=a.base_url,
         seed=a.seed,
         batch_size=a.batch_size,
+        max_items=a.max_items,
     )
     print(format_summary(summary))
     return 0
@@ -178,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--base-url", help="OpenAI-compatible base URL for --engine openai")
     r.add_argument("--seed", type=int, help="run seed (sampling seed and seed order)")
     r.add_argument("--batch-size", type=int, help="records per engine call / task")
+    r.add_argument("--max-items", type=int, help="generation budget: stop after this many items")
     r.set_defaults(fn=cmd_run)
 
     q = sub.add_parser("query", help="DuckDB SQL over all finished runs (views: examples, rejects)")

@@ -40,6 +40,7 @@ class Overrides:
     base_url: str | None = None
     seed: int | None = None
     batch_size: int | None = None
+    max_items: int | None = None
 
     def as_recipe_keys(self) -> dict[str, Any]:
         return {
@@ -50,6 +51,7 @@ class Overrides:
             "engine.base_url": self.base_url,
             "seed": self.seed,
             "batch_size": self.batch_size,
+            "max_items": self.max_items,
         }
 
 
