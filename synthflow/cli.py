@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -70,17 +71,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     _reap_orphan_prefect_servers()
     from flows.recipe_flow import run_recipe
 
-    summary = run_recipe(
-        recipe=a.recipe,
-        n=a.n,
-        model=a.model,
-        out=a.out,
-        engine=a.engine,
-        base_url=a.base_url,
-        seed=a.seed,
-        batch_size=a.batch_size,
-        max_items=a.max_items,
-    )
+    summary = run_recipe(recipe=a.recipe, **dataclasses.asdict(ov))
     print(format_summary(summary))
     return 0
 
