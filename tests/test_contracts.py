@@ -45,8 +45,12 @@ def test_every_generator_template_renders_from_its_recipe():
 def test_generator_declares_columns(name):
     cls = registry.get("generator", name)
     assert issubclass(cls, Generator) and cls.columns
+    from synthflow.store import CORE_COLUMNS, REJECT_COLUMNS
+
+    core = {n for n, _ in CORE_COLUMNS + REJECT_COLUMNS} | {"created_at"}
     for col, typ in cls.columns.items():
         assert isinstance(typ, pa.DataType), col
+        assert col not in core and not col.startswith("score_"), f"{name}.{col} collides with a store column"
     for role in cls.schemas:
         assert role in cls.prompts
 

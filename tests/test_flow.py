@@ -83,3 +83,31 @@ def test_dataset_card_has_hf_metadata(finished_run):
     assert meta["annotations_creators"] == ["machine-generated"]
     assert meta["configs"][0]["data_files"][0] == {"split": "train", "path": "data/train-*.parquet"}
     assert meta["license"] == "apache-2.0" and "text-generation" in meta["task_categories"]
+
+
+def test_template_recipe_publishes_disjoint_splits(tmp_path, prefect_harness):
+    import yaml
+
+    from flows.recipe_flow import run_recipe
+
+    from .conftest import DATA, ROOT
+
+    data = yaml.safe_load((ROOT / "recipes" / "math_templates.yaml").read_text())
+    data["engine"] = {"name": "fake", "script": str(DATA / "fake_templates.json")}
+    data["generator"]["options"].update(test_fraction=0.5, variants_per_template=4)
+    data["output"] = {"root": str(tmp_path / "out")}
+    data.update(n=1000, batch_size=20, max_items=40)
+    # the fake engine writes the same template text every time: keep near-dup out of this test
+    data["filters"] = [f for f in data["filters"] if f["name"] != "near_dedup"]
+    p = tmp_path / "t.yaml"
+    p.write_text(yaml.safe_dump(data))
+    s = run_recipe(recipe=str(p))
+    run_dir = tmp_path / "out" / "math_templates" / s["run_id"]
+    train = pq.read_table(next((run_dir / "data").glob("train-*.parquet"))).to_pylist()
+    test = pq.read_table(next((run_dir / "data").glob("test-*.parquet"))).to_pylist()
+    assert train and test
+    assert not {r["template_id"] for r in train} & {r["template_id"] for r in test}
+    assert all(r["split"] == "train" for r in train) and all(r["split"] == "test" for r in test)
+    card = yaml.safe_load((run_dir / "README.md").read_text().split("---")[1])
+    assert {f["split"] for f in card["configs"][0]["data_files"]} == {"train", "test"}
+    assert "## Template provenance" in (run_dir / "README.md").read_text()

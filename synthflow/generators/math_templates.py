@@ -118,8 +118,7 @@ class MathTemplates(Generator):
         "problem": pa.string(),
         "program": pa.string(),
         "answer": pa.string(),
-        "split": pa.string(),
-    }
+    }  # `split` is a core column of every row (train/test), filled from fields["split"]
     text_field = "problem"
 
     def __init__(self, recipe: Any, seeds: list[Seed]):
