@@ -55,3 +55,27 @@ def test_math_recipe_on_embedded_model(tmp_path):
 
     ds = datasets.load_dataset("parquet", data_files=str(run_dir / "rejects" / "*.parquet"), split="train")
     assert len(ds) == rejects.num_rows and "reject_reason" in ds.column_names
+
+
+def test_structured_outputs_on_embedded_model(tmp_path):
+    """With `engine.structured_outputs: true` vLLM constrains decoding to the generator's JSON schema:
+    every answer the model finished (not cut at max_tokens) is valid JSON with the declared fields."""
+    recipe = tmp_path / "math_so.yaml"
+    text = (ROOT / "recipes" / "math.yaml").read_text()
+    recipe.write_text(text.replace("  seed: 0\n", "  seed: 0\n  structured_outputs: true\n", 1))
+    out = tmp_path / "out"
+    p = run_cli(
+        "run", str(recipe), "--n", "1", "--batch-size", "8", "--max-items", "8", "--out", str(out),
+        env={"SYNTHFLOW_PROGRESS": "0"}, cwd=tmp_path, timeout=1200,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = duckdb.sql(
+        f"SELECT raw, finish_reason FROM read_parquet('{out}/**/*.parquet', union_by_name=true)"
+    ).fetchall()
+    assert len(rows) == 8
+    finished = [raw for raw, fin in rows if fin == "stop"]
+    assert finished, "expected some answers to finish within max_tokens"
+    for raw in finished:
+        obj = json.loads(raw)
+        assert {"problem", "program", "answer"} <= set(obj)
+    assert all(raw.lstrip().startswith("{") for raw, _ in rows)
