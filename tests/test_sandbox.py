@@ -242,3 +242,14 @@ def test_weaker_modes_still_refuse(mode, tmp_path):
         assert run1(ex, "while True:\n    pass", timeout_s=1).status == "timeout"
         assert run1(ex, "import os\nos.kill(os.getppid(), 9)").status == "blocked"
         assert_healthy(ex)
+
+
+def test_auto_mode_says_when_a_stronger_mode_fails(monkeypatch, capsys):
+    from synthflow.sandbox import forkserver
+
+    monkeypatch.setattr(forkserver.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(forkserver, "_bwrap_prefix", lambda: ["bwrap"])
+    monkeypatch.setattr(forkserver, "_works", lambda prefix: prefix[0] == "unshare")
+    mode, prefix = forkserver.detect_mode.__wrapped__("auto")
+    assert (mode, prefix[0]) == ("unshare", "unshare")
+    assert "bwrap is installed but fails to start" in capsys.readouterr().err

@@ -140,6 +140,11 @@ def detect_mode(preferred: str = "auto") -> tuple[str, tuple[str, ...]]:
             continue
         if mode == "fallback" or _works(prefix):
             return mode, tuple(prefix)
+        if preferred == "auto":  # installed but refused (e.g. no user namespaces): say so once
+            print(
+                f"synthflow: sandbox: {mode} is installed but fails to start here; trying the next mode",
+                file=sys.stderr,
+            )
     raise UserError(f"sandbox mode {preferred!r} is not available on this machine")
 
 
