@@ -7,14 +7,13 @@ written atomically when a run publishes), or in Redis for several workers.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from synthflow.atomic import atomic_path
 from synthflow.dedup.index import NearDupIndex
 from synthflow.filtering import Filter
 from synthflow.record import Record, Reject, StageResult
@@ -74,7 +73,8 @@ class ExactDedup(Filter):
         if not keep:
             return
         old = self.path.read_text() if self.path.is_file() else ""
-        _atomic_write(self.path, old + "".join(f"{k}\t{rid}\n" for k, rid in keep.items()))
+        with atomic_path(self.path) as tmp:
+            tmp.write_text(old + "".join(f"{k}\t{rid}\n" for k, rid in keep.items()))
 
 
 class NearParams(BaseModel):
@@ -142,11 +142,3 @@ class NearDedup(Filter):
             "dropped": self.dropped,
             "index_loaded": self.loaded,
         }
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from synthflow import registry
+from synthflow.atomic import atomic_path
 from synthflow.engines.base import Sampling
 from synthflow.engines.cache import CachedEngine, ResponseCache
 from synthflow.filtering import FilterContext
@@ -126,10 +127,8 @@ class Run:
             run_id, resumed = json.loads(marker.read_text())["run_id"], True
         if run_id is None:
             run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + f"-{fp[:6]}"
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        tmp = marker.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({"run_id": run_id, "recipe": str(recipe_path)}))
-        os.replace(tmp, marker)
+        with atomic_path(marker) as tmp:
+            tmp.write_text(json.dumps({"run_id": run_id, "recipe": str(recipe_path)}))
         generator.run_id = run_id  # row ids are unique per run and stable when a run resumes
         ctx = FilterContext(recipe=recipe, generator=generator, out_root=root, run_id=run_id)
         filters: dict[str, list[Any]] = {b: [] for b in BUCKETS}

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +10,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from synthflow.atomic import atomic_path
 from synthflow.dedup.decontam import NgramIndex, load_benchmark, read_rows
 from synthflow.dedup.index import NearDupIndex
 from synthflow.errors import UserError
@@ -42,13 +41,10 @@ def _load(inputs: list[str], field: str | None) -> tuple[list[dict[str, Any]], l
 
 
 def _write(out: Path, kept: list[dict[str, Any]], rejects: list[dict[str, Any]]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
     for name, rows in (("kept.parquet", kept), ("rejects.parquet", rejects)):
         table = pa.Table.from_pylist(rows) if rows else pa.table({"reject_reason": pa.array([], pa.string())})
-        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=".tmp")
-        os.close(fd)
-        pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, out / name)
+        with atomic_path(out / name) as tmp:
+            pq.write_table(table, tmp, compression="zstd")
 
 
 def cmd_dedup(a: Any) -> int:

@@ -12,8 +12,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -21,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from synthflow.atomic import atomic_path
 from synthflow.dedup.minhash import SCHEME, shingle
 from synthflow.errors import UserError
 from synthflow.model import cache_home
@@ -137,15 +136,12 @@ class NgramIndex:
             owner = np.repeat(pick, np.diff(sh.offsets))
             order = np.argsort(sh.hashes, kind="stable")
             self.tables[size] = (sh.hashes[order], owner[order].astype(np.int64))
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache.parent, suffix=".npz")
-        os.close(fd)
-        np.savez(
-            tmp,
-            **{f"h{k}": v[0] for k, v in self.tables.items()},
-            **{f"i{k}": v[1] for k, v in self.tables.items()},
-        )
-        os.replace(tmp, cache)
+        with atomic_path(cache) as tmp, open(tmp, "wb") as f:  # a file object: savez adds no suffix
+            np.savez(
+                f,
+                **{f"h{k}": v[0] for k, v in self.tables.items()},
+                **{f"i{k}": v[1] for k, v in self.tables.items()},
+            )
 
     def check(self, texts: Sequence[str]) -> list[str | None]:
         """For each text, the benchmark item it shares the most n-grams with, or None."""

@@ -4,9 +4,7 @@ every candidate by exact Jaccard before anything is dropped."""
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +14,7 @@ import numpy as np
 from datasketch import LeanMinHash, MinHashLSH
 from datasketch.lsh import _optimal_param
 
+from synthflow.atomic import atomic_path
 from synthflow.dedup.minhash import MinHasher, jaccard, shingle
 from synthflow.errors import UserError
 
@@ -165,13 +164,10 @@ class NearDupIndex:
         """Atomic: write a temporary file beside it, then rename."""
         if self.sets is None:
             return  # redis persists itself
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             pickle.dump(
                 {"tag": self.tag, "lsh": self.lsh, "sets": self.sets}, f, protocol=pickle.HIGHEST_PROTOCOL
             )
-        os.replace(tmp, path)
 
     def load(self, path: Path) -> bool:
         if self.sets is None or not path.is_file():

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from synthflow.atomic import atomic_path
 from synthflow.errors import UserError
 from synthflow.sandbox.verdict import Job
 
@@ -74,14 +74,11 @@ def cmd_verify(a: Any) -> int:
         mode = ex.mode
     passed = sum(v.passed for v in verdicts)
     if a.out:
-        out = Path(a.out)
-        tmp = out.with_name(out.name + ".tmp")
-        with open(tmp, "w") as f:
+        with atomic_path(a.out) as tmp, open(tmp, "w") as f:
             for (tid, _), v in zip(jobs, verdicts, strict=True):
                 d = v.as_dict()
                 d.pop("extra", None)
                 f.write(json.dumps({"task_id": tid, **d}) + "\n")
-        os.replace(tmp, out)
     print(f"{passed} passed, {len(verdicts) - passed} failed  (sandbox mode: {mode})")
     if a.show_failures:
         for (tid, _), v in zip(jobs, verdicts, strict=True):
