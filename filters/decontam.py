@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from synthflow.dedup.decontam import NgramIndex, load_benchmark
+from synthflow.dedup.decontam import NgramIndex, first_hits, load_benchmark
 from synthflow.filtering import Filter
 from synthflow.record import Record, Reject, StageResult
 from synthflow.registry import register
@@ -40,19 +40,12 @@ class Decontaminate(Filter):
 
     @classmethod
     def contract_text(cls, i: int) -> str:
-        from synthflow.dedup.decontam import load_benchmark
-
         return load_benchmark("humaneval").texts[i]
 
     def __call__(self, records: Sequence[Record]) -> StageResult:
         res = StageResult()
         field = self.params.field or self.ctx.text_field
-        texts = [r.text_for(field) for r in records]
-        hits: list[tuple[str, str] | None] = [None] * len(records)
-        for idx in self.indexes:
-            for i, h in enumerate(idx.check(texts)):
-                if h is not None and hits[i] is None:
-                    hits[i] = (idx.name, h)
+        hits = first_hits(self.indexes, [r.text_for(field) for r in records])
         for r, h in zip(records, hits, strict=True):
             if h is None:
                 res.kept.append(r)

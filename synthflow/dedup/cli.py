@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from synthflow.atomic import atomic_path
-from synthflow.dedup.decontam import NgramIndex, load_benchmark, read_rows
+from synthflow.dedup.decontam import NgramIndex, first_hits, load_benchmark, read_rows
 from synthflow.dedup.index import NearDupIndex
 from synthflow.errors import UserError
 from synthflow.text import exact_key
@@ -88,15 +88,14 @@ def cmd_decontam(a: Any) -> int:
     against = a.against or ["humaneval"]
     indexes = [NgramIndex(load_benchmark(b), a.ngram, a.short_ngram) for b in against]
     kept, rejects = [], []
-    hits: list[str | None] = [None] * len(rows)
-    for idx in indexes:
-        for i, h in enumerate(idx.check(texts)):
-            if h is not None and hits[i] is None:
-                hits[i] = f"contaminated:{idx.name}:{h}"
+    hits = first_hits(indexes, texts)
     for r, h in zip(rows, hits, strict=True):
-        (kept if h is None else rejects).append(r if h is None else {**r, "reject_reason": h})
+        if h is None:
+            kept.append(r)
+        else:
+            rejects.append({**r, "reject_reason": f"contaminated:{h[0]}:{h[1]}"})
     _write(Path(a.out), kept, rejects)
-    per = {idx.name: sum(1 for h in hits if h and h.split(":")[1] == idx.name) for idx in indexes}
+    per = {idx.name: sum(1 for h in hits if h and h[0] == idx.name) for idx in indexes}
     print(
         f"{len(rows)} rows: {len(kept)} kept, {len(rejects)} contaminated ({', '.join(f'{k}: {v}' for k, v in per.items())})"
     )

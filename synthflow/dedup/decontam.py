@@ -167,3 +167,13 @@ class NgramIndex:
             best = max(tally.items(), key=lambda kv: (kv[1], -kv[0]))[0]
             out[d] = self.ids[best]
         return out
+
+
+def first_hits(indexes: Sequence[NgramIndex], texts: Sequence[str]) -> list[tuple[str, str] | None]:
+    """For each text, (benchmark, item id) from the first benchmark it overlaps, or None."""
+    hits: list[tuple[str, str] | None] = [None] * len(texts)
+    for idx in indexes:
+        for i, h in enumerate(idx.check(texts)):
+            if h is not None and hits[i] is None:
+                hits[i] = (idx.name, h)
+    return hits
