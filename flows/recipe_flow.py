@@ -28,14 +28,13 @@ def open_run(recipe: str, overrides: Overrides) -> Run:
 @task(name="prepare-generator", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def prepare(run: Run) -> None:
     run.prepare()
-    arts = run.generator.artifacts()
-    if arts:  # e.g. SkillMix's skill list: reviewable in the Prefect UI, saved with the run too
-        for name, obj in arts.items():
-            create_markdown_artifact(
-                key=f"{run.recipe.name}-{name}".replace("_", "-").replace(".", "-").lower(),
-                markdown=f"```json\n{json.dumps(obj, indent=2)[:50000]}\n```",
-                description=f"{name} of run {run.run_id}",
-            )
+    # e.g. SkillMix's skill list: reviewable in the Prefect UI, saved with the run too
+    for name, obj in run.generator.artifacts().items():
+        create_markdown_artifact(
+            key=f"{run.recipe.name}-{name}".replace("_", "-").replace(".", "-").lower(),
+            markdown=f"```json\n{json.dumps(obj, indent=2)[:50000]}\n```",
+            description=f"{name} of run {run.run_id}",
+        )
 
 
 @task(name="generate", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
@@ -118,9 +117,7 @@ def run_recipe(
             accept(run, records)
             if bar is not None:
                 bar.n = len(run.accepted)
-                bar.set_postfix(
-                    generated=run.counts["generated"], planned=run.planned - run.offset, refresh=False
-                )
+                bar.set_postfix(generated=run.counts["generated"], planned=run.planned, refresh=False)
                 bar.refresh()
         if bar is not None:
             bar.close()

@@ -92,8 +92,8 @@ class Run:
         self.run_id = run_id
         self.fingerprint = fingerprint
         self.resumed = resumed
-        self.offset = 0
-        self.planned = 0
+        self.offset = 0  # first item index: items earlier runs of this recipe already drew
+        self.planned = 0  # items planned by this run
         self.counts: Counter = Counter()
         self.seconds: Counter = Counter()
         self.accepted: list[Record] = []
@@ -143,7 +143,7 @@ class Run:
         run = cls(recipe, str(recipe_path), seeds, generator, cached, filters, writer, run_id, fp, resumed)
         run.counts["seeds"] = len(seeds)
         # a later run of the same recipe continues the sample stream instead of redrawing it
-        run.offset = run.planned = previous_items(root, recipe.name, fp)
+        run.offset = previous_items(root, recipe.name, fp)
         return run
 
     @property
@@ -153,13 +153,13 @@ class Run:
 
     # ---- the loop -----------------------------------------------------------------------------
     def done(self) -> bool:
-        return len(self.accepted) >= self.recipe.n or self.planned - self.offset >= self.recipe.budget
+        return len(self.accepted) >= self.recipe.n or self.planned >= self.recipe.budget
 
     def next_batch(self) -> list[Item]:
         if self.done():
             return []
-        count = min(self.recipe.batch_size, self.recipe.budget - (self.planned - self.offset))
-        items = self.generator.plan(self.planned, count)
+        count = min(self.recipe.batch_size, self.recipe.budget - self.planned)
+        items = self.generator.plan(self.offset + self.planned, count)
         self.planned += count
         return items
 
@@ -173,9 +173,8 @@ class Run:
         t0 = time.perf_counter()
         res = self.generator.generate(items, self.engine, self.sampling)
         self.seconds["generate"] += time.perf_counter() - t0
-        self.counts["generated"] += len(res.kept) + len(
-            res.rejects
-        )  # every generator reject is parse/generate
+        # every generator reject is a parse or generate reject of a generated row
+        self.counts["generated"] += len(res.kept) + len(res.rejects)
         self.counts["parsed"] += len(res.kept)
         self.rejects.extend(res.rejects)
         return res
@@ -220,7 +219,7 @@ class Run:
             "engine": e.name,
             "model": e.model_id,
             "counts": counts,
-            "items_planned": self.planned - self.offset,
+            "items_planned": self.planned,
             "item_offset": self.offset,
             "over_target": self.counts.get("over_target", 0),
             "top_rejects": [(s, r, c) for (s, r), c in reasons.most_common(8)],
