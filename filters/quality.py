@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -140,8 +141,6 @@ class Shirker(Filter):
 
     def __init__(self, params: Any = None, ctx: Any = None):
         super().__init__(params, ctx)
-        import re
-
         self._evasive = [re.compile(p, re.I) for p in self.params.evasive]
         self._placeholder = [re.compile(p, re.I) for p in self.params.placeholder]
 

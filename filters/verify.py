@@ -215,12 +215,10 @@ def verify_template(records: Sequence[Record], executor: Any, p: VerifyParams) -
     """TemplateGSM: run each variant's program on its assignment; the value is the answer. A template
     whose program fails on any variant, or whose answers are degenerate (non-numeric, non-finite,
     negative, or the same for every variant), loses all its variants."""
-    import json as _json
-
     jobs = [
         Job(
             code=r.fields["program"],
-            call=f"solution(**{_json.loads(r.fields['assignment'])!r})",
+            call=f"solution(**{json.loads(r.fields['assignment'])!r})",
             timeout_s=p.timeout_s,
         )
         for r in records

@@ -59,7 +59,7 @@ def test_self_instruct_reader_on_the_original_seed_file():
 def test_self_instruct_bootstrap_rounds(tmp_path):
     from synthflow.generators.self_instruct import instruction_problem, parse_instances, parse_instructions
 
-    assert parse_instructions(9, " A.\n10. B c\n11) C\nprose") == ["A.", "B c", "C"]
+    assert parse_instructions(" A.\n10. B c\n11) C\nprose") == ["A.", "B c", "C"]
     assert instruction_problem("Draw a picture of a dog.", 4, 150).startswith("keyword:")
     assert instruction_problem("Hi there", 4, 150) == "too_short"
     assert instruction_problem("- List four fruits please", 4, 150) == "punctuation_start"

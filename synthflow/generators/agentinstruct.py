@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import random
 import re
+from collections import Counter
 from typing import Any, ClassVar
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from synthflow.engines.base import Sampling
-from synthflow.generators.base import Generator, Item, add_usage, make_reject
-from synthflow.record import Record, StageResult
+from synthflow.generators.base import Generator, Item, add_usage
+from synthflow.record import Record, Reject, StageResult
 from synthflow.registry import register
 
 
@@ -86,8 +87,6 @@ def parse_suggestions(text: str, limit: int) -> list[str]:
         m = re.match(r"^\s*(?:\d+[.)]|[-*])\s*(.+)$", line)
         if m and m.group(1).strip():
             out.append(" ".join(m.group(1).split()))
-        elif out and line.strip() == "":
-            continue
         if len(out) >= limit:
             break
     return out
@@ -188,20 +187,18 @@ class AgentInstruct(Generator):
         live = []
         for r in recs:
             if len(r.fields["ai_transformed_text"].split()) < o.min_transformed_words:
-                out.rejects.append(make_reject(r, "parse:transformation_too_short", "parse"))
+                out.rejects.append(Reject(r, "parse", "parse:transformation_too_short"))
             else:
                 live.append(r)
         if not live:
             return out
         # flow 2: seed instruction generation
         live = self._instructions(live, engine, sampling, out)
-        # flow 3: refinement rounds (suggester, then editor)
-        for rnd in range(o.refinement_rounds):
-            if not live:
-                return out
-            live = self._refine(live, rnd, engine, sampling)
         if not live:
             return out
+        # flow 3: refinement rounds (suggester, then editor); they reword, never drop
+        for rnd in range(o.refinement_rounds):
+            self._refine(live, rnd, engine, sampling)
         # response
         reqs = [
             self.request(
@@ -218,7 +215,7 @@ class AgentInstruct(Generator):
             resp = comp.text.strip()
             if not resp:
                 r.raw = comp.text
-                out.rejects.append(make_reject(r, "parse:empty_response", "parse"))
+                out.rejects.append(Reject(r, "parse", "parse:empty_response"))
                 continue
             r.fields["response"] = resp
             user = f"{r.fields['ai_transformed_text']}\n\n{r.fields['instruction']}"
@@ -246,13 +243,13 @@ class AgentInstruct(Generator):
             ins = first_paragraph(comp.text)
             if len(ins.split()) < self.opts.min_instruction_words:
                 r.raw = comp.text
-                out.rejects.append(make_reject(r, "parse:no_instruction", "parse"))
+                out.rejects.append(Reject(r, "parse", "parse:no_instruction"))
                 continue
             r.fields.update(instruction=ins, ai_seed_instruction=ins, ai_instruction_versions=[ins])
             kept.append(r)
         return kept
 
-    def _refine(self, live: list[Record], rnd: int, engine: Any, sampling: Sampling) -> list[Record]:
+    def _refine(self, live: list[Record], rnd: int, engine: Any, sampling: Sampling) -> None:
         o = self.opts
         sug_t, edit_t = self.templates["suggest"], self.templates["edit"]
         reqs = [
@@ -294,11 +291,8 @@ class AgentInstruct(Generator):
             if len(new.split()) >= o.min_instruction_words:
                 r.fields["instruction"] = new
                 r.fields["ai_instruction_versions"] = [*r.fields["ai_instruction_versions"], new]
-        return live
 
     def summary(self, accepted: list[Record]) -> dict[str, Any]:
-        from collections import Counter
-
         return {
             "skills": dict(Counter(r.fields["ai_skill"] for r in accepted)),
             "transformations": dict(Counter(r.fields["ai_transformation"] for r in accepted)),

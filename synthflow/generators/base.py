@@ -153,10 +153,6 @@ def add_usage(rec: Record, comp: Completion) -> None:
     g["cache_hit"] = bool(g.get("cache_hit", True)) and comp.cached
 
 
-def make_reject(rec: Record, reason: str, stage: str = "generate") -> Reject:
-    return Reject(rec, stage, reason)
-
-
 def parse_or_reject(
     rec: Record, parser: Any, text: str, result: StageResult, stage: str = "parse"
 ) -> dict[str, Any] | None:

@@ -20,8 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from synthflow.dedup.rouge import RougePool
 from synthflow.engines.base import Sampling
-from synthflow.generators.base import Generator, Item, add_usage, make_reject
-from synthflow.record import Record, StageResult, stable_id
+from synthflow.generators.base import Generator, Item, add_usage
+from synthflow.record import Record, Reject, StageResult, stable_id
 from synthflow.registry import register
 from synthflow.seeds import Seed
 
@@ -31,7 +31,7 @@ BLACKLIST = ("image", "images", "graph", "graphs", "picture", "pictures", "file"
 _ITEM_RE = re.compile(r"^\s*(\d+)\s*[.)]\s*(.+?)\s*$")
 
 
-def parse_instructions(first_number: int, text: str) -> list[str]:
+def parse_instructions(text: str) -> list[str]:
     """The numbered list the model continued (its first line follows the prefilled number)."""
     lines = text.splitlines()
     out = []
@@ -194,12 +194,12 @@ class SelfInstruct(Generator):
         ]
         comps = engine.generate(reqs, sampling)
         live: list[Record] = []
-        for it, (ids, tasks), req, comp in zip(items, ctx, reqs, comps, strict=True):
-            new = parse_instructions(len(tasks) + 1, comp.text)
+        for it, (ids, _), req, comp in zip(items, ctx, reqs, comps, strict=True):
+            new = parse_instructions(comp.text)
             if not new:
                 rec = self.new_record(it, "instructions", comp, engine, sampling)
                 rec.raw = req.prefill + comp.text
-                out.rejects.append(make_reject(rec, "parse:no_instructions", "parse"))
+                out.rejects.append(Reject(rec, "parse", "parse:no_instructions"))
                 continue
             for j, ins in enumerate(new[: o.new_per_prompt]):
                 rec = self.new_record(it, "instructions", comp, engine, sampling)
@@ -208,12 +208,12 @@ class SelfInstruct(Generator):
                 rec.fields = {"instruction": ins, "si_round": rnd, "si_in_context": ids}
                 problem = instruction_problem(ins, o.min_words, o.max_words)
                 if problem:
-                    out.rejects.append(make_reject(rec, f"filter:{problem}"))
+                    out.rejects.append(Reject(rec, "generate", f"filter:{problem}"))
                     continue
                 near = self.pool.check_and_add([rec.id], [ins])[0]
                 rec.fields.update(si_nearest=near.text, si_rouge_l=round(near.rouge_l, 4))
                 if near.rouge_l > o.rouge_threshold:
-                    out.rejects.append(make_reject(rec, f"filter:rouge_l>{o.rouge_threshold:g}"))
+                    out.rejects.append(Reject(rec, "generate", f"filter:rouge_l>{o.rouge_threshold:g}"))
                     continue
                 self.machine.append((rec.id, ins))
                 live.append(rec)
@@ -248,7 +248,7 @@ class SelfInstruct(Generator):
             insts = parse_instances(comp.text, r.fields["si_is_classification"], o.max_instances)
             if not insts:
                 r.raw = req.prefill + comp.text
-                out.rejects.append(make_reject(r, "parse:no_instances", "parse"))
+                out.rejects.append(Reject(r, "parse", "parse:no_instances"))
                 continue
             for k, inst in enumerate(insts):
                 row = copy.deepcopy(r)

@@ -25,8 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from synthflow.engines.base import Sampling
 from synthflow.errors import UserError
-from synthflow.generators.base import Generator, Item, ParseError, add_usage, make_reject, parse_or_reject
-from synthflow.record import Record, StageResult
+from synthflow.generators.base import Generator, Item, ParseError, add_usage, parse_or_reject
+from synthflow.record import Record, Reject, StageResult
 from synthflow.registry import register
 from synthflow.seeds import Seed, jsonl_seeds
 
@@ -239,7 +239,7 @@ class SkillMix(Generator):
             resp = comp.text.strip()
             if not resp:
                 r.raw = comp.text
-                out.rejects.append(make_reject(r, "parse:empty_response", "parse"))
+                out.rejects.append(Reject(r, "parse", "parse:empty_response"))
                 continue
             r.fields["response"] = resp
             r.messages = [
