@@ -1,3 +1,4 @@
-"""Built-in filters (verification, dedup, scoring, thresholds); importing registers them."""
+"""Built-in filters and scorers (verification, dedup, scoring, selection, thresholds); importing
+registers them."""
 
-from filters import decontam, dedup, quality, verify  # noqa: F401
+from filters import clf, decontam, dedup, ifd, judge, quality, select, verify  # noqa: F401

@@ -1,4 +1,5 @@
-"""Quality: scores are columns (``heuristic_scores``); thresholds are a separate, cheap step."""
+"""Quality: the ``heuristics`` scorer (columns), and the accept-time filters that read scores:
+``thresholds`` (a cheap step that never re-runs a model) and ``shirker``."""
 
 from __future__ import annotations
 
@@ -6,13 +7,14 @@ import math
 import re
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from synthflow.filtering import Filter
 from synthflow.record import Record, Reject, StageResult
-from synthflow.registry import get, register
+from synthflow.registry import register
+from synthflow.scoring import Scorer
 from synthflow.text import words
 
 
@@ -25,8 +27,16 @@ def repetition(ws: list[str], n: int = 3) -> float:
     return sum(v - 1 for v in c.values()) / len(grams)
 
 
-@register("scorer", "heuristics")
-def heuristic_scores(r: Record) -> dict[str, float]:
+def echo(instruction_words: list[str], response_words: list[str], n: int = 3) -> float:
+    """Fraction of the response's word n-grams that also occur in the instruction (1 = a parrot)."""
+    grams = {tuple(response_words[i : i + n]) for i in range(len(response_words) - n + 1)}
+    if not grams:
+        return 0.0
+    src = {tuple(instruction_words[i : i + n]) for i in range(len(instruction_words) - n + 1)}
+    return len(grams & src) / len(grams)
+
+
+def heuristic_scores(r: Record) -> dict[str, float | None]:
     user = "\n".join(m["content"] for m in r.messages if m["role"] == "user")
     asst = "\n".join(m["content"] for m in r.messages if m["role"] == "assistant")
     uw, aw = words(user), words(asst)
@@ -40,51 +50,58 @@ def heuristic_scores(r: Record) -> dict[str, float]:
         "repetition": round(max(repetition(uw), repetition(aw)), 4),
         "distinct_words": round(distinct, 4),
         "non_ascii": round(non_ascii, 4),
+        "echo": round(echo(uw, aw), 4),
         "answer_present": 1.0 if (ans is None and aw) or (ans is not None and str(ans).strip()) else 0.0,
         "finished": 1.0 if r.gen.get("finish_reason", "stop") in ("stop", "") else 0.0,
     }
 
 
-class ScoreParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    scorers: list[str] = Field(default_factory=lambda: ["heuristics"])
+@register("scorer", "heuristics")
+class Heuristics(Scorer):
+    """Cheap text statistics: lengths, repetition, distinct words, non-ASCII share, echo of the
+    instruction in the response, answer present, generation finished (not cut at max_tokens)."""
 
+    name = "heuristics"
+    outputs = (
+        "prompt_words",
+        "response_words",
+        "repetition",
+        "distinct_words",
+        "non_ascii",
+        "echo",
+        "answer_present",
+        "finished",
+    )
 
-@register("filter", "heuristic_scores")
-class HeuristicScores(Filter):
-    """Adds score columns; drops nothing."""
-
-    name = "heuristic_scores"
-    stage = "score"
-    Params = ScoreParams
-
-    def __init__(self, params: Any = None, ctx: Any = None):
-        super().__init__(params, ctx)
-        self.scorers = [get("scorer", s, "filters.heuristic_scores.scorers") for s in self.params.scorers]
-
-    def __call__(self, records: Sequence[Record]) -> StageResult:
+    def score(self, records: Sequence[Record]) -> None:
         for r in records:
-            for fn in self.scorers:
-                r.scores.update(fn(r))
-        return StageResult(kept=list(records))
+            r.scores.update(heuristic_scores(r))
 
 
 class ThresholdParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     min: dict[str, float] = Field(default_factory=dict)
     max: dict[str, float] = Field(default_factory=dict)
+    missing: Literal["reject", "keep"] = Field(
+        "reject", description="a row without the score (null: not judged, not scorable) is rejected or kept"
+    )
 
 
-def threshold_reason(scores: dict[str, float], p: Any) -> str:
+def _missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def threshold_reason(scores: dict[str, float | None], p: Any) -> str:
     """The first failed bound as a reject reason, or '' when the record passes."""
-    for k, lo in p.min.items():
-        v = scores.get(k)
-        if v is None or (isinstance(v, float) and math.isnan(v)) or v < lo:
-            return f"quality:{k}<{lo:g}" + (f" ({v:g})" if v is not None else " (missing)")
-    for k, hi in p.max.items():
-        v = scores.get(k)
-        if v is None or v > hi:
-            return f"quality:{k}>{hi:g}" + (f" ({v:g})" if v is not None else " (missing)")
+    for bounds, op in ((p.min, "<"), (p.max, ">")):
+        for k, bound in bounds.items():
+            v = scores.get(k)
+            if _missing(v):
+                if getattr(p, "missing", "reject") == "reject":
+                    return f"quality:{k}{op}{bound:g} (missing)"
+                continue
+            if (v < bound) if op == "<" else (v > bound):
+                return f"quality:{k}{op}{bound:g} ({v:g})"
     return ""
 
 

@@ -87,6 +87,7 @@ def run_recipe(
     seed: int | None = None,
     batch_size: int | None = None,
     max_items: int | None = None,
+    sets: list[str] | None = None,
     seed_from_date: bool = False,
 ) -> dict[str, Any]:
     """Run one recipe end to end and publish its dataset. ``seed_from_date`` (for schedules)
@@ -104,6 +105,7 @@ def run_recipe(
             seed=seed,
             batch_size=batch_size,
             max_items=max_items,
+            sets=sets,
         ),
     )
     bar = _progress(run)

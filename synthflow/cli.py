@@ -66,6 +66,7 @@ def cmd_run(a: argparse.Namespace) -> int:
         seed=a.seed,
         batch_size=a.batch_size,
         max_items=a.max_items,
+        sets=a.set,
     )
     Run.check(a.recipe, ov)  # bad input fails here, before Prefect starts
     _reap_orphan_prefect_servers()
@@ -172,6 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, help="run seed (sampling seed and seed order)")
     r.add_argument("--batch-size", type=int, help="records per engine call / task")
     r.add_argument("--max-items", type=int, help="generation budget: stop after this many items")
+    r.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override any recipe field (VALUE is YAML), e.g. --set generator.options.self_consistency=4 "
+        "or --set scoring.judge.sample=1 (repeatable)",
+    )
     r.set_defaults(fn=cmd_run)
 
     q = sub.add_parser("query", help="DuckDB SQL over all finished runs (views: examples, rejects)")
@@ -199,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     from synthflow.dedup.cli import add_parsers as add_dedup
 
     add_dedup(sub)
+
+    from synthflow.scoring.cli import add_parsers as add_scoring
+
+    add_scoring(sub)
 
     return p
 

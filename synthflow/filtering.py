@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
 from synthflow.record import Record, StageResult
@@ -36,6 +37,8 @@ class Filter(ABC):
     name: ClassVar[str] = ""
     stage: ClassVar[str] = ""  # funnel bucket: verify | dedup | decontam | score | accept
     Params: ClassVar[type[BaseModel]] = NoParams
+    # columns this filter fills in record.fields (typed Parquet columns, like a generator's)
+    columns: ClassVar[dict[str, pa.DataType]] = {}
 
     def __init__(self, params: Any = None, ctx: FilterContext | None = None):
         self.params = (
@@ -60,6 +63,9 @@ class Filter(ABC):
     @abstractmethod
     def __call__(self, records: Sequence[Record]) -> StageResult:
         """Keep or reject each record; every reject carries (stage, reason)."""
+
+    def finalize(self, accepted: list[Record]) -> None:
+        """Once the run's accepted rows are known, before they are written (e.g. cluster ids)."""
 
     def commit(self, accepted: set[str]) -> None:
         """Persist state once the run's output is final; ``accepted`` are the published row ids."""

@@ -94,6 +94,8 @@ class Recipe(_Strict):
     max_items: int | None = Field(None, gt=0, description="generation budget; default 10 x n")
     seed: int = 0
     filters: list[FilterConfig] = Field(default_factory=list)
+    # the score step: registered scorer -> its params, in order (``sklearn:DIR`` passes DIR)
+    scoring: dict[str, dict[str, Any] | None] = Field(default_factory=lambda: {"heuristics": {}})
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     @field_validator("name")
@@ -108,9 +110,14 @@ class Recipe(_Strict):
         return self.max_items or 10 * self.n
 
     def fingerprint(self) -> str:
-        """Hash of everything that decides the rows (not the output root)."""
+        """Hash of everything that decides the rows (not the output root). A scorer model counts by
+        its content, not its path."""
+        from synthflow.scoring import validate_scorer
+
         d = self.model_dump(mode="json")
         d.pop("output", None)
+        parts = [validate_scorer(spec, p, f"scoring.{spec}") for spec, p in self.scoring.items()]
+        d["scoring"] = [[cls.name, cls.fingerprint_part(params)] for cls, params in parts]
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -179,8 +186,12 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
             continue
         cur = data
         parts = key.split(".")
-        for part in parts[:-1]:
-            cur = cur.setdefault(part, {})
+        for i, part in enumerate(parts[:-1]):
+            if cur.get(part) is None:
+                cur[part] = {}
+            cur = cur[part]
+            if not isinstance(cur, dict):
+                raise UserError(f"{p}: cannot set {key}: {'.'.join(parts[: i + 1])} is not a mapping")
         cur[parts[-1]] = val
     try:
         recipe = Recipe.model_validate(data)
@@ -212,3 +223,13 @@ def check_names(recipe: Recipe, where: str) -> None:
     for i, f in enumerate(recipe.filters):
         cls = registry.get("filter", f.name, f"{where}: field filters[{i}].name")
         cls.validate_params(f.params, f"{where}: field filters[{i}]")
+    from synthflow.scoring import validate_scorer
+
+    seen: dict[str, str] = {}
+    for spec, params in recipe.scoring.items():
+        cls, _ = validate_scorer(spec, params, f"{where}: field scoring.{spec}")
+        if cls.name in seen:
+            raise UserError(
+                f"{where}: field scoring.{spec}: scorer {cls.name!r} is named twice ({seen[cls.name]!r})"
+            )
+        seen[cls.name] = spec

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import json
-import os
+import statistics
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -17,12 +17,14 @@ from typing import Any
 from synthflow import registry
 from synthflow.atomic import atomic_path
 from synthflow.engines.base import Sampling
-from synthflow.engines.cache import CachedEngine, ResponseCache
+from synthflow.engines.cache import CachedEngine
+from synthflow.engines.pool import EnginePool
+from synthflow.errors import UserError
 from synthflow.filtering import FilterContext
 from synthflow.generators.base import Item
-from synthflow.model import cache_home
 from synthflow.recipe import Recipe, load_recipe
 from synthflow.record import Record, Reject, StageResult
+from synthflow.scoring import ScoreContext, ScoreStage, build_scorers
 from synthflow.seeds import extract_seeds
 from synthflow.store import STAGING, RunWriter, completed_runs
 
@@ -42,8 +44,20 @@ class Overrides:
     seed: int | None = None
     batch_size: int | None = None
     max_items: int | None = None
+    sets: list[str] | None = None  # "a.b.c=VALUE" (VALUE parsed as YAML)
 
     def as_recipe_keys(self) -> dict[str, Any]:
+        import yaml
+
+        extra: dict[str, Any] = {}
+        for kv in self.sets or []:
+            key, sep, val = kv.partition("=")
+            if not sep or not key.strip():
+                raise UserError(f"--set {kv!r}: use KEY=VALUE, e.g. generator.options.self_consistency=4")
+            try:
+                extra[key.strip()] = yaml.safe_load(val)
+            except yaml.YAMLError:
+                raise UserError(f"--set {kv!r}: the value is not valid YAML") from None
         return {
             "n": self.n,
             "engine.model": self.model,
@@ -53,17 +67,25 @@ class Overrides:
             "seed": self.seed,
             "batch_size": self.batch_size,
             "max_items": self.max_items,
+            **extra,
         }
 
 
-def response_cache_path() -> Path:
-    env = os.environ.get("SYNTHFLOW_RESPONSE_CACHE")
-    return Path(env) if env else cache_home() / "responses.sqlite3"
-
-
-def build_engine(recipe: Recipe) -> Any:
-    factory = registry.get("engine", recipe.engine.name, "field engine.name")
-    return factory(recipe.engine)
+def open_engines(recipe: Recipe, recipe_path: str, pool: EnginePool) -> tuple[CachedEngine, ScoreStage]:
+    """The generator's engine and the score step (its scorers with their engines by role); every
+    engine is preflighted, so a down endpoint or a bad scorer model fails before any work."""
+    engine = pool.add("generator", recipe.engine, where="field engine.name")
+    engine.engine.preflight()  # e.g. a down endpoint is a user error before anything runs
+    ctx = ScoreContext(
+        engines=pool,
+        generator_engine=recipe.engine,
+        generator=recipe.generator.name,
+        seed=recipe.seed,
+        where=f"{recipe_path}: field scoring",
+    )
+    stage = ScoreStage(build_scorers(recipe.scoring, ctx))
+    stage.preflight()
+    return engine, stage
 
 
 class Run:
@@ -75,7 +97,7 @@ class Run:
         recipe_path: str,
         seeds: list[Any],
         generator: Any,
-        engine: CachedEngine,
+        engines: EnginePool,
         filters: dict[str, list[Any]],
         writer: RunWriter,
         run_id: str,
@@ -86,7 +108,8 @@ class Run:
         self.recipe_path = recipe_path
         self.seeds = seeds
         self.generator = generator
-        self.engine = engine
+        self.engines = engines
+        self.engine = engines.roles["generator"]
         self.filters = filters
         self.writer = writer
         self.run_id = run_id
@@ -107,7 +130,12 @@ class Run:
         recipe = load_recipe(recipe_path, (overrides or Overrides()).as_recipe_keys())
         seeds = extract_seeds(recipe.seeds, str(recipe_path))
         registry.get("generator", recipe.generator.name)(recipe, seeds)
-        build_engine(recipe).preflight()
+        pool = EnginePool()
+        try:
+            _, stage = open_engines(recipe, str(recipe_path), pool)
+            stage.close()
+        finally:
+            pool.close()
         return recipe
 
     @classmethod
@@ -117,8 +145,8 @@ class Run:
         seeds = extract_seeds(recipe.seeds, str(recipe_path))
         gen_cls = registry.get("generator", recipe.generator.name)
         generator = gen_cls(recipe, seeds)
-        engine = build_engine(recipe)
-        engine.preflight()  # e.g. a down endpoint is a user error before anything runs
+        pool = EnginePool()
+        _, score_stage = open_engines(recipe, str(recipe_path), pool)
         root = Path(recipe.output.root)
         fp = recipe.fingerprint()
         marker = root / STAGING / f"{recipe.name}--{fp}.json"
@@ -132,15 +160,19 @@ class Run:
         generator.run_id = run_id  # row ids are unique per run and stable when a run resumes
         ctx = FilterContext(recipe=recipe, generator=generator, out_root=root, run_id=run_id)
         filters: dict[str, list[Any]] = {b: [] for b in BUCKETS}
+        filters["score"].append(score_stage)
         for i, fc in enumerate(recipe.filters):
             cls_ = registry.get("filter", fc.name, f"field filters[{i}].name")
             params = cls_.validate_params(fc.params, f"{recipe_path}: field filters[{i}]")
             f = cls_(params, ctx)
             bucket = "dedup" if f.stage == "decontam" else f.stage
             filters[bucket].append(f)
-        cached = CachedEngine(engine, ResponseCache(response_cache_path()))
-        writer = RunWriter(root, recipe, run_id, generator.columns)
-        run = cls(recipe, str(recipe_path), seeds, generator, cached, filters, writer, run_id, fp, resumed)
+        columns = dict(generator.columns)
+        for fs in filters.values():
+            for f in fs:
+                columns.update(f.columns)
+        writer = RunWriter(root, recipe, run_id, columns)
+        run = cls(recipe, str(recipe_path), seeds, generator, pool, filters, writer, run_id, fp, resumed)
         run.counts["seeds"] = len(seeds)
         # a later run of the same recipe continues the sample stream instead of redrawing it
         run.offset = previous_items(root, recipe.name, fp)
@@ -235,9 +267,14 @@ class Run:
             "wall_seconds": round(time.time() - self.started, 1),
             "generator": self.generator.summary(self.accepted),
             "filters": {f.name: f.summary() for fs in self.filters.values() for f in fs if f.summary()},
+            "roles": self.engines.usage(),
+            "scores": score_stats(self.accepted, self.rejects),
         }
 
     def finish(self) -> tuple[Path, dict[str, Any]]:
+        for fs in self.filters.values():
+            for f in fs:
+                f.finalize(self.accepted)
         summary = self.summary()
         self.writer.add(self.accepted, self.rejects)
         path = self.writer.finalize(summary, self.generator.artifacts(), card_extra=self.card_extra())
@@ -258,8 +295,7 @@ class Run:
         for fs in self.filters.values():
             for f in fs:
                 f.close()
-        self.engine.close()
-        self.engine.cache.close()
+        self.engines.close()
 
 
 def previous_items(root: Path, recipe: str, fingerprint: str) -> int:
@@ -275,6 +311,34 @@ def previous_items(root: Path, recipe: str, fingerprint: str) -> int:
         if s.get("fingerprint") == fingerprint:
             total += int(s.get("items_planned", 0))
     return total
+
+
+def score_stats(accepted: list[Record], rejects: list[Reject]) -> dict[str, dict[str, Any]]:
+    """Each score over the rows that reached scoring (accepted, and rejected at accept time):
+    min / median / max, nulls, the accepted rows' median, and how many rows thresholds removed."""
+    rows = [r.scores for r in accepted] + [j.record.scores for j in rejects if j.stage == "accept"]
+    removed = Counter(
+        j.reason.split(":", 1)[1].split("<")[0].split(">")[0]
+        for j in rejects
+        if j.stage == "accept" and j.reason.startswith("quality:")
+    )
+    out: dict[str, dict[str, Any]] = {}
+    for name in sorted({k for s in rows for k in s}):
+        vals = [v for s in rows if (v := s.get(name)) is not None and v == v]
+        acc = [v for r in accepted if (v := r.scores.get(name)) is not None and v == v]
+        d: dict[str, Any] = {
+            "scored": len(vals),
+            "null": len(rows) - len(vals),
+            "removed": removed.get(name, 0),
+        }
+        if vals:
+            d.update(
+                min=round(min(vals), 4), median=round(statistics.median(vals), 4), max=round(max(vals), 4)
+            )
+        if acc:
+            d["accepted_median"] = round(statistics.median(acc), 4)
+        out[name] = d
+    return out
 
 
 def _reason_head(reason: str) -> str:
@@ -300,6 +364,25 @@ def format_summary(s: dict[str, Any]) -> str:
     if s["top_rejects"]:
         lines.append("  top reject reasons:")
         lines += [f"    {n:6d}  {st:8s} {r}" for st, r, n in s["top_rejects"]]
+    for role, u in (s.get("roles") or {}).items():
+        if role != "generator":
+            lines.append(
+                f"  {role}: {u['engine']} {u['model']}: {u['misses']} calls, {u['hits']} cached; "
+                f"tokens {u['prompt_tokens']} prompt, {u['completion_tokens']} completion; {u['engine_seconds']} s"
+            )
+    if s.get("scores"):
+        lines.append(
+            "  scores (min / median / max over scored rows; accepted median; removed by thresholds):"
+        )
+        for name, d in s["scores"].items():
+            if "median" not in d:
+                lines.append(f"    {name:16s} all null ({d['null']} rows)")
+                continue
+            null = f", {d['null']} null" if d["null"] else ""
+            lines.append(
+                f"    {name:16s} {d['min']:g} / {d['median']:g} / {d['max']:g}; "
+                f"accepted {d.get('accepted_median', float('nan')):g}; removed {d['removed']}{null}"
+            )
     for k, v in (s.get("generator") or {}).items():
         if not isinstance(v, (dict, list)):  # full tables stay in summary.json
             lines.append(f"  {k}: {v}")

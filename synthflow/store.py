@@ -262,6 +262,7 @@ def dataset_card(
         "|---|---|---|",
         *[f"| {s} | `{r}` | {c} |" for s, r, c in summary.get("top_rejects", [])],
         "",
+        *score_table(summary.get("scores") or {}),
         "## Columns",
         "",
         "`messages` is TRL conversational format (`[{role, content}]`). Every other column is provenance:",
@@ -273,6 +274,28 @@ def dataset_card(
         extra,
     ]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def score_table(scores: dict[str, dict[str, Any]]) -> list[str]:
+    """The card's score section: each score's distribution and what thresholds removed."""
+    if not scores:
+        return []
+    lines = [
+        "## Scores",
+        "",
+        "Over the rows that reached scoring (accepted, and rejected at accept time).",
+        "",
+        "| score | scored | null | min | median | max | accepted median | removed by thresholds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, d in scores.items():
+        cells = [d.get(k, "") for k in ("min", "median", "max", "accepted_median")]
+        lines.append(
+            f"| `score_{name}` | {d['scored']} | {d['null']} | "
+            + " | ".join(f"{c}" for c in cells)
+            + f" | {d['removed']} |"
+        )
+    return [*lines, ""]
 
 
 def completed_runs(root: Path) -> list[Path]:

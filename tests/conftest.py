@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -47,6 +48,17 @@ def prefect_harness():
         yield
 
 
+def scorers_on_generator_engine(data: dict) -> dict:
+    """Point the recipe's model-backed scorers (IFD defaults to the embedded vLLM model) at the
+    recipe's own engine, so a fake-engine test never starts vLLM."""
+    for name in ("ifd", "judge"):
+        if name in (data.get("scoring") or {}):
+            params = data["scoring"][name] or {}
+            params.setdefault("engine", dict(data["engine"]))
+            data["scoring"][name] = params
+    return data
+
+
 def math_recipe(tmp_path: Path, **changes) -> Path:
     """The shipped math recipe pointed at the fake engine and tmp output, with changes applied."""
     data = yaml.safe_load((ROOT / "recipes" / "math.yaml").read_text())
@@ -58,6 +70,7 @@ def math_recipe(tmp_path: Path, **changes) -> Path:
         for p in parts[:-1]:
             cur = cur.setdefault(p, {})
         cur[parts[-1]] = val
+    scorers_on_generator_engine(data)
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -89,3 +102,24 @@ def assert_golden(name: str, text: str) -> None:
         path.write_text(text)
     assert path.is_file(), f"missing golden file {path}; run with SYNTHFLOW_UPDATE_GOLDEN=1 and review it"
     assert text == path.read_text(), f"{name} changed: bump the template version, then update the golden file"
+
+
+@pytest.fixture(scope="session")
+def labelled(tmp_path_factory) -> Path:
+    """Good seed responses and their truncated, looping or evasive twins (tests/labelled.py), as JSONL."""
+    from .labelled import labelled_rows
+
+    rows = labelled_rows(SHARED / "self_instruct_seed_tasks.jsonl")
+    path = tmp_path_factory.mktemp("labelled") / "labelled.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_scorer(labelled, tmp_path_factory) -> Path:
+    """A distilled scorer trained on ``labelled`` through the library (not the CLI)."""
+    from filters import clf
+
+    rows = [json.loads(line) for line in labelled.read_text().splitlines()]
+    model = clf.train([(r["instruction"], r["response"]) for r in rows], [r["good"] for r in rows])
+    return clf.save(tmp_path_factory.mktemp("scorer") / "quality", model)

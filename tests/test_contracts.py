@@ -18,11 +18,16 @@ from .conftest import ROOT
 def test_every_prompt_has_a_version_and_a_generator():
     names = all_prompt_names()
     assert names
-    used = {t for g in registry.names("generator") for t in registry.get("generator", g).prompts.values()}
+    used = {
+        t
+        for kind in ("generator", "scorer")
+        for g in registry.names(kind)
+        for t in registry.get(kind, g).prompts.values()
+    }
     for n in names:
         p = load_prompt(n)
         assert p.version and len(p.sha) == 8
-        assert n in used, f"prompts/{n} is used by no generator"
+        assert n in used, f"prompts/{n} is used by no generator or scorer"
 
 
 def test_every_generator_template_renders_from_its_recipe():

@@ -3,6 +3,7 @@
 The key hashes model, rendered prompt (messages), sampling params, structured-output schema and the
 sample index. Each engine batch is committed in one transaction as soon as the engine returns, so a
 run killed with ``kill -9`` keeps every batch that finished, and its rerun regenerates none of them.
+Prompt logprobs (scorers such as IFD) are cached the same way, keyed by model and token ids.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import sqlite3
 import threading
 import time
+from array import array
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,14 @@ CREATE TABLE IF NOT EXISTS responses (
     created_at REAL
 )
 """
+LOGPROB_SCHEMA = """
+CREATE TABLE IF NOT EXISTS prompt_logprobs (
+    key TEXT PRIMARY KEY,
+    model TEXT NOT NULL,
+    logprobs BLOB NOT NULL,
+    created_at REAL
+)
+"""
 
 
 def cache_key(model_id: str, req: Request, sampling: Sampling) -> str:
@@ -42,6 +52,11 @@ def cache_key(model_id: str, req: Request, sampling: Sampling) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
+def logprob_key(model_id: str, token_ids: list[int]) -> str:
+    payload = json.dumps({"model": model_id, "prompt_logprobs": list(token_ids)}, separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
 class ResponseCache:
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -51,6 +66,7 @@ class ResponseCache:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute(SCHEMA)
+        self._conn.execute(LOGPROB_SCHEMA)
         self._conn.commit()
 
     def get_many(self, keys: list[str]) -> dict[str, Completion]:
@@ -79,6 +95,28 @@ class ResponseCache:
         with self._lock, self._conn:
             self._conn.executemany("INSERT OR REPLACE INTO responses VALUES (?,?,?,?,?,?,?,?)", rows)
 
+    def get_logprobs(self, keys: list[str]) -> dict[str, list[float | None]]:
+        """Cached prompt logprobs (float32; the first position, which has none, is None)."""
+        out: dict[str, list[float | None]] = {}
+        with self._lock:
+            for i in range(0, len(keys), 500):
+                chunk = keys[i : i + 500]
+                q = "SELECT key, logprobs FROM prompt_logprobs WHERE key IN (%s)"
+                for key, blob in self._conn.execute(q % ",".join("?" * len(chunk)), chunk):
+                    vals = array("f")
+                    vals.frombytes(blob)
+                    out[key] = [None if v != v else float(v) for v in vals]  # NaN marks None
+        return out
+
+    def put_logprobs(self, model_id: str, items: list[tuple[str, list[float | None]]]) -> None:
+        now = time.time()
+        rows = [
+            (k, model_id, array("f", [float("nan") if v is None else v for v in lps]).tobytes(), now)
+            for k, lps in items
+        ]
+        with self._lock, self._conn:
+            self._conn.executemany("INSERT OR REPLACE INTO prompt_logprobs VALUES (?,?,?,?)", rows)
+
     def count(self) -> int:
         with self._lock:
             return self._conn.execute("SELECT count(*) FROM responses").fetchone()[0]
@@ -89,11 +127,14 @@ class ResponseCache:
 
 
 class CachedEngine:
-    """Wraps an engine: answers hits from the cache, sends all misses to the engine in one call."""
+    """Wraps an engine: answers hits from the cache, sends all misses to the engine in one call.
+    Keeps its own token and engine-second accounting, so each role (generator, judge, ...) that wraps
+    a shared engine is counted apart."""
 
-    def __init__(self, engine: Any, cache: ResponseCache):
+    def __init__(self, engine: Any, cache: ResponseCache, role: str = "generator"):
         self.engine = engine
         self.cache = cache
+        self.role = role
         self.hits = 0
         self.misses = 0
         self.engine_seconds = 0.0
@@ -132,6 +173,55 @@ class CachedEngine:
                 self.prompt_tokens += c.prompt_tokens
                 self.completion_tokens += c.completion_tokens
         return results  # type: ignore[return-value]
+
+    # ---- token-level scoring (engines that expose a tokenizer and prompt logprobs) -------------
+    def supports_logprobs(self) -> bool:
+        return callable(getattr(self.engine, "prompt_logprobs", None))
+
+    def chat_ids(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> list[int]:
+        """Token ids of a conversation under the model's chat template."""
+        return self.engine.chat_ids(messages, add_generation_prompt)
+
+    def encode(self, text: str) -> list[int]:
+        return self.engine.encode(text)
+
+    @property
+    def max_model_len(self) -> int:
+        return int(getattr(self.engine, "max_model_len", 2048))
+
+    def prompt_logprobs(self, prompts: list[list[int]]) -> list[list[float | None]]:
+        """Log-probability of every prompt token given the tokens before it (None for the first);
+        hits come from the cache, all misses go to the engine in one call."""
+        keys = [logprob_key(self.engine.model_id, p) for p in prompts]
+        found = self.cache.get_logprobs(keys)
+        results: list[list[float | None] | None] = [found.get(k) for k in keys]
+        miss_keys = list(dict.fromkeys(k for k, r in zip(keys, results, strict=True) if r is None))
+        self.hits += len(prompts) - len(miss_keys)
+        if miss_keys:  # identical prompts of the batch are computed once
+            first = {k: i for i, k in reversed(list(enumerate(keys)))}
+            if not self._started:
+                self.engine.start()
+                self._started = True
+            t0 = time.perf_counter()
+            fresh = self.engine.prompt_logprobs([prompts[first[k]] for k in miss_keys])
+            self.engine_seconds += time.perf_counter() - t0
+            self.misses += len(miss_keys)
+            self.prompt_tokens += sum(len(prompts[first[k]]) for k in miss_keys)
+            self.cache.put_logprobs(self.engine.model_id, list(zip(miss_keys, fresh, strict=True)))
+            got = dict(zip(miss_keys, fresh, strict=True))
+            results = [r if r is not None else got[k] for k, r in zip(keys, results, strict=True)]
+        return results  # type: ignore[return-value]
+
+    def usage(self) -> dict[str, Any]:
+        return {
+            "engine": self.name,
+            "model": self.model_id,
+            "hits": self.hits,
+            "misses": self.misses,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "engine_seconds": round(self.engine_seconds, 2),
+        }
 
     def close(self) -> None:
         if self._started:

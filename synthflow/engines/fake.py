@@ -5,10 +5,15 @@ replies may use ``{i}`` (sample index) and ``{n}`` (call counter) and may be a l
 When the conversation ends with an assistant prefill that the reply starts with, only the rest is returned.
 The first matching rule answers; ``"scope": "all"`` matches the whole conversation
 (``<role> content`` lines) instead of the last user message. ``delay_s`` sleeps per call so tests can kill a run mid-generation.
+
+For token-level scorers it is a "copy model" over whitespace words: a token seen earlier in the
+sequence has logprob ``seen_logprob`` (-0.5), any other ``unseen_logprob`` (-3.0), so a test can
+compute IFD by hand.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
@@ -33,6 +38,10 @@ class FakeEngine:
         self.delay_s = delay_s
         self.calls = 0
         self.prompts_seen = 0
+        self.logprob_calls = 0
+        self.max_model_len = 4096
+        self.seen_logprob = -0.5
+        self.unseen_logprob = -3.0
 
     def start(self) -> None:
         pass
@@ -68,6 +77,38 @@ class FakeEngine:
                     seconds=0.0,
                 )
             )
+        return out
+
+    # ---- token-level scoring: a deterministic copy model ----------------------------------
+    SPECIAL = {"bos": 1, "system": 2, "user": 3, "assistant": 4, "end": 5}
+
+    def encode(self, text: str) -> list[int]:
+        return [16 + int(hashlib.md5(w.encode()).hexdigest()[:6], 16) for w in text.split()]
+
+    def chat_ids(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> list[int]:
+        ids = [self.SPECIAL["bos"]]
+        for m in messages:
+            ids += [self.SPECIAL[m["role"]], *self.encode(m["content"]), self.SPECIAL["end"]]
+        if add_generation_prompt:
+            ids.append(self.SPECIAL["assistant"])
+        return ids
+
+    def prompt_logprobs(self, prompts: list[list[int]]) -> list[list[float | None]]:
+        self.logprob_calls += 1
+        out = []
+        for ids in prompts:
+            seen: set[int] = set()
+            lps: list[float | None] = []
+            for i, t in enumerate(ids):
+                if i == 0:
+                    lps.append(None)
+                elif t < 16:
+                    lps.append(0.0)
+                else:
+                    lps.append(self.seen_logprob if t in seen else self.unseen_logprob)
+                if t >= 16:
+                    seen.add(t)
+            out.append(lps)
         return out
 
     def close(self) -> None:

@@ -48,6 +48,7 @@ class VLLMEngine:
         self.show_progress = show_progress
         self.extra = extra or {}
         self.llm: Any = None
+        self._tokenizer: Any = None
         self.start_seconds = 0.0
 
     def preflight(self) -> None:
@@ -152,6 +153,47 @@ class VLLMEngine:
             )
         share_seconds(comps, total)
         return comps
+
+    # ---- token-level scoring ----------------------------------------------------------------
+    def tokenizer(self) -> Any:
+        """The model's tokenizer; loaded without starting vLLM when the engine is not running, so a
+        resumed scorer whose logprobs are all cached never starts the model."""
+        if self.llm is not None:
+            return self.llm.get_tokenizer()
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            try:
+                self._tokenizer = AutoTokenizer.from_pretrained(self.model)
+            except Exception as e:  # many types; the user needs one line
+                raise EngineUnavailable(
+                    f"engine vllm: cannot load the tokenizer of {self.model}: {e}"
+                ) from None
+        return self._tokenizer
+
+    def chat_ids(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> list[int]:
+        tok = self.tokenizer()
+        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        return list(tok.encode(text, add_special_tokens=False))
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer().encode(text, add_special_tokens=False))
+
+    def prompt_logprobs(self, prompts: list[list[int]]) -> list[list[float | None]]:
+        """One ``generate`` call for the batch with ``prompt_logprobs=0``: the logprob of each
+        prompt token given those before it (None for the first)."""
+        self.start()
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        outs = self.llm.generate(
+            [{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=self.show_progress
+        )
+        res = []
+        for ids, o in zip(prompts, outs, strict=True):
+            lps = o.prompt_logprobs or []
+            res.append([None if d is None else d[t].logprob for t, d in zip(ids, lps, strict=True)])
+        return res
 
     def close(self) -> None:
         if self.llm is not None:
