@@ -2,8 +2,11 @@
 
 Rubrics (``prompts/judge/``): ``general`` (helpfulness, correctness, instruction-following), ``math``
 (is the final answer right, is it reached soundly) and ``code`` (does it solve the task, is it
-idiomatic); ``auto`` picks one from the row's generator. The judge answers ``Rationale: ... Score: N``
-and parses to ``score_judge`` (1-10) and ``judge_rationale``. What does not parse is a null score
+idiomatic); ``auto`` picks one from the row's generator. By default the judge answers a JSON object,
+rationale first, under the engine's structured outputs (JSON schema: a rationale of at most 600
+characters, an integer score 1-10), so even a small judge model gives a parseable verdict;
+``structured: false`` asks for ``Rationale: ... Score: N`` text instead. Either parses to
+``score_judge`` (1-10) and ``judge_rationale``. What does not parse is a null score
 with ``judge_error`` set, never a crash. ``sample`` judges a fraction of rows, chosen by row id.
 
 A judge is part of a training signal, so it is guarded against the rows it judges: a response that
@@ -13,6 +16,7 @@ not sent to the judge at all; it gets ``judge_error = injection_suspected`` and 
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -29,10 +33,18 @@ from synthflow.scoring import EngineScorerParams, Scorer, instruction_response, 
 
 RUBRIC_BY_GENERATOR = {"math_pal": "math", "math_templates": "math", "code_codet": "code"}
 
+JUDGE_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "rationale": {"type": "string", "maxLength": 600},
+        "score": {"type": "integer", "minimum": 1, "maximum": 10},
+    },
+    "required": ["rationale", "score"],
+}
 _SCORE_RES = (
     re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]"),
     re.compile(
-        r"\b(?:score|rating)\b\s*(?:\(\s*1\s*-\s*10\s*\))?\s*[:=]?\s*\**\s*(\d+(?:\.\d+)?)\s*\**"
+        r"\b(?:score|rating)\b\"?\s*(?:\(\s*1\s*-\s*10\s*\))?\s*[:=]?\s*\**\s*(\d+(?:\.\d+)?)\s*\**"
         r"(?:\s*(?:/|out of)\s*10)?",
         re.I,
     ),
@@ -43,6 +55,7 @@ INJECTION = tuple(
         r"\b(?:score|rating|grade)\s*[:=]\s*\[{0,2}\s*\d+(?:\.\d+)?\s*\]{0,2}\s*(?:/\s*10|out of 10)",
         r"\[\[\s*\d+(?:\.\d+)?\s*\]\]",
         r"^\s*(?:final\s+)?(?:score|rating)\s*[:=]\s*\d+(?:\.\d+)?\s*$",
+        r"[\"']score[\"']\s*:\s*\d",
         r"\bignore (?:all |any |the )?(?:previous|prior|above|earlier|preceding) (?:instructions|rules|prompts?|text)\b",
         r"\b(?:dear|attention|note (?:to|for)(?: the)?|hey|hello)\s+(?:ai\s+|llm\s+)?(?:judge|grader|evaluator|reviewer)s?\b",
         r"\b(?:ai|llm|model)\s+(?:judge|grader|evaluator)s?\b",
@@ -59,7 +72,19 @@ def injection(text: str) -> bool:
 
 
 def parse_judgment(text: str, finish_reason: str = "stop") -> tuple[float | None, str, str | None]:
-    """``(score, rationale, error)``: the last score the judge wrote, 1-10, and what came before it."""
+    """``(score, rationale, error)``: the JSON verdict, or else the last score the judge wrote and
+    what came before it; scores outside 1-10 are an error."""
+    if text.lstrip().startswith("{"):
+        try:
+            obj = json.loads(text)
+        except ValueError:
+            obj = None
+        if isinstance(obj, dict) and "score" in obj:
+            rationale = str(obj.get("rationale") or "").strip()[:2000]
+            v = obj["score"]
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                return None, rationale, "unparsed"
+            return (float(v), rationale, None) if 1 <= v <= 10 else (None, rationale, "score_out_of_range")
     best = None
     for rx in _SCORE_RES:
         for m in rx.finditer(text):
@@ -80,6 +105,7 @@ class JudgeParams(EngineScorerParams):
     temperature: float = Field(0.0, ge=0)
     max_tokens: int = Field(256, gt=0)
     max_chars: int = Field(6000, gt=0, description="instruction and response are cut to this length")
+    structured: bool = Field(True, description="JSON verdict under the engine's structured outputs")
 
 
 @register("scorer", "judge")
@@ -134,8 +160,11 @@ class Judge(Scorer):
             rubric = self.rubric_for(r)
             tmpl = self.templates[rubric]
             cut = self.params.max_chars
-            msgs = tmpl.render(instruction=_TAGS.sub("", instr)[:cut], response=_TAGS.sub("", resp)[:cut])
-            reqs.append(Request(messages=msgs))
+            structured = self.params.structured
+            msgs = tmpl.render(
+                instruction=_TAGS.sub("", instr)[:cut], response=_TAGS.sub("", resp)[:cut], json=structured
+            )
+            reqs.append(Request(messages=msgs, json_schema=JUDGE_SCHEMA if structured else None))
             todo.append((r, rubric))
         if not reqs:
             return

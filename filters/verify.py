@@ -31,6 +31,9 @@ class VerifyParams(BaseModel):
     mem_mb: int = Field(1024, gt=16)
     rel_tol: float = Field(1e-6, ge=0)
     percent_equals_fraction: bool = Field(True, description="math_pot: does '50%' also equal 0.5?")
+    sc_min_agreement: float = Field(
+        0.75, ge=0, le=1, description="math_pot: share of self-consistency samples that must agree (3 of 4)"
+    )
     require_all_tests: bool = Field(True, description="python_tests: every test must pass")
 
 
@@ -56,23 +59,33 @@ def verdict_columns(kind: str, v: Verdict, **details: Any) -> dict[str, Any]:
 @register("verifier", "math_pot")
 def verify_math_pot(records: Sequence[Record], executor: Any, p: VerifyParams) -> list[Check]:
     """Program of thought: run ``solution()`` and compare with the stated answer using math-verify.
-    With self-consistency samples (``fields['sc_programs']``) every program runs; the majority value
-    must match too, and the agreement rate goes into ``sc_agreement``."""
+
+    With self-consistency samples (``fields['sc_programs']``: k programs written for the published
+    problem without its answer in view) every sample runs too and votes with its value; the main
+    program does not vote. The row passes only when the votes' majority is unique (a tie rejects),
+    equals the stated answer, and at least ``sc_min_agreement`` of the k samples agree with it. A
+    sample that does not compile, fails or returns nothing counts against agreement."""
     from synthflow.mathcheck import canonical, equivalent
 
     jobs, owners = [], []
     for i, r in enumerate(records):
-        for prog in [r.fields["program"], *(r.fields.get("sc_programs") or [])]:
-            jobs.append(Job(code=prog, call="solution()", timeout_s=p.timeout_s))
-            owners.append(i)
+        jobs.append(Job(code=r.fields["program"], call="solution()", timeout_s=p.timeout_s))
+        owners.append((i, -1))
+        for k, prog in enumerate(r.fields.get("sc_programs") or []):
+            if prog:
+                jobs.append(Job(code=prog, call="solution()", timeout_s=p.timeout_s))
+                owners.append((i, k))
     verdicts = executor.run(jobs)
-    per: dict[int, list[Verdict]] = {}
-    for i, v in zip(owners, verdicts, strict=True):
-        per.setdefault(i, []).append(v)
+    main_of: dict[int, Verdict] = {}
+    samples: dict[int, dict[int, Verdict]] = {}
+    for (i, k), v in zip(owners, verdicts, strict=True):
+        if k < 0:
+            main_of[i] = v
+        else:
+            samples.setdefault(i, {})[k] = v
     out = []
     for i, r in enumerate(records):
-        vs = per[i]
-        main = vs[0]
+        main = main_of[i]
         if main.status != "pass":
             out.append(
                 Check(
@@ -88,21 +101,41 @@ def verify_math_pot(records: Sequence[Record], executor: Any, p: VerifyParams) -
         )
         details: dict[str, Any] = {"stated": stated}
         reason = "" if ok else "verify:answer_mismatch"
-        if len(vs) > 1:
-            values = [canonical(v.value) for v in vs if v.status == "pass" and v.value is not None]
-            if values:
-                top, count = Counter(values).most_common(1)[0]
-                r.fields["sc_agreement"] = round(count / len(vs), 4)
-                r.fields["sc_majority"] = top
-                details.update(sc_majority=top, sc_agreement=r.fields["sc_agreement"], sc_samples=len(vs))
-                if ok and not equivalent(stated, top, p.percent_equals_fraction):
+        progs = r.fields.get("sc_programs") or []
+        if progs:
+            got = samples.get(i, {})
+            votes = [
+                canonical(v.value)
+                if (v := got.get(k)) is not None and v.status == "pass" and v.value is not None
+                else None
+                for k in range(len(progs))
+            ]
+            ranked = Counter(x for x in votes if x is not None).most_common()
+            agree = sum(
+                1 for x in votes if x is not None and equivalent(stated, x, p.percent_equals_fraction)
+            )
+            r.fields["sc_votes"] = votes
+            r.fields["sc_agreement"] = round(agree / len(votes), 4)
+            tie = len(ranked) > 1 and ranked[0][1] == ranked[1][1]
+            r.fields["sc_majority"] = ranked[0][0] if ranked and not tie else None
+            details.update(
+                sc_votes=votes, sc_agreement=r.fields["sc_agreement"], sc_majority=r.fields["sc_majority"]
+            )
+            if ok:
+                if not ranked:
+                    ok, reason = False, "verify:self_consistency_no_votes"
+                elif tie:
+                    ok, reason = False, "verify:self_consistency_tie"
+                elif not equivalent(stated, ranked[0][0], p.percent_equals_fraction):
                     ok, reason = False, "verify:self_consistency_disagrees"
-            else:
-                r.fields["sc_agreement"] = 0.0
+                elif r.fields["sc_agreement"] < p.sc_min_agreement:
+                    ok, reason = False, "verify:self_consistency_weak"
         vc = verdict_columns("math_pot", main, **details)
         if not ok:
             vc["status"] = "fail"
-            vc["message"] = f"program returned {main.value_repr[:80]}, answer says {stated!r}"
+            vc["message"] = f"program returned {main.value_repr[:80]}, answer says {stated!r}" + (
+                f"; samples voted {r.fields.get('sc_votes')}" if progs else ""
+            )
         out.append(Check(ok, reason, vc))
     return out
 

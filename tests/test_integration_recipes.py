@@ -48,6 +48,11 @@ def test_recipe_on_embedded_model(recipe, tmp_path):
     for col in gen.columns:
         assert col in data.column_names and col in rejects.column_names, col
     assert data.num_rows == c["accepted"] <= n
+    # every shipped recipe scores with IFD on the embedded model; the instruction recipes judge a sample
+    assert all(v is not None for v in data.column("score_ifd").to_pylist())
+    assert "ifd" in s["scores"] and s["roles"]["scorer_model"]["model"] == "SmolLM2-135M-Instruct"
+    if recipe in ("self_instruct", "skillmix", "agentinstruct"):
+        assert "score_judge" in rejects.column_names and "judge_rationale" in rejects.column_names
     assert rejects.num_rows == sum(s["rejects_by_stage"].values())
     assert set(rejects.column("reject_stage").to_pylist()) <= {
         "parse",

@@ -94,3 +94,69 @@ def test_generate_records_and_parse_rejects(tmp_path):
     assert set(r.fields) <= set(MathPAL.columns) and {"problem", "program", "answer"} <= set(r.fields)
     # planning is deterministic: the same item index always gets the same seed
     assert [i.seed.seed_id for i in gen.plan(0, 40)] == [i.seed.seed_id for i in _gen(tmp_path).plan(0, 40)]
+
+
+def _sc_record(i: int, votes: list[str | None]):
+    from synthflow.record import Record
+
+    progs = [None if v is None else f"def solution():\n    return {v}" for v in votes]
+    return Record(
+        id=f"r{i}",
+        recipe="math",
+        generator="math_pal",
+        seed_id="s",
+        fields={
+            "problem": "p",
+            "program": "def solution():\n    return 20 + 8",
+            "answer": "28",
+            "sc_programs": progs,
+        },
+    )
+
+
+@pytest.mark.parametrize(
+    "votes, reason, agreement",
+    [
+        (["28", "28", "28", "30"], "", 0.75),
+        (["30", "31"], "verify:self_consistency_tie", 0.0),  # the main program does not break ties
+        (["28", "30"], "verify:self_consistency_tie", 0.5),
+        (["28", "28", "30", "31"], "verify:self_consistency_weak", 0.5),  # a majority, but 2 of 4
+        (["30", "30", "28", None], "verify:self_consistency_disagrees", 0.25),
+        ([None, None, None, None], "verify:self_consistency_no_votes", 0.0),
+        (["28", "28", "28", "1/0"], "", 0.75),  # a failing sample is a vote against, not a crash
+    ],
+)
+def test_self_consistency_vote(votes, reason, agreement):
+    from filters.verify import Verify
+
+    f = Verify({"kind": "math_pot", "timeout_s": 5})
+    try:
+        r = _sc_record(0, votes)
+        res = f([r])
+    finally:
+        f.close()
+    got = res.rejects[0].reason if res.rejects else ""
+    assert got == reason
+    assert r.fields["sc_agreement"] == agreement
+    assert len(r.fields["sc_votes"]) == len(votes)
+
+
+def test_self_consistency_samples_in_one_call(tmp_path):
+    import json
+
+    script = json.loads((Path(__file__).parent / "data" / "fake_math.json").read_text())
+    script.insert(0, {"match": "^Ann has", "reply": ["\n    return 3 * 4\n```", " (:\n```"]})
+    path = tmp_path / "sc.json"
+    path.write_text(json.dumps(script))
+    recipe = load_recipe(math_recipe(tmp_path, generator__options__self_consistency=4))
+    gen = MathPAL(recipe, extract_seeds(recipe.seeds))
+    eng = FakeEngine(path)
+    res = gen.generate(gen.plan(0, 40), eng, Sampling())
+    assert eng.calls == 2, "one call for the problems, one for every self-consistency sample"
+    ann = [r for r in res.kept if r.fields["problem"].startswith("Ann has")]
+    assert ann
+    for r in ann:  # samples alternate: a good program, then one that does not compile (kept as a null vote)
+        assert r.fields["sc_programs"][0].endswith("return 3 * 4") and r.fields["sc_programs"][1] is None
+        assert len(r.fields["sc_programs"]) == 4
+    summary = gen.summary(ann)
+    assert summary["sc_majority_rows"] == 0 and "k=4" in summary["self_consistency"]

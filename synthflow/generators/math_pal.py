@@ -88,7 +88,7 @@ class MathOptions(BaseModel):
         0,
         ge=0,
         le=16,
-        description="extra programs sampled per problem; verification keeps the majority answer",
+        description="k more programs per problem, written without its answer in view; they vote (math_pot)",
     )
 
 
@@ -102,6 +102,7 @@ class MathPAL(Generator):
         "program": pa.string(),
         "answer": pa.string(),
         "sc_programs": pa.list_(pa.string()),
+        "sc_votes": pa.list_(pa.string()),
         "sc_majority": pa.string(),
         "sc_agreement": pa.float64(),
     }
@@ -182,11 +183,27 @@ class MathPAL(Generator):
             for c in range(k):
                 reqs.append(self.request("solve", msgs, c))
                 owner.append(r)
+        for r in recs:
+            r.fields["sc_programs"] = []
         for r, _req, comp in zip(owner, reqs, engine.generate(reqs, sampling), strict=True):
             add_usage(r, comp)
             code = ("def solution():" + comp.text).split("```", 1)[0].rstrip()
             try:
                 compile(code, "<sc>", "exec")
             except SyntaxError:
-                continue
-            r.fields.setdefault("sc_programs", []).append(code)
+                code = None  # a sample that does not compile still counts: as a vote against
+            r.fields["sc_programs"].append(code)
+
+    def summary(self, accepted: list[Any]) -> dict[str, Any]:
+        k = self.opts.self_consistency
+        if not k:
+            return {}
+        agr = [r.fields["sc_agreement"] for r in accepted if r.fields.get("sc_agreement") is not None]
+        majority = sum(1 for a in agr if a > 0.5)
+        return {
+            "self_consistency": f"k={k}: {majority} of {len(accepted)} accepted rows had a majority of the "
+            f"samples for their answer"
+            + (f" (median agreement {sorted(agr)[len(agr) // 2]:g})" if agr else ""),
+            "sc_majority_rows": majority,
+            "sc_agreement": agr,
+        }
