@@ -99,7 +99,7 @@ def main() -> None:
         from synthflow.scoring import ScoreContext
         from synthflow.scoring.cli import to_records
 
-        recs = to_records(rows, [f"row {i}" for i in range(len(rows))], "instruction", "response")
+        recs = to_records(pa.Table.from_pylist(rows), "instruction", "response")
         scorer = SklearnScorer({"model": str(tmp / "m")}, ScoreContext())
         best = 0.0
         for _ in range(3):
@@ -110,9 +110,12 @@ def main() -> None:
             json.dumps({"path": "score_clf in process, 1 core", "rows": len(recs), "rows_per_s": round(best)})
         )
 
-        dt, _ = cli("score", str(data), "--scorer", f"sklearn:{tmp / 'm'}", *fields, "--out", str(tmp / "s"), one_core=True)  # fmt: skip
-        clf_cli = a.rows / dt
-        print(json.dumps({"path": "synthflow score --scorer sklearn (CLI, 1 core)", "rows": a.rows, "seconds": round(dt, 2), "rows_per_s": round(clf_cli)}))  # fmt: skip
+        times = []
+        for _ in range(3):  # best of 3: the first run also warms the page cache
+            dt, _ = cli("score", str(data), "--scorer", f"sklearn:{tmp / 'm'}", *fields, "--out", str(tmp / "s"), one_core=True)  # fmt: skip
+            times.append(round(dt, 2))
+        clf_cli = a.rows / min(times)
+        print(json.dumps({"path": "synthflow score --scorer sklearn (CLI, 1 core, best of 3)", "rows": a.rows, "seconds": times, "rows_per_s": round(clf_cli)}))  # fmt: skip
 
         # IFD on the embedded model: the expensive label, both cores
         os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))

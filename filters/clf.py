@@ -11,9 +11,10 @@ Features (stateless, so nothing but the estimator is fitted):
   to the end), terminal punctuation, a function word as the last word, evasive or placeholder
   phrases, unbalanced code fences or brackets.
 
-The folder holds ``scorer.json`` (format, feature spec, label, training-data fingerprint, metrics) and
-``model.skops``. skops loads without executing code, and only scikit-learn and numpy types that skops
-trusts by default are accepted.
+The folder holds ``scorer.json`` (format, feature spec, label, training-data fingerprint, metrics),
+``vocab.json`` and ``model.npz``: the linear model's weights as plain float arrays, loaded with
+``allow_pickle=False``, so loading a scorer never executes code (and needs neither scikit-learn nor
+pickle at scoring time).
 """
 
 from __future__ import annotations
@@ -44,9 +45,11 @@ FORMAT_VERSION = 1
 FEATURES_VERSION = 1
 MAX_VOCAB = 200_000
 HEAD = 32  # words of the response's start that are features
-INSTR = 24  # words of the instruction that are features
+INSTR = 4  # first words of the instruction (the kind of task) that are features
+HEAD_CHARS = 300  # the windows read at each end of a response
+TAIL_CHARS = 500
 META = "scorer.json"
-MODEL = "model.skops"
+MODEL = "model.npz"
 VOCAB = "vocab.json"
 
 # literal phrases (substring tests on the lowercased text: a regex here cost 3x the whole row)
@@ -138,8 +141,8 @@ _FUNCTION_WORDS = frozenset(
 )
 _TERMINAL = tuple(".!?\"')]}`*>:;")
 NUMERIC = (
-    "instruction_words_log",
-    "response_words_log",
+    "instruction_chars_log",
+    "response_chars_log",
     "length_ratio_log",
     "tail_distinct_words",
     "tail_repetition",
@@ -150,54 +153,61 @@ NUMERIC = (
     "placeholder",
     "odd_code_fences",
     "odd_quotes",
-    "unbalanced_brackets",
+    "unbalanced_parentheses",
     "empty_response",
     "non_ascii",
 )
 
 
 def row_features(instruction: str, response: str) -> tuple[list[str], list[float]]:
-    """Token features and the numeric features of one pair (the hot loop: keep it cheap)."""
-    iw = instruction.lower().split()
-    low = response.lower()
-    rw = low.split()
-    n = len(rw)
-    head = rw[:HEAD]
-    tail = rw[-8:]
-    toks = ["i:" + w for w in iw[:INSTR]]
-    toks += head
+    """Token features and the numeric features of one pair. The hot loop of ``score_clf``: it reads
+    a bounded window at each end of the response, so its cost does not grow with the response."""
+    iw = instruction[:80].lower().split()[:INSTR]
+    low_head = response[:HEAD_CHARS].lower()
+    head = low_head.split()
+    if len(response) > HEAD_CHARS:
+        head.pop()  # the window may cut the last word
+    if len(response) > TAIL_CHARS:
+        low_tail = response[-TAIL_CHARS:].lower()
+        last64 = low_tail.split()[1:][-64:]
+    else:
+        low_tail = response.lower()
+        last64 = low_tail.split()[-64:]
+    tail = last64[-8:]
+    toks = ["i:" + w for w in iw]
+    toks += head[:HEAD]
     toks += ["t:" + w for w in tail]
-    toks += ["u:" + a + " " + b for a, b in zip(tail, tail[1:], strict=False)]
+    toks += ["u:" + a + " " + b for a, b in zip(tail[-5:], tail[-4:], strict=False)]
     stripped = response.rstrip()
     toks.append("c:" + stripped[-1:])  # the last character: where a cut shows
     last_line = stripped[stripped.rfind("\n") + 1 :][-120:]
     toks.append("l:" + str(min(len(last_line.split()), 12)))
-    last64 = rw[-64:]  # loops run to the end of a response: its last 64 words show them
-    m = len(last64) - 2
-    tail_rep = 1.0 - len(set(zip(last64, last64[1:], last64[2:], strict=False))) / m if m > 0 else 0.0
-    tail_distinct = len(set(last64)) / len(last64) if last64 else 0.0
+    # loops run to the end of a response: the distinct share of its last 64 words shows them
+    distinct = len(set(last64)) / len(last64) if last64 else 0.0
+    l32 = last64[-32:]
+    rep = 1.0 - len(set(zip(l32, l32[1:], l32[2:], strict=False))) / (len(l32) - 2) if len(l32) > 8 else 0.0
     last = tail[-1].strip("\"'()[]{}*`.,;:!?") if tail else ""
     terminal = 1.0 if stripped.endswith(_TERMINAL) else 0.0
-    ends = low if len(low) <= 500 else low[:300] + "\n" + low[-200:]  # where refusals and excuses stand
+    ends = low_head + "\n" + low_tail  # where refusals, excuses and placeholders stand
+    n = math.log1p(len(response)) / 10
+    ni = math.log1p(len(instruction)) / 10
     # every number is kept near [0, 1] by fixed scales (no fitted scaler: rare tokens must not be
     # blown up to the weight of a numeric feature)
     nums = [
-        math.log1p(len(iw)) / 8,
-        math.log1p(n) / 8,
-        (math.log1p(n) - math.log1p(len(iw))) / 8,
-        tail_distinct,
-        tail_rep,
+        ni,
+        n,
+        n - ni,
+        distinct,
+        rep,  # word triples repeated among the last 32 words
         terminal,
-        (1.0 - terminal) * math.log1p(n) / 8,  # a long response that stops mid-sentence was cut
+        (1.0 - terminal) * n,  # a long response that stops mid-sentence was cut
         1.0 if last in _FUNCTION_WORDS else 0.0,
         1.0 if _evasive(ends) else 0.0,
-        1.0 if _placeholder(low) else 0.0,
+        1.0 if _placeholder(ends) else 0.0,
         1.0 if response.count("```") % 2 else 0.0,
         1.0 if response.count('"') % 2 else 0.0,
-        1.0
-        if response.count("(") != response.count(")") or response.count("[") != response.count("]")
-        else 0.0,
-        0.0 if n else 1.0,
+        1.0 if response.count("(") != response.count(")") else 0.0,
+        0.0 if last64 else 1.0,
         0.0 if response.isascii() else 1.0,
     ]
     return toks, nums
@@ -310,17 +320,18 @@ def data_fingerprint(pairs: Sequence[tuple[str, str]], y: np.ndarray) -> str:
 
 @dataclass
 class DistilledModel:
-    """A fitted estimator, its token vocabulary and its metadata (``scorer.json``)."""
+    """A linear model over the features: weights, bias, token vocabulary and metadata."""
 
-    est: Any
+    coef: np.ndarray
+    intercept: float
     vocab: dict[str, int]
     meta: dict[str, Any]
 
     def predict(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
-        X = featurize(pairs, self.vocab)
+        z = featurize(pairs, self.vocab) @ self.coef + self.intercept
         if self.meta["task"] == "binary":
-            return self.est.predict_proba(X)[:, 1]
-        return self.est.predict(X)
+            return 1.0 / (1.0 + np.exp(-z))
+        return z
 
 
 def train(
@@ -354,14 +365,16 @@ def train(
         "training": {"rows": len(y), "fingerprint": data_fingerprint(pairs, y)},
         "metrics": metrics,
     }
-    return DistilledModel(make_estimator(task).fit(X, y), vocab, meta)
+    est = make_estimator(task).fit(X, y)
+    coef = np.asarray(est.coef_, dtype=np.float64).ravel()
+    intercept = float(np.asarray(est.intercept_, dtype=np.float64).ravel()[0])
+    return DistilledModel(coef, intercept, vocab, meta)
 
 
 def save(model_dir: Path, model: DistilledModel) -> Path:
-    """Write ``scorer.json``, ``vocab.json`` and ``model.skops`` into a new folder, then rename it
+    """Write ``scorer.json``, ``vocab.json`` and ``model.npz`` into a new folder, then rename it
     into place (an existing scorer folder is replaced whole; any other folder is refused)."""
     import sklearn
-    import skops.io as sio
 
     model_dir = Path(model_dir)
     if model_dir.exists() and not (model_dir / META).is_file():
@@ -376,7 +389,7 @@ def save(model_dir: Path, model: DistilledModel) -> Path:
     model_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=model_dir.parent, prefix=f".{model_dir.name}."))
     try:
-        sio.dump(model.est, tmp / MODEL)
+        np.savez(tmp / MODEL, coef=model.coef, intercept=np.array([model.intercept]))
         (tmp / VOCAB).write_text(json.dumps(sorted(model.vocab, key=model.vocab.__getitem__)))
         (tmp / META).write_text(json.dumps(meta, indent=2))
         old = None
@@ -422,35 +435,31 @@ def read_meta(model_dir: Path, where: str = "") -> dict[str, Any]:
 
 
 def load(model_dir: Path, where: str = "") -> DistilledModel:
-    """Load a scorer safely: skops with the types skops trusts by default (scikit-learn, numpy)
-    only, and JSON; anything else is a one-line error."""
-    import skops.io as sio
-
+    """Load a scorer safely: JSON and float arrays (``allow_pickle=False``); anything else, such as
+    a pickled object in the weights file, is a one-line error and nothing in it runs."""
     prefix = f"{where}: " if where else ""
     meta = read_meta(model_dir, where)
     path = Path(model_dir) / MODEL
     if not path.is_file():
         raise UserError(f"{prefix}{model_dir}: no {MODEL}")
     try:
-        untrusted = sio.get_untrusted_types(file=path)
-    except Exception as e:  # a corrupt or foreign file: one line
-        raise UserError(f"{prefix}{path}: not a readable skops file ({type(e).__name__})") from None
-    if untrusted:
-        raise UserError(f"{prefix}{path}: holds types synthflow will not load: {', '.join(untrusted[:5])}")
-    try:
-        est = sio.load(path)
+        with np.load(path, allow_pickle=False) as z:
+            if set(z.files) != {"coef", "intercept"}:
+                raise ValueError(f"arrays {sorted(z.files)}, expected coef and intercept")
+            coef, intercept = z["coef"], z["intercept"]
         words = json.loads((Path(model_dir) / VOCAB).read_text())
-    except Exception as e:
-        raise UserError(f"{prefix}{model_dir}: cannot load ({type(e).__name__}: {e})") from None
+    except Exception as e:  # many types (a pickled object, a corrupt zip, bad JSON): one line
+        raise UserError(f"{prefix}{model_dir}: not a loadable scorer ({type(e).__name__}: {e})") from None
+    if coef.dtype != np.float64 or coef.ndim != 1 or intercept.dtype != np.float64 or intercept.shape != (1,):
+        raise UserError(f"{prefix}{path}: weights must be float64 arrays")
     if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
         raise UserError(f"{prefix}{model_dir}/{VOCAB}: not a list of tokens")
     vocab = {w: i for i, w in enumerate(words)}
-    n_in = getattr(est, "n_features_in_", None)
-    if n_in != len(vocab) + len(NUMERIC):
+    if coef.shape[0] != len(vocab) + len(NUMERIC):
         raise UserError(
-            f"{prefix}{model_dir}: model expects {n_in} features, vocabulary gives {len(vocab) + len(NUMERIC)}"
+            f"{prefix}{model_dir}: model has {coef.shape[0]} weights, features are {len(vocab) + len(NUMERIC)}"
         )
-    return DistilledModel(est, vocab, meta)
+    return DistilledModel(coef, float(intercept[0]), vocab, meta)
 
 
 def content_hash(model_dir: Path) -> str:

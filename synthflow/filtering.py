@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -26,7 +26,6 @@ class FilterContext:
     generator: Any = None
     out_root: Path | None = None
     run_id: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def text_field(self) -> str:

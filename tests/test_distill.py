@@ -57,6 +57,7 @@ def test_train_then_score_on_held_out_tasks(tmp_path, capsys):
     rows = t.to_pylist()
     assert [r["id"] for r in rows] == [r["id"] for r in src]  # input order and ids kept
     auc = roc_auc_score([r["good"] for r in rows], [r["score_clf"] for r in rows])
+    print(f"held-out AUC {auc:.3f} on {len(rows)} rows")
     assert auc >= 0.9, f"held-out AUC {auc:.3f}"
 
 
@@ -90,7 +91,7 @@ def test_bad_scorer_inputs_are_one_line_and_write_nothing(tmp_path, capsys, trai
     cases = [
         (["score", str(labelled), "--scorer", "judeg", *fields, "--out", str(out)], "did you mean 'judge'"),
         (["score", str(labelled), "--scorer", "heuristics", "--instruction-field", "prompt", "--out", str(out)],
-         "labelled.jsonl row 1: no field 'prompt'"),
+         "labelled.jsonl: no field 'prompt'"),
         (["score", str(tmp_path / "missing.jsonl"), "--scorer", "heuristics", "--out", str(out)], "missing.jsonl: file not found"),
         (["score", str(labelled), "--scorer", f"sklearn:{tmp_path}", *fields, "--out", str(out)], "not a synthflow scorer"),
         (["score", str(labelled), "--scorer", "heuristics", "--param", "judge.sample=0.2", "--out", str(out)],
@@ -111,9 +112,9 @@ def test_bad_scorer_inputs_are_one_line_and_write_nothing(tmp_path, capsys, trai
 
 
 def test_scorer_model_loads_safely(tmp_path, capsys, trained_scorer, labelled):
-    """A model folder from a newer synthflow, or one whose skops file holds a function (os.system),
-    is refused before anything in it runs."""
-    import skops.io as sio
+    """A model folder from a newer synthflow, or one whose weights file holds a pickled object (a
+    function such as os.system), is refused before anything in it runs."""
+    import numpy as np
 
     fields = [
         "--instruction-field",
@@ -135,9 +136,9 @@ def test_scorer_model_loads_safely(tmp_path, capsys, trained_scorer, labelled):
     shutil.copytree(trained_scorer, hostile)
     import os
 
-    sio.dump({"model": os.system}, hostile / "model.skops")
+    np.savez(hostile / "model.npz", coef=np.array([os.system], dtype=object), intercept=np.array([0.0]))
     assert main(["score", str(labelled), "--scorer", f"sklearn:{hostile}", *fields]) == 2
-    assert "holds types synthflow will not load" in _err(capsys)
+    assert "Object arrays cannot be loaded when allow_pickle=False" in _err(capsys)
     assert not (tmp_path / "o").exists()
 
 

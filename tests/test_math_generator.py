@@ -159,4 +159,4 @@ def test_self_consistency_samples_in_one_call(tmp_path):
         assert r.fields["sc_programs"][0].endswith("return 3 * 4") and r.fields["sc_programs"][1] is None
         assert len(r.fields["sc_programs"]) == 4
     summary = gen.summary(ann)
-    assert summary["sc_majority_rows"] == 0 and "k=4" in summary["self_consistency"]
+    assert summary["sc"]["majority_rows"] == 0 and "k=4" in summary["self_consistency"]

@@ -11,8 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from datasketch import LeanMinHash, MinHashLSH
-from datasketch.lsh import _optimal_param
 
 from synthflow.atomic import atomic_path
 from synthflow.dedup.minhash import MinHasher, jaccard, shingle
@@ -21,14 +19,18 @@ from synthflow.errors import UserError
 INDEX_VERSION = 1
 
 
-def lean(sig: np.ndarray, seed: int) -> LeanMinHash:
+def lean(sig: np.ndarray, seed: int) -> Any:
     """Our uint32 signature as a datasketch sketch. Its permutations are affine maps mod 2^32 over
     pre-mixed hashes, the family datasketch calls ``affine32``."""
+    from datasketch import LeanMinHash  # imported when used: it costs 0.3 s at start-up
+
     return LeanMinHash(seed=seed, hashvalues=sig, scheme="affine32")
 
 
 def bands_rows(threshold: float, num_perm: int) -> tuple[int, int]:
     """datasketch's choice of (bands, rows) for a Jaccard threshold (equal FP/FN weights)."""
+    from datasketch.lsh import _optimal_param
+
     return _optimal_param(threshold, num_perm, 0.5, 0.5)
 
 
@@ -54,6 +56,8 @@ class NearDupIndex:
         self.threshold = threshold
         self.num_perm = num_perm
         self.shingle_k = shingle_k
+        from datasketch import MinHashLSH
+
         self.hasher = MinHasher(num_perm, seed)
         self.bands, self.rows = bands_rows(threshold, num_perm)
         self.redis_cfg = redis
@@ -112,7 +116,7 @@ class NearDupIndex:
             out.append(self._best(lean(sig, self.hasher.seed), s))
         return out
 
-    def _best(self, m: LeanMinHash, s: np.ndarray, group: str | None = None) -> Match | None:
+    def _best(self, m: Any, s: np.ndarray, group: str | None = None) -> Match | None:
         best: Match | None = None
         for cand in sorted(self.lsh.query(m)):
             if group is not None and self.groups.get(cand) == group:

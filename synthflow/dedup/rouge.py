@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from datasketch import MinHashLSH
 
 from synthflow.dedup.index import lean
 from synthflow.dedup.minhash import MinHasher, shingle
@@ -39,6 +38,8 @@ class RougePool:
         self.threshold = threshold
         self.scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
         self.hasher = MinHasher(num_perm, seed=7)
+        from datasketch import MinHashLSH
+
         self.lsh = MinHashLSH(threshold=candidate_jaccard, num_perm=num_perm)
         self.texts: dict[str, str] = {}
         self.brute_force = brute_force

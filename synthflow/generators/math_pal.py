@@ -204,6 +204,5 @@ class MathPAL(Generator):
             "self_consistency": f"k={k}: {majority} of {len(accepted)} accepted rows had a majority of the "
             f"samples for their answer"
             + (f" (median agreement {sorted(agr)[len(agr) // 2]:g})" if agr else ""),
-            "sc_majority_rows": majority,
-            "sc_agreement": agr,
+            "sc": {"k": k, "majority_rows": majority, "accepted": len(accepted), "agreement": agr},
         }

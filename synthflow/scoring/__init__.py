@@ -16,7 +16,7 @@ import hashlib
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import pyarrow as pa
@@ -46,7 +46,6 @@ class ScoreContext:
     generator: str = ""
     seed: int = 0
     where: str = "scoring"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def engine(self, role: str, cfg: Any) -> Any:
         if self.engines is None:

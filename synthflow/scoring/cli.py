@@ -63,57 +63,61 @@ def input_files(inputs: list[str], with_rejects: bool = False) -> list[Path]:
     return out
 
 
-def read_inputs(inputs: list[str], with_rejects: bool = False) -> tuple[pa.Table, list[str]]:
-    """All rows as one table (columns unified by name) and, per row, where it came from."""
-    tables, where = [], []
+def read_inputs(inputs: list[str], fields: tuple[str, ...] = (), with_rejects: bool = False) -> pa.Table:
+    """All rows as one table (columns unified by name). Every file must have ``fields``."""
+    tables = []
     for f in input_files(inputs, with_rejects):
         t = _read_table(f)
+        for name in fields:
+            if t.num_rows and name not in t.column_names:
+                raise UserError(f"{f}: no field {name!r} (fields: {', '.join(t.column_names[:12])})")
         tables.append(t)
-        where += [f"{f} row {i + 1}" for i in range(t.num_rows)]
     if not tables or not sum(t.num_rows for t in tables):
         raise UserError(f"{', '.join(inputs)}: no input rows")
     try:
-        table = pa.concat_tables(tables, promote_options="permissive")
+        return pa.concat_tables(tables, promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
         raise UserError(f"inputs do not share column types: {str(e).splitlines()[0]}") from None
-    return table, where
 
 
-def _text(row: dict[str, Any], field: str, role: str, where: str) -> str:
-    if field not in row:
-        raise UserError(f"{where}: no field {field!r} (fields: {', '.join(list(row)[:12])})")
-    v = row[field]
+def _texts(table: pa.Table, field: str, role: str) -> list[str]:
+    """One text per row: a column's strings, or the first user / last assistant turn of ``messages``."""
+    values = table.column(field).to_pylist()
     if field == "messages":
-        turns = [m for m in (v or []) if isinstance(m, dict) and m.get("role") == role]
-        if not turns:
-            return ""
-        m = turns[0] if role == "user" else turns[-1]
-        return str(m.get("content") or "")
-    if v is None:
-        return ""
-    return v if isinstance(v, str) else json.dumps(v, default=str)
+        out = []
+        for v in values:
+            turns = [m for m in (v or []) if isinstance(m, dict) and m.get("role") == role]
+            m = (turns[0] if role == "user" else turns[-1]) if turns else {}
+            out.append(str(m.get("content") or ""))
+        return out
+    return ["" if v is None else v if isinstance(v, str) else json.dumps(v, default=str) for v in values]
 
 
-def to_records(
-    rows: list[dict[str, Any]], where: list[str], instruction_field: str, response_field: str
-) -> list[Record]:
-    """Records for scorers: the chosen instruction and response as a user and an assistant turn."""
+def to_records(table: pa.Table, instruction_field: str, response_field: str) -> list[Record]:
+    """Records for scorers: the chosen instruction and response as a user and an assistant turn
+    (only the columns scorers read are converted from Arrow)."""
+    n = table.num_rows
+    names = set(table.column_names)
+
+    def col(name: str) -> list[Any]:
+        return table.column(name).to_pylist() if name in names else [None] * n
+
+    instrs, resps = _texts(table, instruction_field, "user"), _texts(table, response_field, "assistant")
+    ids, gens, answers, finishes = col("id"), col("generator"), col("answer"), col("finish_reason")
     recs = []
-    for i, (row, w) in enumerate(zip(rows, where, strict=True)):
-        instr = _text(row, instruction_field, "user", w)
-        resp = _text(row, response_field, "assistant", w)
-        rid = row.get("id")
+    for i in range(n):
+        instr, resp = instrs[i], resps[i]
         rec = Record(
-            id=str(rid) if rid is not None else stable_id("row", i, instr, resp),
-            recipe=str(row.get("recipe") or ""),
-            generator=str(row.get("generator") or ""),
-            seed_id=str(row.get("seed_id") or ""),
+            id=str(ids[i]) if ids[i] is not None else stable_id("row", i, instr, resp),
+            recipe="",
+            generator=str(gens[i] or ""),
+            seed_id="",
             messages=[{"role": "user", "content": instr}, {"role": "assistant", "content": resp}],
         )
-        if row.get("answer") is not None:
-            rec.fields["answer"] = row["answer"]
-        if row.get("finish_reason"):
-            rec.gen["finish_reason"] = row["finish_reason"]
+        if answers[i] is not None:
+            rec.fields["answer"] = answers[i]
+        if finishes[i]:
+            rec.gen["finish_reason"] = finishes[i]
         recs.append(rec)
     return recs
 
@@ -208,12 +212,13 @@ def cmd_score(a: Any) -> int:
         stage.preflight()
         progress = os.environ.get("SYNTHFLOW_PROGRESS", "1") != "0"
         t0 = time.perf_counter()
+        batch = a.batch_size or (256 if any(s.role for s in stage.scorers) else 8192)
         if in_place:
-            n, records = _rescore_run(Path(a.inputs[0]), stage, a, progress)
+            n, records = _rescore_run(Path(a.inputs[0]), stage, a, batch, progress)
         else:
-            table, where = read_inputs(a.inputs)
-            records = to_records(table.to_pylist(), where, a.instruction_field, a.response_field)
-            score_records(records, stage, a.batch_size, progress)
+            table = read_inputs(a.inputs, (a.instruction_field, a.response_field))
+            records = to_records(table, a.instruction_field, a.response_field)
+            score_records(records, stage, batch, progress)
             out = Path(a.out) / "scored.parquet"
             with atomic_path(out) as tmp:
                 pq.write_table(with_scores(table, records, stage), tmp, compression="zstd")
@@ -233,21 +238,16 @@ def cmd_score(a: Any) -> int:
     return 0
 
 
-def _rescore_run(run_dir: Path, stage: Any, a: Any, progress: bool) -> tuple[int, list[Record]]:
+def _rescore_run(run_dir: Path, stage: Any, a: Any, batch: int, progress: bool) -> tuple[int, list[Record]]:
     """A new version of the run's Parquet files with the new score columns, each file replaced whole;
     ``summary.json`` lists the re-scoring. Re-thresholding stays a query over these columns."""
     files = sorted((run_dir / "data").glob("*.parquet")) + sorted((run_dir / "rejects").glob("*.parquet"))
     new: list[tuple[Path, pa.Table]] = []
     all_records: list[Record] = []
     for f in files:
-        table = pq.read_table(f)
-        recs = to_records(
-            table.to_pylist(),
-            [f"{f} row {i + 1}" for i in range(table.num_rows)],
-            a.instruction_field,
-            a.response_field,
-        )
-        score_records(recs, stage, a.batch_size, progress)
+        table = read_inputs([str(f)], (a.instruction_field, a.response_field))
+        recs = to_records(table, a.instruction_field, a.response_field)
+        score_records(recs, stage, batch, progress)
         new.append((f, with_scores(table, recs, stage)))
         all_records += recs
     for f, table in new:  # nothing is replaced until every file has scored
@@ -271,20 +271,19 @@ def _rescore_run(run_dir: Path, stage: Any, a: Any, progress: bool) -> tuple[int
 def cmd_train_scorer(a: Any) -> int:
     from filters import clf
 
-    table, where = read_inputs(a.inputs, with_rejects=True)
-    rows = table.to_pylist()
+    table = read_inputs(a.inputs, (a.instruction_field, a.response_field), with_rejects=True)
     if a.label_field not in table.column_names:
         raise UserError(
             f"--label-field {a.label_field!r}: no such field (fields: {', '.join(table.column_names[:12])})"
         )
-    keep = [i for i, r in enumerate(rows) if r.get(a.label_field) is not None]
+    all_labels = table.column(a.label_field).to_pylist()
+    keep = [i for i, v in enumerate(all_labels) if v is not None]
     if not keep:
         raise UserError(f"--label-field {a.label_field!r}: every row's label is null")
-    recs = to_records(
-        [rows[i] for i in keep], [where[i] for i in keep], a.instruction_field, a.response_field
-    )
+    recs = to_records(table.take(keep), a.instruction_field, a.response_field)
     pairs = [(r.messages[0]["content"], r.messages[1]["content"]) for r in recs]
-    labels = [rows[i][a.label_field] for i in keep]
+    labels = [all_labels[i] for i in keep]
+    skipped = len(all_labels) - len(keep)
     t0 = time.perf_counter()
     model = clf.train(
         pairs, labels, threshold=a.threshold, folds=a.folds, where=f"--label-field {a.label_field}"
@@ -296,13 +295,13 @@ def cmd_train_scorer(a: Any) -> int:
         response_field=a.response_field,
     )
     meta["training"]["inputs"] = [str(p) for p in a.inputs]
-    meta["training"]["skipped_null_labels"] = len(rows) - len(keep)
+    meta["training"]["skipped_null_labels"] = skipped
     out = clf.save(Path(a.out), model)
     m = meta["metrics"]
     extra = f", {m['positives']} positive" if "positives" in m else ""
     print(
         f"trained a {meta['task']} scorer on {m['rows']} rows{extra} "
-        f"({len(rows) - len(keep)} with a null label skipped) in {time.perf_counter() - t0:.1f} s"
+        f"({skipped} with a null label skipped) in {time.perf_counter() - t0:.1f} s"
     )
     print(
         f"cross-validated {m['metric'].upper() if m['metric'] == 'auc' else m['metric']}: {m['value']} ({m['folds']} folds)"
@@ -337,15 +336,20 @@ def add_parsers(sub: Any) -> None:
     s.add_argument("--engine", help="engine of the judge (default vllm: the embedded model)")
     s.add_argument("--model", help="model of the judge engine")
     s.add_argument("--base-url", help="OpenAI-compatible base URL for --engine openai")
-    s.add_argument("--batch-size", type=int, default=256, help="rows per scorer call (default 256)")
+    s.add_argument(
+        "--batch-size",
+        type=int,
+        help="rows per scorer call (default: 256 with a model-backed scorer, else 8192)",
+    )
     s.set_defaults(fn=cmd_score)
 
     t = sub.add_parser(
         "train-scorer",
         help="fit a cheap scikit-learn scorer on labelled rows (for --scorer sklearn:DIR)",
-        description="Fit a scikit-learn model on text features of labelled rows and save it (skops) with "
+        description="Fit a scikit-learn linear model on text features of labelled rows and save it with "
         "its feature spec, training-data fingerprint and cross-validated metrics. A label of booleans or "
-        "0/1 trains a classifier (AUC); other numbers a regressor (Spearman), or a classifier with --threshold.",
+        "0/1 trains a classifier (AUC); other numbers a regressor (Spearman), or a classifier with --threshold. "
+        "The model is saved as JSON and float arrays (no pickle).",
         epilog="Example:\n  synthflow train-scorer judged.parquet --label-field score_judge --threshold 7 --out models/quality",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
