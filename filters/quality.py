@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from synthflow.filtering import Filter
+from synthflow.generators.base import finish_reason
 from synthflow.record import Record, Reject, StageResult
 from synthflow.registry import register
 from synthflow.scoring import Scorer
@@ -52,7 +53,7 @@ def heuristic_scores(r: Record) -> dict[str, float | None]:
         "non_ascii": round(non_ascii, 4),
         "echo": round(echo(uw, aw), 4),
         "answer_present": 1.0 if (ans is None and aw) or (ans is not None and str(ans).strip()) else 0.0,
-        "finished": 1.0 if r.gen.get("finish_reason", "stop") in ("stop", "") else 0.0,
+        "finished": 0.0 if finish_reason(r.gen) in ("length", "abort") else 1.0,
     }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ class VerifyParams(BaseModel):
         0.75, ge=0, le=1, description="math_pot: share of self-consistency samples that must agree (3 of 4)"
     )
     require_all_tests: bool = Field(True, description="python_tests: every test must pass")
+    codet_min_consensus: int = Field(2, ge=1, description="codet: distinct candidates in the winning set")
+    codet_min_tests: int = Field(3, ge=1, description="codet: generated tests the winning set passes")
 
 
 @dataclass
@@ -64,15 +67,28 @@ def verify_math_pot(records: Sequence[Record], executor: Any, p: VerifyParams) -
     problem without its answer in view) every sample runs too and votes with its value; the main
     program does not vote. The row passes only when the votes' majority is unique (a tie rejects),
     equals the stated answer, and at least ``sc_min_agreement`` of the k samples agree with it. A
-    sample that does not compile, fails or returns nothing counts against agreement."""
-    from synthflow.mathcheck import canonical, equivalent
+    sample that does not compile, fails, returns nothing or is trivial counts against agreement.
 
+    First, a program that only states its answer (a literal or constant return, a value computed
+    from none of the problem's numbers, the stated answer written into the code) is rejected
+    without running: ``verify:trivial_program:<why>`` (``synthflow.trivial``)."""
+    from synthflow.mathcheck import canonical, equivalent
+    from synthflow.trivial import trivial_reason
+
+    trivial = {
+        i: why
+        for i, r in enumerate(records)
+        if (why := trivial_reason(r.fields.get("problem", ""), r.fields["program"], r.fields.get("answer")))
+    }
     jobs, owners = [], []
     for i, r in enumerate(records):
+        if i in trivial:
+            continue
         jobs.append(Job(code=r.fields["program"], call="solution()", timeout_s=p.timeout_s))
         owners.append((i, -1))
         for k, prog in enumerate(r.fields.get("sc_programs") or []):
-            if prog:
+            # a sample that only states a number does not vote (it counts against agreement)
+            if prog and not trivial_reason(r.fields.get("problem", ""), prog):
                 jobs.append(Job(code=prog, call="solution()", timeout_s=p.timeout_s))
                 owners.append((i, k))
     verdicts = executor.run(jobs)
@@ -85,6 +101,15 @@ def verify_math_pot(records: Sequence[Record], executor: Any, p: VerifyParams) -
             samples.setdefault(i, {})[k] = v
     out = []
     for i, r in enumerate(records):
+        if i in trivial:
+            v = Verdict(
+                "fail",
+                exc_type="TrivialProgram",
+                message=f"solution() does not compute its answer from the problem ({trivial[i]})",
+                mode=getattr(executor, "mode", ""),
+            )
+            out.append(Check(False, f"verify:trivial_program:{trivial[i]}", verdict_columns("math_pot", v)))
+            continue
         main = main_of[i]
         if main.status != "pass":
             out.append(
@@ -235,19 +260,57 @@ def verify_codet(records: Sequence[Record], executor: Any, p: VerifyParams) -> l
         )
         main = verdicts[owners.index((i, chosen))]
         vc = verdict_columns("codet", main, matrix=m, chosen=chosen, candidate_status=st)
-        ok = score > 0
-        if not ok:
+        if score == 0:
+            reason, why = "verify:codet_no_agreement", "no candidate passes any generated test"
+        elif len(cands) < p.codet_min_consensus:
+            reason = "verify:codet_small_consensus"
+            why = f"{len(cands)} distinct candidate(s) agree; the recipe needs {p.codet_min_consensus}"
+        elif len(tests) < p.codet_min_tests:
+            reason = "verify:codet_few_tests"
+            why = f"the winning candidates pass {len(tests)} test(s); the recipe needs {p.codet_min_tests}"
+        else:
+            reason = why = ""
+        if reason:
             vc["status"] = "fail"
-            vc["message"] = "no candidate passes any generated test"
-        out.append(Check(ok, "" if ok else "verify:codet_no_agreement", vc))
+            vc["message"] = why
+        out.append(Check(not reason, reason, vc))
     return out
+
+
+_COUNT_Q = re.compile(r"\bhow\s+many\b", re.I)
+_LAST_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def variant_problem(r: Record, v: Verdict) -> str:
+    """'' when a template variant's verdict gives a usable answer, else why not."""
+    if v.status != "pass":
+        return f"verify:variant_failed:{v.status}" + (f":{v.exc_type}" if v.exc_type else "")
+    x = v.value
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return "verify:variant_non_numeric"
+    if isinstance(x, float) and not math.isfinite(x):
+        return "verify:variant_non_finite"
+    if x < 0:
+        return "verify:variant_negative"
+    if _COUNT_Q.search(r.fields.get("problem") or "") and not float(x).is_integer():
+        return "verify:non_integer_count"  # a "how many" question needs a whole number
+    words = r.fields.get("solution")
+    if words:
+        from synthflow.mathcheck import equivalent
+
+        nums = _LAST_NUMBER.findall(words)
+        if not nums or not equivalent(nums[-1].replace(",", ""), x):
+            return "verify:solution_mismatch"  # the worded solution ends on another number
+    return ""
 
 
 @register("verifier", "template")
 def verify_template(records: Sequence[Record], executor: Any, p: VerifyParams) -> list[Check]:
-    """TemplateGSM: run each variant's program on its assignment; the value is the answer. A template
-    whose program fails on any variant, or whose answers are degenerate (non-numeric, non-finite,
-    negative, or the same for every variant), loses all its variants."""
+    """TemplateGSM: run each variant's program on its assignment; the value is the answer. A variant
+    whose program fails, or whose answer is non-numeric, non-finite, negative, a fraction for a "how
+    many" question, or not the number its worded solution ends on, is rejected on its own. A whole
+    template goes only when more than half of its variants fail, or when 3+ variants all give the
+    same answer (the variables do not matter)."""
     jobs = [
         Job(
             code=r.fields["program"],
@@ -257,33 +320,20 @@ def verify_template(records: Sequence[Record], executor: Any, p: VerifyParams) -
         for r in records
     ]
     verdicts = executor.run(jobs)
+    own = [variant_problem(r, v) for r, v in zip(records, verdicts, strict=True)]
     by_tmpl: dict[str, list[int]] = {}
     for i, r in enumerate(records):
         by_tmpl.setdefault(r.fields["template_id"], []).append(i)
-    bad: dict[str, str] = {}
+    whole: dict[str, str] = {}
     for tid, idx in by_tmpl.items():
-        values = []
-        for i in idx:
-            v = verdicts[i]
-            if v.status != "pass":
-                bad[tid] = f"verify:template_failed:{v.status}" + (f":{v.exc_type}" if v.exc_type else "")
-                break
-            x = v.value
-            if isinstance(x, bool) or not isinstance(x, (int, float)):
-                bad[tid] = "verify:degenerate:non_numeric"
-                break
-            if isinstance(x, float) and not math.isfinite(x):
-                bad[tid] = "verify:degenerate:non_finite"
-                break
-            if x < 0:
-                bad[tid] = "verify:degenerate:negative"
-                break
-            values.append(x)
-        if tid not in bad and len(idx) >= 3 and len(set(values)) == 1:
-            bad[tid] = "verify:degenerate:constant"
+        ok = [i for i in idx if not own[i]]
+        if len(ok) * 2 < len(idx):
+            whole[tid] = "verify:template_mostly_fails"
+        elif len(ok) >= 3 and len({float(verdicts[i].value) for i in ok}) == 1:
+            whole[tid] = "verify:degenerate:constant"
     out = []
-    for r, v in zip(records, verdicts, strict=True):
-        reason = bad.get(r.fields["template_id"], "")
+    for i, (r, v) in enumerate(zip(records, verdicts, strict=True)):
+        reason = own[i] or whole.get(r.fields["template_id"], "")
         if not reason:
             x = v.value
             r.fields["answer"] = str(int(x)) if float(x).is_integer() else str(round(float(x), 6))

@@ -57,10 +57,26 @@ class SeedSourceConfig(_Strict):
     chunk_words: int = Field(200, gt=0)
 
 
+class StepSampling(_Strict):
+    """Sampling of one generator step (prompt role); unset fields keep the step's default."""
+
+    temperature: float | None = Field(None, ge=0)
+    top_p: float | None = Field(None, gt=0, le=1)
+    max_tokens: int | None = Field(None, gt=0)
+    stop: list[str] | None = None
+
+
 class GeneratorConfig(_Strict):
     name: str
     prompts: dict[str, str] = Field(default_factory=dict)
     options: dict[str, Any] = Field(default_factory=dict)
+    # per-step sampling overrides, by prompt role: {classify: {temperature: 0, max_tokens: 8}}
+    sampling: dict[str, StepSampling] = Field(default_factory=dict)
+
+    @field_validator("sampling", mode="after")
+    @classmethod
+    def _drop_unset(cls, v: dict[str, StepSampling]) -> dict[str, Any]:
+        return {role: s.model_dump(exclude_none=True) for role, s in v.items()}
 
 
 class FilterConfig(BaseModel):
@@ -205,6 +221,12 @@ def check_names(recipe: Recipe, where: str) -> None:
     """Resolve every registered name now, so a typo fails before any work starts."""
     gen_cls = registry.get("generator", recipe.generator.name, f"{where}: field generator.name")
     gen_cls.validate_options(recipe.generator.options, f"{where}: field generator.options")
+    for role in recipe.generator.sampling:
+        if role not in gen_cls.prompts:
+            raise UserError(
+                f"{where}: field generator.sampling.{role}: unknown step; "
+                f"{registry.did_you_mean(role, sorted(gen_cls.prompts))}"
+            )
     for role, tmpl in recipe.generator.prompts.items():
         if role not in gen_cls.prompts:
             raise UserError(

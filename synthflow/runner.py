@@ -203,7 +203,7 @@ class Run:
 
     def generate(self, items: list[Item]) -> StageResult:
         t0 = time.perf_counter()
-        res = self.generator.generate(items, self.engine, self.sampling)
+        res = self.generator.run(items, self.engine, self.sampling)
         self.seconds["generate"] += time.perf_counter() - t0
         # every generator reject is a parse or generate reject of a generated row
         self.counts["generated"] += len(res.kept) + len(res.rejects)

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from synthflow.generators.base import finish_reason
 from synthflow.record import Record, Reject
 
 STAGING = ".synthflow-staging"
@@ -39,6 +40,18 @@ SAMPLING_TYPE = pa.struct(
         ("seed", pa.int64()),
         ("stop", pa.list_(pa.string())),
     ]
+)
+
+# one entry per engine call that made the row: its prompt role, finish reason and sampling
+STEPS_TYPE = pa.list_(
+    pa.struct(
+        [
+            ("step", pa.string()),
+            ("finish_reason", pa.string()),
+            ("temperature", pa.float64()),
+            ("max_tokens", pa.int64()),
+        ]
+    )
 )
 
 CORE_COLUMNS: list[tuple[str, pa.DataType]] = [
@@ -68,6 +81,7 @@ CORE_COLUMNS: list[tuple[str, pa.DataType]] = [
     ("engine_seconds", pa.float64()),
     ("cache_hit", pa.bool_()),
     ("finish_reason", pa.string()),
+    ("steps", STEPS_TYPE),
 ]
 REJECT_COLUMNS: list[tuple[str, pa.DataType]] = [
     ("reject_stage", pa.string()),
@@ -121,7 +135,8 @@ def record_row(
         "completion_tokens": g.get("completion_tokens"),
         "engine_seconds": g.get("engine_seconds"),
         "cache_hit": g.get("cache_hit"),
-        "finish_reason": g.get("finish_reason"),
+        "finish_reason": finish_reason(g),
+        "steps": g.get("steps"),
         "created_at": created_at,
     }
     for k in gen_columns:

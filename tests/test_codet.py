@@ -57,8 +57,8 @@ def test_generator_loop_with_fake_engine(tmp_path):
     recipe = load_recipe(p)
     gen = CodeCodeT(recipe, extract_seeds(recipe.seeds))
     eng = FakeEngine(DATA / "fake_code.json")
-    res = gen.generate(gen.plan(0, 3), eng, Sampling())
-    assert eng.calls == 2, "one call for the problems, one for all solutions and tests"
+    res = gen.run(gen.plan(0, 3), eng, Sampling())
+    assert eng.calls == 3, "one call per step: the problems, all solutions, all tests"
     assert len(res.kept) == 3 and not res.rejects
     r = res.kept[0]
     assert len(r.fields["candidates"]) == 4
@@ -137,7 +137,11 @@ def test_math_pot_equivalences_and_percent_setting():
             recipe="t",
             generator="math_pal",
             seed_id="s",
-            fields={"problem": "p", "program": f"def solution():\n    return {prog}", "answer": ans},
+            fields={
+                "problem": f"Compute {prog}.",
+                "program": f"def solution():\n    x = {prog}\n    return x * 1",
+                "answer": ans,
+            },
         )
 
     cases = [
@@ -158,3 +162,50 @@ def test_math_pot_equivalences_and_percent_setting():
         for p, a, ok in cases:
             expect = ok and not (a == "50%" and p == "0.5" and not pct)
             assert (f"{p}|{a}" in kept) == expect, (p, a, pct)
+
+
+def _codet_run(tmp_path, script: str, **verify):
+    from filters.verify import Verify
+
+    data = yaml.safe_load((ROOT / "recipes" / "code.yaml").read_text())
+    data["engine"] = {"name": "fake", "script": str(DATA / script)}
+    p = tmp_path / "code.yaml"
+    p.write_text(yaml.safe_dump(data))
+    recipe = load_recipe(p)
+    gen = CodeCodeT(recipe, extract_seeds(recipe.seeds))
+    res = gen.run(gen.plan(0, 2), FakeEngine(DATA / script), Sampling())
+    v = Verify({"kind": "codet", "timeout_s": 2, **verify})
+    try:
+        return res, v(res.kept)
+    finally:
+        v.close()
+
+
+def test_codet_copies_of_one_candidate_are_no_consensus(tmp_path):
+    """Three copies of `return sum(nums)` (a comment, spacing, a docstring apart) are one candidate:
+    without dedup they formed a consensus of 3; now the winning set has 1 distinct candidate."""
+    res, out = _codet_run(tmp_path, "fake_code_copies.json")
+    r = res.kept[0]
+    assert len(r.fields["candidates"]) == 2  # sum(nums) once, and return 0
+    assert not out.kept
+    assert {j.reason for j in out.rejects} == {"verify:codet_small_consensus"}
+    assert r.fields["codet_consensus"] == 1 and r.fields["codet_tests_passed"] == 4
+
+
+def test_codet_needs_enough_passing_tests(tmp_path):
+    res, out = _codet_run(tmp_path, "fake_code.json", codet_min_tests=5)
+    assert not out.kept and {j.reason for j in out.rejects} == {"verify:codet_few_tests"}
+    res, out = _codet_run(tmp_path, "fake_code.json", codet_min_consensus=3)
+    assert not out.kept and {j.reason for j in out.rejects} == {"verify:codet_small_consensus"}
+    res, out = _codet_run(tmp_path, "fake_code.json")  # the recipe's defaults: 2 candidates, 3 tests
+    assert len(out.kept) == 2
+    assert all(r.fields["codet_consensus"] >= 2 and r.fields["codet_tests_passed"] >= 3 for r in out.kept)
+
+
+def test_normalized_ast_ignores_comments_docstrings_and_spacing():
+    from synthflow.generators.code_codet import normalized_ast
+
+    a = "def f(x):\n    return x + 1"
+    b = 'def f(x):\n    """Add one."""\n    # comment\n    return (x+1)'
+    c = "def f(x):\n    return 1 + x"
+    assert normalized_ast(a) == normalized_ast(b) != normalized_ast(c)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -69,12 +70,17 @@ def test_self_instruct_bootstrap_rounds(tmp_path):
         {"input": "", "output": "z"},
     ]
     assert parse_instances(" pos\nInput: great", True) == [{"input": "great", "output": "pos"}]
+    # an empty input stays empty (it used to swallow the next pair: input='Output: A\nInput:', output='B')
+    assert parse_instances("\nOutput: A\nInput:\nOutput: B", False) == [
+        {"input": "", "output": "A"},
+        {"input": "", "output": "B"},
+    ]
 
     gen, eng = make(tmp_path, "self_instruct", "fake_self_instruct.json")
     rounds = [gen.generate(gen.plan(i * 2, 2), eng, Sampling()) for i in range(3)]
-    assert (
-        eng.calls == 3 + 2 * 1
-    )  # round 1: 3 calls; rounds 2-3: instructions only (all new ones too similar)
+    # round 1: instructions, classify, output-first and input-first instances (one call per step);
+    # rounds 2-3: instructions only (all new ones too similar)
+    assert eng.calls == 4 + 2 * 1
     first = rounds[0]
     reasons = sorted({j.reason for j in first.rejects})
     assert "filter:keyword:picture" in reasons or "filter:keyword:draw" in reasons
@@ -87,10 +93,8 @@ def test_self_instruct_bootstrap_rounds(tmp_path):
         "Classify the animal as a mammal, bird or fish.",
     }
     clf = [r for r in kept if r.fields["si_is_classification"]]
-    assert {r.fields["output"] for r in clf} == {
-        "mammal",
-        "bird",
-    }  # output-first, incomplete last pair dropped
+    assert {r.fields["output"] for r in clf} == {"mammal", "bird"}  # output-first
+    assert "filter:instance_empty_input" in reasons  # the incomplete last pair ('fish', no input)
     other = [r for r in kept if not r.fields["si_is_classification"]]
     assert max(r.fields["si_instance"] for r in other) == 4, "at most 5 instances per instruction"
     r = kept[0]
@@ -118,7 +122,7 @@ def test_skillmix_extraction_and_mixing(tmp_path):
     gen, eng = make(tmp_path, "skillmix", "fake_skillmix.json", k=2)
     gen.prepare(eng, Sampling())
     names = [s["name"] for s in gen.skills]
-    assert names == sorted(names) and set(names) == {
+    assert set(names) == {
         "step-by-step reasoning",
         "budgeting",
         "persuasive writing",
@@ -126,7 +130,7 @@ def test_skillmix_extraction_and_mixing(tmp_path):
         "humor",
     }
     assert all(s["count"] == 8 for s in gen.skills)  # merged over the 8 shipped domains
-    assert [q["name"] for q in gen.query_types] == ["comparison question", "how-to request"]
+    assert {q["name"] for q in gen.query_types} == {"comparison question", "how-to request"}
     art = gen.artifacts()["skills.json"]
     assert art["version"] == 1 and art["source"] == "domains" and len(art["extracted_from"]) == 8
 
@@ -189,12 +193,45 @@ def test_skillmix_reuses_a_skills_file_and_structured_outputs(tmp_path):
     assert req.json_schema and req.messages[-1]["role"] == "user", "structured output drops the text prefill"
 
 
+def test_skillmix_skill_names_keep_digits_and_symbols():
+    from synthflow.generators.skillmix import normalize_skill
+
+    assert normalize_skill("C++ programming") == "c++ programming"
+    assert normalize_skill("3. 3D modeling: meshes") == "3d modeling"
+    assert normalize_skill("C#") == "c#" and normalize_skill("Node.js development") == "node.js development"
+    assert normalize_skill("42") == "" and normalize_skill("a") == ""
+
+
+def test_skillmix_top_skills_are_not_alphabetical():
+    """Most extracted skills have count 1: the cut among ties is a seeded shuffle. (It used to keep
+    the first names in alphabetical order: every kept skill began with a-m.)"""
+    from synthflow.generators.skillmix import merge_counts
+
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    lists = [[f"{c} skill" for c in letters], ["z skill", "y skill"]]
+    top = [s["name"] for s in merge_counts(lists, 8, "0:skills")]
+    assert top[:2] in (["z skill", "y skill"], ["y skill", "z skill"])  # by count first
+    rest = top[2:]
+    assert any(name[0] > "m" for name in rest) and rest != sorted(rest)
+    assert top == [s["name"] for s in merge_counts(lists, 8, "0:skills")]  # seeded
+    assert top != [s["name"] for s in merge_counts(lists, 8, "1:skills")]
+
+
+def test_skillmix_rotates_example_pairs(tmp_path):
+    gen, _ = make(tmp_path, "skillmix", "fake_skillmix.json")
+    sets = {tuple(e["id"] for e in gen.examples_for(i)) for i in range(8)}
+    assert len(sets) == 4 and all(len(s) == 2 for s in sets)  # 4 fixed sets of 2, rotating
+    assert gen.examples_for(1) == gen.examples_for(5)  # a set recurs: prompts share a prefix
+    assert len({e for s in sets for e in s}) > 2  # not the same 2 examples every time
+
+
 # ---- AgentInstruct ------------------------------------------------------------------------------
 def test_agentinstruct_three_flows(tmp_path):
     gen, eng = make(tmp_path, "agentinstruct", "fake_agentinstruct.json", refinement_rounds=2)
     items = gen.plan(0, 4)
-    res = gen.generate(items, eng, Sampling())
-    assert eng.calls == 1 + 1 + 2 * 2 + 1  # transform, instruction, (suggest, edit) x 2, respond
+    res = gen.run(items, eng, Sampling())
+    # transform, instruction, (suggest, edit) x 2, answerability check, respond: one call per step
+    assert eng.calls == 1 + 1 + 2 * 2 + 1 + 1
     assert len(res.kept) == 4
     r = res.kept[0]
     f = r.fields
@@ -209,6 +246,9 @@ def test_agentinstruct_three_flows(tmp_path):
         "Require an answer in one sentence.",
     ]
     assert len(f["ai_instruction_versions"]) == 3 and f["instruction"].startswith("In one sentence")
+    # round 1 kept the text, round 2 revised it (the harder task needs the added detail)
+    assert f["ai_text_revised"] and f["ai_transformed_text"].endswith("the land would dry out within a year.")
+    assert f["ai_answerable"] is True
     assert (
         r.messages[0]["content"].endswith(f["instruction"])
         and f["ai_transformed_text"] in r.messages[0]["content"]
@@ -216,6 +256,31 @@ def test_agentinstruct_three_flows(tmp_path):
     assert r.gen["completion_tokens"] > 0
     code_items = [it for it in gen.plan(0, 40) if it.seed.data.get("doc_kind") == "code"]
     assert code_items and all(gen.choose(it)[0] == "coding" for it in code_items)
+
+
+def test_agentinstruct_rejects_unanswerable_and_truncated(tmp_path):
+    script = json.loads((DATA / "fake_agentinstruct.json").read_text())
+    for r in script:
+        if r["match"] == "<assistant> Answer:$":
+            r["reply"] = [" No"]
+        if r["match"] == "Rewrite the source as":
+            r["reply"] = [r["reply"]]
+    gen, _ = make(tmp_path, "agentinstruct", "fake_agentinstruct.json", refinement_rounds=1)
+    res = gen.run(gen.plan(0, 2), FakeEngine(script), Sampling())
+    assert not res.kept and {j.reason for j in res.rejects} == {"refine:unanswerable"}
+    for r in script:
+        if r["match"] == "Rewrite the source as":
+            r["finish_reason"] = "length"  # a transformation cut at max_tokens
+    res = gen.run(gen.plan(0, 2), FakeEngine(script), Sampling())
+    assert not res.kept and {j.reason for j in res.rejects} == {"parse:truncated:transform"}
+
+
+def test_agentinstruct_parse_edit():
+    from synthflow.generators.agentinstruct import parse_edit
+
+    assert parse_edit(" unchanged\nTask: Why is the sky blue?") == (None, "Why is the sky blue?")
+    assert parse_edit(" A new text.\nMore of it.\nTask: Why?\n\nextra") == ("A new text. More of it.", "Why?")
+    assert parse_edit(" Summarize it in two sentences.") == (None, "Summarize it in two sentences.")
 
 
 # ---- TemplateGSM --------------------------------------------------------------------------------
@@ -227,33 +292,75 @@ def test_math_templates_sampling_and_verification(tmp_path):
         parse_template(
             " {x} and {y}\nVariables:\nx: int 1-2\nProgram:\n```python\ndef solution(x, y):\n    return x\n```"
         )
+    with pytest.raises(Exception, match="bad_constraint"):  # a constraint cannot run code
+        parse_template(
+            " {x}\nVariables:\nx: int 1-2\nConstraints:\n__import__('os').system('true')\n"
+            "Program:\n```python\ndef solution(x):\n    return x\n```"
+        )
 
     gen, eng = make(
-        tmp_path, "math_templates", "fake_templates.json", variants_per_template=5, test_fraction=0.5
+        tmp_path, "math_templates", "fake_templates.json", variants_per_template=8, test_fraction=0.5
     )
-    res = gen.generate(gen.plan(0, 40), eng, Sampling())
-    assert {j.reason for j in res.rejects} == {"parse:variables_mismatch"}
-    by_t: dict[str, list] = {}
-    for r in res.kept:
-        by_t.setdefault(r.fields["template_id"], []).append(r)
-    assert all(len(v) == 5 for v in by_t.values())
+    res = gen.run(gen.plan(0, 80), eng, Sampling())
+    assert {j.reason for j in res.rejects} == {"parse:variables_mismatch", "parse:constraints_unsatisfiable"}
     v = Verify({"kind": "template"})
     try:
         out = v(res.kept)
     finally:
         v.close()
-    reasons = {j.reason for j in out.rejects}
-    assert "verify:template_failed:error:ZeroDivisionError" in reasons  # b can be 0: the whole template goes
-    assert "verify:degenerate:negative" in reasons and "verify:degenerate:constant" in reasons
-    kept_t = {r.fields["template_id"] for r in out.kept}
-    assert kept_t and not kept_t & {j.record.fields["template_id"] for j in out.rejects}
+    by_problem: dict[str, set[str]] = {}
+    for j in out.rejects:
+        by_problem.setdefault(" ".join(j.record.fields["template"].split()[:2]), set()).add(j.reason)
     for r in out.kept:
+        by_problem.setdefault(" ".join(r.fields["template"].split()[:2]), set()).add("ok")
+    # b can be 0: those variants fail alone, the template keeps its other variants
+    assert by_problem["Share {a}"] == {"verify:variant_failed:error:ZeroDivisionError", "ok"}
+    assert "verify:non_integer_count" in by_problem["{a} pizzas"]  # a*b/4 slices: whole numbers only
+    assert all(
+        float(r.fields["answer"]).is_integer() for r in out.kept if r.fields["template"].startswith("{a}")
+    )
+    assert by_problem["A box"] == {"verify:degenerate:constant"}  # `return 7`
+    assert (
+        "verify:variant_negative" in by_problem["Tom had"]
+        and "verify:solution_mismatch" in by_problem["Tom had"]
+    )
+    kept = {}
+    for r in out.kept:
+        kept.setdefault(r.fields["template"], []).append(r)
+    farm = kept[
+        "A farm has {rows} rows with {per_row} apple trees each. How many apple trees are on the farm?"
+    ]
+    for r in farm:
         a = json.loads(r.fields["assignment"])
         assert int(r.fields["answer"]) == a["rows"] * a["per_row"]  # correct by construction
-        assert str(a["rows"]) in r.fields["problem"]
+        assert r.fields["solution"].endswith(f"= {a['rows'] * a['per_row']} apple trees.")
         gen.refresh(r)
+        assert r.messages[1]["content"].startswith(r.fields["solution"])
         assert r.messages[1]["content"].endswith(f"The answer is {r.fields['answer']}.")
+    # the constraint b <= a held for every draw, so no variant of that template went negative
+    left = kept["Tom had {a} dollars and spent {b} dollars. How many dollars are left?"]
+    assert len(left) >= 8 and all(int(r.fields["answer"]) >= 0 for r in left)
+    assert all(r.fields["constraints"] == ["b <= a"] for r in left)
     # the split is decided per template
     split_of = {}
     for r in res.kept:
         assert split_of.setdefault(r.fields["template_id"], r.fields["split"]) == r.fields["split"]
+
+
+def test_shipped_template_examples_check_out():
+    """Every shipped example template: constraints hold for its draws, and its worded solution ends on
+    the number its program returns."""
+    from synthflow.generators.math_templates import render_solution, sample_assignments
+    from synthflow.mathcheck import equivalent
+    from synthflow.seeds import jsonl_seeds
+
+    for s in jsonl_seeds("builtin:math_templates.jsonl"):
+        d = s.data
+        scope: dict = {}
+        exec(compile(d["program"], "<example>", "exec"), scope)  # our own shipped example, not model output
+        draws = sample_assignments(d["variables"], 20, d["id"], d["constraints"])
+        assert len(draws) == 20, d["id"]
+        for a in draws:
+            words = render_solution(d["solution"], a)
+            last = re.findall(r"-?\d[\d,]*(?:\.\d+)?", words)[-1]
+            assert equivalent(last, scope["solution"](**a)), (d["id"], a, words)

@@ -77,7 +77,7 @@ def test_golden_prompt(tmp_path):
     msgs = gen.templates["generate"].render(**gen.context(item))
     text = "\n".join(f"<<{m['role']}>>\n{m['content']}" for m in msgs)
     assert_golden("math_pal_item0.txt", text)
-    assert gen.templates["generate"].version == "2"
+    assert gen.templates["generate"].version == "3"
 
 
 def test_generate_records_and_parse_rejects(tmp_path):
@@ -89,7 +89,7 @@ def test_generate_records_and_parse_rejects(tmp_path):
     assert {j.reason for j in res.rejects} == {"parse:no_program"}
     r = res.kept[0]
     assert r.messages[0]["role"] == "user" and r.messages[1]["role"] == "assistant"
-    assert r.prompt_template == "math/pal.jinja2" and r.prompt_version == "2"
+    assert r.prompt_template == "math/pal.jinja2" and r.prompt_version == "3"
     assert r.gen["model"] == "fake-model" and r.gen["completion_tokens"] > 0
     assert set(r.fields) <= set(MathPAL.columns) and {"problem", "program", "answer"} <= set(r.fields)
     # planning is deterministic: the same item index always gets the same seed
@@ -97,19 +97,28 @@ def test_generate_records_and_parse_rejects(tmp_path):
 
 
 def _sc_record(i: int, votes: list[str | None]):
+    """Samples compute from the problem's numbers; 'L<n>' only returns n, '1/0' fails, None did not compile."""
     from synthflow.record import Record
 
-    progs = [None if v is None else f"def solution():\n    return {v}" for v in votes]
+    def prog(v: str | None) -> str | None:
+        if v is None:
+            return None
+        if v.startswith("L"):
+            return f"def solution():\n    return {v[1:]}"
+        if v == "1/0":
+            return "def solution():\n    a = 20\n    b = 0\n    return a / b"
+        return f"def solution():\n    a = 20\n    b = 8\n    return a + b + {int(v) - 28}"
+
     return Record(
         id=f"r{i}",
         recipe="math",
         generator="math_pal",
         seed_id="s",
         fields={
-            "problem": "p",
-            "program": "def solution():\n    return 20 + 8",
+            "problem": "Ann has 20 pens and buys 8 more. How many pens does she have?",
+            "program": "def solution():\n    pens = 20\n    bought = 8\n    return pens + bought",
             "answer": "28",
-            "sc_programs": progs,
+            "sc_programs": [prog(v) for v in votes],
         },
     )
 
@@ -124,6 +133,7 @@ def _sc_record(i: int, votes: list[str | None]):
         (["30", "30", "28", None], "verify:self_consistency_disagrees", 0.25),
         ([None, None, None, None], "verify:self_consistency_no_votes", 0.0),
         (["28", "28", "28", "1/0"], "", 0.75),  # a failing sample is a vote against, not a crash
+        (["L28", "L28", "L28", "28"], "verify:self_consistency_weak", 0.25),  # literal votes are void
     ],
 )
 def test_self_consistency_vote(votes, reason, agreement):

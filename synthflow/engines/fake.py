@@ -4,7 +4,8 @@ The script is a list of rules ``{"match": <regex over the last user message>, "r
 replies may use ``{i}`` (sample index) and ``{n}`` (call counter) and may be a list, indexed by sample.
 When the conversation ends with an assistant prefill that the reply starts with, only the rest is returned.
 The first matching rule answers; ``"scope": "all"`` matches the whole conversation
-(``<role> content`` lines) instead of the last user message. ``delay_s`` sleeps per call so tests can kill a run mid-generation.
+(``<role> content`` lines) instead of the last user message; ``"finish_reason": "length"`` makes the
+reply look cut at max_tokens. ``delay_s`` sleeps per call so tests can kill a run mid-generation.
 
 For token-level scorers it is a "copy model" over whitespace words: a token seen earlier in the
 sequence has logprob ``seen_logprob`` (-0.5), any other ``unseen_logprob`` (-3.0), so a test can
@@ -32,8 +33,15 @@ class FakeEngine:
         if isinstance(script, (str, Path)):
             script = json.loads(Path(script).read_text())
         self.rules = [
-            (re.compile(r.get("match", ""), re.S), r["reply"], r.get("scope", "last_user")) for r in script
+            (
+                re.compile(r.get("match", ""), re.S),
+                r["reply"],
+                r.get("scope", "last_user"),
+                r.get("finish_reason", "stop"),
+            )
+            for r in script
         ]
+        self.samplings: list[Sampling] = []  # the sampling of every call, for tests
         self.model_id = model_id
         self.delay_s = delay_s
         self.calls = 0
@@ -49,29 +57,31 @@ class FakeEngine:
     def preflight(self) -> None:
         pass
 
-    def _answer(self, req: Request) -> str:
+    def _answer(self, req: Request) -> tuple[str, str]:
         last_user = next((m["content"] for m in reversed(req.messages) if m["role"] == "user"), "")
         everything = "\n".join(f"<{m['role']}> {m['content']}" for m in req.messages)
-        for rx, reply, scope in self.rules:
+        for rx, reply, scope, finish in self.rules:
             if rx.search(everything if scope == "all" else last_user):
                 if isinstance(reply, list):
                     reply = reply[req.sample_index % len(reply)]
-                return reply.replace("{i}", str(req.sample_index)).replace("{n}", str(self.calls))
-        return ""
+                return reply.replace("{i}", str(req.sample_index)).replace("{n}", str(self.calls)), finish
+        return "", "stop"
 
     def generate(self, requests: list[Request], sampling: Sampling) -> list[Completion]:
         self.calls += 1
         self.prompts_seen += len(requests)
+        self.samplings.append(sampling)
         if self.delay_s:
             time.sleep(self.delay_s)
         out = []
         for r in requests:
-            text = self._answer(r)
+            text, finish = self._answer(r)
             if r.prefill and text.startswith(r.prefill):  # like a real engine: only the continuation
                 text = text[len(r.prefill) :]
             out.append(
                 Completion(
                     text=text,
+                    finish_reason=finish,
                     prompt_tokens=sum(len(m["content"].split()) for m in r.messages),
                     completion_tokens=len(text.split()),
                     seconds=0.0,

@@ -6,8 +6,11 @@ Flows"): raw documents and code become instruction data through three flows.
 2. Seed instruction generation: an instruction of one of the skill's instruction types over the
    transformed text.
 3. Instruction refinement: a suggester proposes ways to make it harder or more specific and an
-   editor applies them, for 1-2 rounds.
-Then the response is generated. Each row records the whole chain.
+   editor applies them, revising the text too where the harder task needs it, for 1-2 rounds. A
+   refined task is then checked (greedy yes/no) to be still answerable from its text alone; one that
+   is not is rejected as ``refine:unanswerable``.
+Then the response is generated. Each row records the whole chain. A transformation, instruction,
+edit or response cut at max_tokens rejects the row (``parse:truncated:<step>``).
 """
 
 from __future__ import annotations
@@ -80,6 +83,19 @@ def first_paragraph(text: str) -> str:
     return " ".join(para.split())
 
 
+def parse_edit(text: str) -> tuple[str | None, str]:
+    """The editor's answer after the prefilled ``Text:``: (revised text or None when unchanged, task).
+    An answer without a ``Task:`` line is read as the task alone."""
+    m = re.search(r"^\s*Task\s*:\s*", text, re.M | re.I)
+    if not m:
+        return None, first_paragraph(text)
+    passage = text[: m.start()].strip()
+    task = first_paragraph(text[m.end() :])
+    if not passage or passage.strip(" .").lower() in ("unchanged", "no change", "same"):
+        return None, task
+    return " ".join(passage.split()), task
+
+
 def parse_suggestions(text: str, limit: int) -> list[str]:
     lines = ("1." + text).splitlines()
     out = []
@@ -112,8 +128,16 @@ class AgentInstruct(Generator):
         "suggest": "agentinstruct/suggest.jinja2",
         "edit": "agentinstruct/edit.jinja2",
         "respond": "agentinstruct/respond.jinja2",
+        "answerable": "agentinstruct/answerable.jinja2",
     }
     Options = AgentInstructOptions
+    step_sampling: ClassVar[dict[str, dict[str, Any]]] = {
+        "transform": {"max_tokens": 400},
+        "respond": {"max_tokens": 512},
+        "answerable": {"temperature": 0.0, "max_tokens": 4},
+    }
+    # a suggestion list cut at max_tokens loses its last suggestion; the yes/no needs one word
+    truncation_ok = frozenset({"suggest", "answerable"})
     columns: ClassVar[dict[str, pa.DataType]] = {
         "instruction": pa.string(),
         "response": pa.string(),
@@ -126,6 +150,8 @@ class AgentInstruct(Generator):
         "ai_seed_instruction": pa.string(),
         "ai_suggestions": pa.list_(pa.list_(pa.string())),
         "ai_instruction_versions": pa.list_(pa.string()),
+        "ai_text_revised": pa.bool_(),
+        "ai_answerable": pa.bool_(),
     }
     text_field = "instruction"
 
@@ -153,6 +179,7 @@ class AgentInstruct(Generator):
                 text=t, instruction="Summarize the text.", suggestions=["Limit it to 20 words."]
             ),
             self.templates["respond"].render(text=t, instruction="Summarize the text."),
+            self.templates["answerable"].render(text=t, instruction="Summarize the text."),
         ]
 
     def generate(self, items: list[Item], engine: Any, sampling: Sampling) -> StageResult:
@@ -177,16 +204,21 @@ class AgentInstruct(Generator):
                 "ai_seed_text": it.seed.text,
                 "ai_suggestions": [],
                 "ai_instruction_versions": [],
+                "ai_text_revised": False,
             })  # fmt: skip
         recs: list[Record] = []
-        for it, prov, comp in zip(items, provenance, engine.generate(reqs, sampling), strict=True):
+        for it, prov, comp in zip(
+            items, provenance, self.call(engine, "transform", reqs, sampling), strict=True
+        ):
             rec = self.new_record(it, "transform", comp, engine, sampling)
             rec.fields = {**prov, "ai_transformed_text": comp.text.strip()}
             rec.raw = comp.text
             recs.append(rec)
         live = []
         for r in recs:
-            if len(r.fields["ai_transformed_text"].split()) < o.min_transformed_words:
+            if r.gen["steps"][0]["finish_reason"] == "length":  # a cut text: no task is built on it
+                out.rejects.append(Reject(r, "parse", "parse:truncated:transform"))
+            elif len(r.fields["ai_transformed_text"].split()) < o.min_transformed_words:
                 out.rejects.append(Reject(r, "parse", "parse:transformation_too_short"))
             else:
                 live.append(r)
@@ -196,9 +228,13 @@ class AgentInstruct(Generator):
         live = self._instructions(live, engine, sampling, out)
         if not live:
             return out
-        # flow 3: refinement rounds (suggester, then editor); they reword, never drop
+        # flow 3: refinement rounds (suggester, then editor), then the answerability check
         for rnd in range(o.refinement_rounds):
             self._refine(live, rnd, engine, sampling)
+        if o.refinement_rounds:
+            live = self._answerable(live, engine, sampling, out)
+            if not live:
+                return out
         # response
         reqs = [
             self.request(
@@ -210,7 +246,7 @@ class AgentInstruct(Generator):
             )
             for r in live
         ]
-        for r, comp in zip(live, engine.generate(reqs, sampling), strict=True):
+        for r, comp in zip(live, self.call(engine, "respond", reqs, sampling), strict=True):
             add_usage(r, comp)
             resp = comp.text.strip()
             if not resp:
@@ -238,7 +274,7 @@ class AgentInstruct(Generator):
             for r in live
         ]
         kept = []
-        for r, comp in zip(live, engine.generate(reqs, sampling), strict=True):
+        for r, comp in zip(live, self.call(engine, "instruction", reqs, sampling), strict=True):
             add_usage(r, comp)
             ins = first_paragraph(comp.text)
             if len(ins.split()) < self.opts.min_instruction_words:
@@ -263,9 +299,12 @@ class AgentInstruct(Generator):
             for r in live
         ]
         suggestions = []
-        for r, comp in zip(live, engine.generate(reqs, sampling), strict=True):
+        for r, comp in zip(live, self.call(engine, "suggest", reqs, sampling), strict=True):
             add_usage(r, comp)
-            suggestions.append(parse_suggestions(comp.text, o.suggestions))
+            got = parse_suggestions(comp.text, o.suggestions + 1)
+            if comp.finish_reason == "length":
+                got = got[:-1]  # the last suggestion may be cut
+            suggestions.append(got[: o.suggestions])
         # the editor applies them (an instruction with no usable suggestion keeps its wording)
         todo = [(r, s) for r, s in zip(live, suggestions, strict=True) if s]
         reqs = [
@@ -278,25 +317,52 @@ class AgentInstruct(Generator):
             )
             for r, s in todo
         ]
-        edited = (
-            dict(zip([id(r) for r, _ in todo], engine.generate(reqs, sampling), strict=True)) if reqs else {}
-        )
+        edited = dict(zip([id(r) for r, _ in todo], self.call(engine, "edit", reqs, sampling), strict=True))
         for r, s in zip(live, suggestions, strict=True):
             r.fields["ai_suggestions"] = [*r.fields["ai_suggestions"], s]
             comp = edited.get(id(r))
             if comp is None:
                 continue
             add_usage(r, comp)
-            new = first_paragraph(comp.text)
+            passage, new = parse_edit(comp.text)
             if len(new.split()) >= o.min_instruction_words:
                 r.fields["instruction"] = new
                 r.fields["ai_instruction_versions"] = [*r.fields["ai_instruction_versions"], new]
+                if passage is not None and len(passage.split()) >= o.min_transformed_words:
+                    r.fields["ai_transformed_text"] = passage
+                    r.fields["ai_text_revised"] = True
+
+    def _answerable(
+        self, live: list[Record], engine: Any, sampling: Sampling, out: StageResult
+    ) -> list[Record]:
+        """Greedy yes/no: can the refined task be done from its (revised) text alone?"""
+        tmpl = self.templates["answerable"]
+        reqs = [
+            self.request(
+                "answerable",
+                tmpl.render(text=r.fields["ai_transformed_text"], instruction=r.fields["instruction"]),
+                0,
+            )
+            for r in live
+        ]
+        kept = []
+        for r, comp in zip(live, self.call(engine, "answerable", reqs, sampling), strict=True):
+            add_usage(r, comp)
+            ans = comp.text.strip().lower()
+            r.fields["ai_answerable"] = ans.startswith("yes")
+            if ans.startswith("yes"):
+                kept.append(r)
+            else:
+                r.raw = comp.text
+                out.rejects.append(Reject(r, "generate", "refine:unanswerable"))
+        return kept
 
     def summary(self, accepted: list[Record]) -> dict[str, Any]:
         return {
             "skills": dict(Counter(r.fields["ai_skill"] for r in accepted)),
             "transformations": dict(Counter(r.fields["ai_transformation"] for r in accepted)),
             "refined": sum(1 for r in accepted if len(r.fields.get("ai_instruction_versions") or []) > 1),
+            "texts revised by the editor": sum(1 for r in accepted if r.fields.get("ai_text_revised")),
         }
 
     def card_section(self) -> str:
@@ -306,4 +372,5 @@ class AgentInstruct(Generator):
             "- `ai_skill`, `ai_transformation`, `ai_transformed_text`: the content transformation flow\n"
             "- `ai_instruction_type`, `ai_seed_instruction`: the seed instruction flow\n"
             "- `ai_suggestions` (one list per refinement round), `ai_instruction_versions`: the refinement flow\n"
+            "- `ai_text_revised`: the editor revised the text; `ai_answerable`: the refined task passed the answerability check\n"
         )

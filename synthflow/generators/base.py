@@ -7,6 +7,7 @@ columns so DuckDB can query them.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -50,6 +51,12 @@ class Generator(ABC):
     schemas: ClassVar[dict[str, dict[str, Any]]] = {}
     # the record field that dedup and decontamination look at by default
     text_field: ClassVar[str] = "messages"
+    # per prompt role, sampling that differs from the recipe's ``sampling`` (e.g. greedy and short
+    # for a yes/no step, a larger budget for responses); the recipe's ``generator.sampling`` overrides
+    step_sampling: ClassVar[dict[str, dict[str, Any]]] = {}
+    # roles whose output may be cut at max_tokens because the generator copes (drops the cut tail, or
+    # counts a cut sample as a failed vote); their cut steps are recorded as ``length:handled``
+    truncation_ok: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, recipe: Any, seeds: list[Seed]):
         self.recipe = recipe
@@ -76,6 +83,25 @@ class Generator(ABC):
         return [Item(i, self.seeds[self._order[i % s]], i // s) for i in range(start, start + count)]
 
     # ---- helpers ----------------------------------------------------------------------------
+    def sampling_for(self, role: str, base: Sampling) -> Sampling:
+        """The sampling of one step: the recipe's, then the step's default, then the recipe's override."""
+        over = {**self.step_sampling.get(role, {}), **(self.recipe.generator.sampling.get(role) or {})}
+        if "stop" in over:
+            over["stop"] = tuple(over["stop"] or ())
+        return dataclasses.replace(base, **over) if over else base
+
+    def call(self, engine: Any, role: str, reqs: list[Request], sampling: Sampling) -> list[Completion]:
+        """One engine call for the batch with the step's sampling; each completion knows its step."""
+        if not reqs:
+            return []
+        s = self.sampling_for(role, sampling)
+        comps = engine.generate(reqs, s)
+        for c in comps:
+            c.extra["step"] = step_entry(role, c, s)
+            if c.finish_reason == "length" and role in self.truncation_ok:
+                c.extra["step"]["finish_reason"] = "length:handled"
+        return comps
+
     def request(self, role: str, messages: list[dict[str, str]], sample: int) -> Request:
         schema = self.schemas.get(role) if self.structured else None
         if schema is not None and messages and messages[-1]["role"] == "assistant":
@@ -99,6 +125,22 @@ class Generator(ABC):
         )
 
     # ---- the work ---------------------------------------------------------------------------
+    def run(self, items: list[Item], engine: Any, sampling: Sampling) -> StageResult:
+        """``generate``, then reject every row one of whose steps was cut at max_tokens
+        (``parse:truncated:<step>``), unless the generator handled that step's truncation itself."""
+        res = self.generate(items, engine, sampling)
+        kept = []
+        for r in res.kept:
+            cut = next(
+                (st["step"] for st in r.gen.get("steps") or [] if st["finish_reason"] == "length"), None
+            )
+            if cut is not None:
+                res.rejects.append(Reject(r, "parse", f"parse:truncated:{cut}"))
+            else:
+                kept.append(r)
+        res.kept = kept
+        return res
+
     @abstractmethod
     def generate(self, items: list[Item], engine: Any, sampling: Sampling) -> StageResult:
         """Render, call the engine once per step for the whole batch, parse; parse failures are rejects."""
@@ -130,7 +172,17 @@ class Generator(ABC):
         return {}
 
 
+def step_entry(role: str, comp: Completion, s: Sampling) -> dict[str, Any]:
+    return {
+        "step": role,
+        "finish_reason": comp.finish_reason,
+        "temperature": s.temperature,
+        "max_tokens": s.max_tokens,
+    }
+
+
 def gen_provenance(comp: Completion, engine: Any, sampling: Sampling, tmpl: Prompt) -> dict[str, Any]:
+    step = comp.extra.get("step") or step_entry("", comp, sampling)
     return {
         "engine": engine.name,
         "model": engine.model_id,
@@ -139,18 +191,29 @@ def gen_provenance(comp: Completion, engine: Any, sampling: Sampling, tmpl: Prom
         "completion_tokens": comp.completion_tokens,
         "engine_seconds": comp.seconds,
         "cache_hit": comp.cached,
-        "finish_reason": comp.finish_reason,
+        "steps": [dict(step)],
         "prompt_sha": tmpl.sha,
     }
 
 
 def add_usage(rec: Record, comp: Completion) -> None:
-    """Fold a further engine call (multi-step generators) into the record's token counts."""
+    """Fold a further engine call (multi-step generators) into the record's token counts and steps."""
     g = rec.gen
     g["prompt_tokens"] = g.get("prompt_tokens", 0) + comp.prompt_tokens
     g["completion_tokens"] = g.get("completion_tokens", 0) + comp.completion_tokens
     g["engine_seconds"] = g.get("engine_seconds", 0.0) + comp.seconds
     g["cache_hit"] = bool(g.get("cache_hit", True)) and comp.cached
+    step = comp.extra.get("step")
+    if step is not None:
+        g.setdefault("steps", []).append(dict(step))
+
+
+def finish_reason(gen: dict[str, Any]) -> str:
+    """A row's finish reason: ``length`` when any step was cut at max_tokens, else the last step's."""
+    steps = gen.get("steps") or []
+    if any(st["finish_reason"] == "length" for st in steps):
+        return "length"
+    return steps[-1]["finish_reason"] if steps else gen.get("finish_reason", "")
 
 
 def parse_or_reject(

@@ -4,6 +4,7 @@ solution of the best consensus set (dual execution agreement) with the tests it 
 
 from __future__ import annotations
 
+import ast
 import random
 import re
 from typing import Any, ClassVar
@@ -48,6 +49,22 @@ def parse_solution(prefill: str, text: str) -> str | None:
     except SyntaxError:
         return None
     return code
+
+
+def normalized_ast(code: str) -> str:
+    """The code's AST without docstrings, comments or formatting: equal for copies of a solution."""
+    tree = ast.parse(code)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (
+            isinstance(body, list)
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(getattr(body[0], "value", None), ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree, annotate_fields=False)
 
 
 def parse_tests(prefill: str, text: str, entry_point: str, limit: int) -> list[str]:
@@ -103,6 +120,8 @@ class CodeCodeT(Generator):
         "codet_tests_total": pa.int64(),
     }
     text_field = "problem+solution"
+    # a candidate or test sample cut at max_tokens does not compile and is dropped; the row stays
+    truncation_ok = frozenset({"solve", "tests"})
 
     def __init__(self, recipe: Any, seeds: list[Seed]):
         super().__init__(recipe, seeds)
@@ -132,6 +151,20 @@ class CodeCodeT(Generator):
     def refresh(self, rec: Any) -> None:
         rec.messages = code_messages(rec.fields)
 
+    def summary(self, accepted: list[Any]) -> dict[str, Any]:
+        from collections import Counter
+
+        cons = Counter(r.fields.get("codet_consensus") for r in accepted)
+        tests = Counter(r.fields.get("codet_tests_passed") for r in accepted)
+        return {
+            "codet consensus sizes (distinct candidates: rows)": ", ".join(
+                f"{k}: {v}" for k, v in sorted(cons.items())
+            )
+            or "-",
+            "codet tests passed (tests: rows)": ", ".join(f"{k}: {v}" for k, v in sorted(tests.items()))
+            or "-",
+        }
+
     def generate(self, items: list[Item], engine: Any, sampling: Sampling) -> StageResult:
         out = StageResult()
         # step 1: one problem per item, one call for the batch
@@ -139,7 +172,7 @@ class CodeCodeT(Generator):
             self.request("problem", self.templates["problem"].render(**self.context(it)), it.sample)
             for it in items
         ]
-        comps = engine.generate(reqs, sampling)
+        comps = self.call(engine, "problem", reqs, sampling)
         live = []
         for it, req, comp in zip(items, reqs, comps, strict=True):
             rec = self.new_record(it, "problem", comp, engine, sampling)
@@ -150,33 +183,39 @@ class CodeCodeT(Generator):
                 live.append((it, rec))
         if not live:
             return out
-        # step 2: k candidate solutions and a few test samples per problem, all in one call
+        # step 2: k candidate solutions per problem (one call), and a few test samples (one call)
         k, m = self.opts.candidates, self.opts.test_samples
-        reqs2, owner = [], []
+        solve_reqs, solve_owner, test_reqs, test_owner = [], [], [], []
         for j, (it, rec) in enumerate(live):
             ctx = self._step_context(it, rec.fields)
             solve = self.templates["solve"].render(**ctx)
             tests = self.templates["tests"].render(**ctx)
             for c in range(k):
-                reqs2.append(self.request("solve", solve, it.sample * k + c))
-                owner.append((j, "solve"))
+                solve_reqs.append(self.request("solve", solve, it.sample * k + c))
+                solve_owner.append(j)
             for t in range(m):
-                reqs2.append(self.request("tests", tests, it.sample * m + t))
-                owner.append((j, "tests"))
-        comps2 = engine.generate(reqs2, sampling)
+                test_reqs.append(self.request("tests", tests, it.sample * m + t))
+                test_owner.append(j)
         cands: dict[int, list[str]] = {}
+        seen: dict[int, set[str]] = {}
         tests_: dict[int, list[str]] = {}
-        for (j, kind), req, comp in zip(owner, reqs2, comps2, strict=True):
+        for j, req, comp in zip(
+            solve_owner, solve_reqs, self.call(engine, "solve", solve_reqs, sampling), strict=True
+        ):
+            add_usage(live[j][1], comp)
+            code = parse_solution(req.prefill, comp.text)
+            # identical candidates (same normalized AST) count once: copies must not inflate consensus
+            if code and (key := normalized_ast(code)) not in seen.setdefault(j, set()):
+                seen[j].add(key)
+                cands.setdefault(j, []).append(code)
+        for j, req, comp in zip(
+            test_owner, test_reqs, self.call(engine, "tests", test_reqs, sampling), strict=True
+        ):
             rec = live[j][1]
             add_usage(rec, comp)
-            if kind == "solve":
-                code = parse_solution(req.prefill, comp.text)
-                if code:
-                    cands.setdefault(j, []).append(code)
-            else:
-                got = parse_tests(req.prefill, comp.text, rec.fields["entry_point"], self.opts.max_tests)
-                merged = tests_.setdefault(j, [])
-                merged += [t for t in got if t not in merged][: self.opts.max_tests - len(merged)]
+            got = parse_tests(req.prefill, comp.text, rec.fields["entry_point"], self.opts.max_tests)
+            merged = tests_.setdefault(j, [])
+            merged += [t for t in got if t not in merged][: self.opts.max_tests - len(merged)]
         for j, (_it, rec) in enumerate(live):
             if not cands.get(j):
                 out.rejects.append(Reject(rec, "parse", "parse:no_candidate_compiles"))

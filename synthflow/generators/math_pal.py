@@ -118,6 +118,8 @@ class MathPAL(Generator):
         }
     }
     text_field = "problem"
+    # a self-consistency sample cut at max_tokens does not compile: it votes against, the row stays
+    truncation_ok = frozenset({"solve"})
 
     def __init__(self, recipe: Any, seeds: list[Seed]):
         super().__init__(recipe, seeds)
@@ -158,7 +160,7 @@ class MathPAL(Generator):
     def generate(self, items: list[Item], engine: Any, sampling: Sampling) -> StageResult:
         tmpl = self.templates["generate"]
         reqs = [self.request("generate", tmpl.render(**self.context(it)), it.sample) for it in items]
-        comps = engine.generate(reqs, sampling)
+        comps = self.call(engine, "generate", reqs, sampling)
         out = StageResult()
         for it, req, comp in zip(items, reqs, comps, strict=True):
             rec = self.new_record(it, "generate", comp, engine, sampling)
@@ -185,7 +187,7 @@ class MathPAL(Generator):
                 owner.append(r)
         for r in recs:
             r.fields["sc_programs"] = []
-        for r, _req, comp in zip(owner, reqs, engine.generate(reqs, sampling), strict=True):
+        for r, _req, comp in zip(owner, reqs, self.call(engine, "solve", reqs, sampling), strict=True):
             add_usage(r, comp)
             code = ("def solution():" + comp.text).split("```", 1)[0].rstrip()
             try:

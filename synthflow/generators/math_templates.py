@@ -2,10 +2,15 @@
 Language Models with Template-based Data Generation"; Zhang et al., 2024, "InfinityMATH").
 
 The model writes a parameterized problem template: the text with {variables}, a type and range per
-variable, and ``solution(**variables)``. Each template is instantiated with many sampled number
-assignments; the ``template`` verifier runs the program for every variant in the sandbox, so the
-answers are correct by construction, and rejects templates whose program fails or whose answers are
-degenerate. Every variant records ``template_id``; the split (train/test) is decided per template.
+variable, constraints the variables must meet (``b < a``, ``a % b == 0``), ``solution(**variables)``,
+and a natural-language solution whose computed numbers are ``{formulas}`` over the variables. Each
+template is instantiated with sampled number assignments; an assignment that breaks a constraint is
+drawn again (up to ``max_resample`` times). The ``template`` verifier runs the program for every
+variant in the sandbox, so the answers are correct by construction; it rejects variants whose
+program fails, whose answer is degenerate or (for "how many" questions) not a whole number, or whose
+worded solution ends on another number, and whole templates only when most variants fail or every
+variant has the same answer. Constraints and formulas are evaluated by ``synthflow.safe_expr``,
+never ``eval``. Every variant records ``template_id``; the split is decided per template.
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from synthflow.engines.base import Sampling
 from synthflow.generators.base import Generator, Item, ParseError, parse_or_reject
-from synthflow.record import StageResult, stable_id
+from synthflow.record import Reject, StageResult, stable_id
 from synthflow.registry import register
+from synthflow.safe_expr import ExprError, compile_expr, evaluate
 from synthflow.seeds import Seed, jsonl_seeds
 
 _VAR_RE = re.compile(
@@ -31,21 +37,34 @@ _VAR_RE = re.compile(
 )
 _FENCE_RE = re.compile(r"```[ \t]*(?:python|py)?[ \t]*\n(.*?)(?:```|\Z)", re.S | re.I)
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_]\w*)\}")
+_FORMULA = re.compile(r"\{([^{}]+)\}")
+_SECTION = re.compile(r"^\s*(Constraints|Program|Solution)\s*:", re.M | re.I)
+
+
+def _sections(rest: str) -> dict[str, str]:
+    """The text after ``Variables:``, cut at the ``Constraints:``, ``Program:`` and ``Solution:`` labels."""
+    marks = list(_SECTION.finditer(rest))
+    out = {"variables": rest[: marks[0].start()] if marks else rest}
+    for i, m in enumerate(marks):
+        end = marks[i + 1].start() if i + 1 < len(marks) else len(rest)
+        out.setdefault(m.group(1).lower(), rest[m.end() : end])
+    return out
 
 
 def parse_template(text: str) -> dict[str, Any]:
-    """``<template>\\nVariables:\\n a: int 1-9 ...\\nProgram: ```python def solution(a, ...)```"""
+    """``<template>\\nVariables:\\n a: int 1-9 ...\\n[Constraints: ...]\\nProgram: ```python def
+    solution(a, ...)```\\n[Solution: ... {formulas} ...]``"""
     head, sep, rest = text.partition("Variables:")
     if not sep:
         raise ParseError("no_variables")
     template = " ".join(head.strip().split())
     if not template:
         raise ParseError("no_template")
-    var_block, sep, prog_part = rest.partition("Program:")
-    if not sep:
+    parts = _sections(rest)
+    if "program" not in parts:
         raise ParseError("no_program")
     variables: dict[str, list[Any]] = {}
-    for line in var_block.splitlines():
+    for line in parts["variables"].splitlines():
         m = _VAR_RE.match(line)
         if m:
             kind = "int" if m.group(2).lower().startswith("int") else "float"
@@ -57,8 +76,8 @@ def parse_template(text: str) -> dict[str, Any]:
             variables[m.group(1)] = [kind, lo, hi]
     if not variables:
         raise ParseError("no_variables")
-    fm = _FENCE_RE.search(prog_part)
-    program = (fm.group(1) if fm else prog_part).strip("\n").rstrip()
+    fm = _FENCE_RE.search(parts["program"])
+    program = (fm.group(1) if fm else parts["program"]).strip("\n").rstrip()
     try:
         tree = ast.parse(program)
     except SyntaxError:
@@ -72,26 +91,75 @@ def parse_template(text: str) -> dict[str, Any]:
         raise ParseError("no_placeholders")
     if used != set(variables) or set(params) != set(variables):
         raise ParseError("variables_mismatch")
-    return {"template": template, "variables": variables, "program": program}
+    constraints = []
+    for line in (parts.get("constraints") or "").splitlines():
+        line = line.strip().lstrip("-*").strip()
+        if not line or line.lower() in ("none", "no constraints"):
+            continue
+        try:
+            compile_expr(line, variables)
+        except ExprError:
+            raise ParseError("bad_constraint") from None
+        constraints.append(line)
+    solution = " ".join((parts.get("solution") or "").split())
+    if solution:
+        try:
+            for f in _FORMULA.findall(solution):
+                compile_expr(f, variables)
+        except ExprError:
+            raise ParseError("bad_solution_formula") from None
+    return {
+        "template": template,
+        "variables": variables,
+        "constraints": constraints,
+        "program": program,
+        "solution": solution,
+    }
 
 
-def sample_assignments(variables: dict[str, list[Any]], n: int, seed: str) -> list[dict[str, Any]]:
+def satisfies(constraints: list[str], assignment: dict[str, Any]) -> bool:
+    try:
+        return all(bool(evaluate(compile_expr(c, assignment), assignment)) for c in constraints)
+    except ExprError:
+        return False
+
+
+def sample_assignments(
+    variables: dict[str, list[Any]], n: int, seed: str, constraints: list[str] | None = None, tries: int = 50
+) -> list[dict[str, Any]]:
+    """Up to ``n`` assignments meeting every constraint; each variant is drawn again up to ``tries``
+    times, and one that never meets them is left out."""
     rng = random.Random(seed)
     out = []
     for _ in range(n):
-        a = {}
-        for name, (kind, lo, hi) in sorted(variables.items()):
-            a[name] = (
-                rng.randint(int(lo), int(hi))
-                if kind == "int"
-                else round(rng.uniform(float(lo), float(hi)), 2)
-            )
-        out.append(a)
+        for _ in range(tries):
+            a = {}
+            for name, (kind, lo, hi) in sorted(variables.items()):
+                a[name] = (
+                    rng.randint(int(lo), int(hi))
+                    if kind == "int"
+                    else round(rng.uniform(float(lo), float(hi)), 2)
+                )
+            if satisfies(constraints or [], a):
+                out.append(a)
+                break
     return out
 
 
 def fill(template: str, assignment: dict[str, Any]) -> str:
     return _PLACEHOLDER.sub(lambda m: str(assignment[m.group(1)]), template)
+
+
+def render_solution(solution: str, assignment: dict[str, Any]) -> str:
+    """The worded solution with every ``{formula}`` computed for this assignment."""
+
+    def value(m: re.Match[str]) -> str:
+        v = evaluate(compile_expr(m.group(1), assignment), assignment)
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        return str(round(v, 6) if isinstance(v, float) else v)
+
+    return _FORMULA.sub(value, solution)
 
 
 class TemplateOptions(BaseModel):
@@ -103,6 +171,7 @@ class TemplateOptions(BaseModel):
     test_fraction: float = Field(
         0.1, ge=0, lt=1, description="share of templates (not variants) held out as test"
     )
+    max_resample: int = Field(50, ge=1, description="draws per variant until its constraints hold")
 
 
 @register("generator", "math_templates")
@@ -117,6 +186,8 @@ class MathTemplates(Generator):
         "assignment": pa.string(),
         "problem": pa.string(),
         "program": pa.string(),
+        "constraints": pa.list_(pa.string()),
+        "solution": pa.string(),
         "answer": pa.string(),
     }  # `split` is a core column of every row (train/test), filled from fields["split"]
     text_field = "problem"
@@ -141,7 +212,7 @@ class MathTemplates(Generator):
         tmpl = self.templates["template"]
         reqs = [self.request("template", tmpl.render(**self.context(it)), it.sample) for it in items]
         out = StageResult()
-        for it, req, comp in zip(items, reqs, engine.generate(reqs, sampling), strict=True):
+        for it, req, comp in zip(items, reqs, self.call(engine, "template", reqs, sampling), strict=True):
             rec = self.new_record(it, "template", comp, engine, sampling)
             rec.raw = req.prefill + comp.text
             f = parse_or_reject(rec, parse_template, comp.text, out)
@@ -149,7 +220,13 @@ class MathTemplates(Generator):
                 continue
             self.templates_made += 1
             tid = stable_id(rec.id, f["template"])
-            for k, a in enumerate(sample_assignments(f["variables"], self.opts.variants_per_template, tid)):
+            drawn = sample_assignments(
+                f["variables"], self.opts.variants_per_template, tid, f["constraints"], self.opts.max_resample
+            )
+            if not drawn:
+                out.rejects.append(Reject(rec, "parse", "parse:constraints_unsatisfiable"))
+                continue
+            for k, a in enumerate(drawn):
                 v = self.new_record(it, "template", comp, engine, sampling)
                 v.id = stable_id(tid, k)
                 v.raw = rec.raw
@@ -157,11 +234,18 @@ class MathTemplates(Generator):
                     "template_id": tid,
                     "template": f["template"],
                     "variables": json.dumps(f["variables"]),
+                    "constraints": f["constraints"],
                     "assignment": json.dumps(a, sort_keys=True),
                     "problem": fill(f["template"], a),
                     "program": f["program"],
                     "split": self.split_of(tid),
                 }
+                if f["solution"]:
+                    try:
+                        v.fields["solution"] = render_solution(f["solution"], a)
+                    except ExprError:
+                        out.rejects.append(Reject(v, "parse", "parse:solution_formula_fails"))
+                        continue
                 out.kept.append(v)
         return out
 
@@ -170,11 +254,12 @@ class MathTemplates(Generator):
         f = rec.fields
         a = json.loads(f["assignment"])
         call = ", ".join(f"{k}={v!r}" for k, v in sorted(a.items()))
+        words = f"{f['solution']}\n\n" if f.get("solution") else ""
         rec.messages = [
             {"role": "user", "content": f["problem"]},
             {
                 "role": "assistant",
-                "content": f"```python\n{f['program']}\n\nprint(solution({call}))\n```\nThe answer is {f['answer']}.",
+                "content": f"{words}```python\n{f['program']}\n\nprint(solution({call}))\n```\nThe answer is {f['answer']}.",
             },
         ]
 
@@ -190,7 +275,8 @@ class MathTemplates(Generator):
     def card_section(self) -> str:
         return (
             "## Template provenance\n\n"
-            "- `template_id`, `template`, `variables` (JSON: name -> [type, low, high]), `assignment` (JSON)\n"
+            "- `template_id`, `template`, `variables` (JSON: name -> [type, low, high]), `constraints`, `assignment` (JSON)\n"
             "- `answer` was computed by executing `program` on the assignment in the sandbox\n"
+            "- `solution`: the worded solution, its formulas computed for the assignment; its last number is the answer (checked)\n"
             "- `split`: decided per template, so train and test never share a template\n"
         )

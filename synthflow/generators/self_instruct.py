@@ -76,22 +76,53 @@ def parse_classification(text: str) -> bool | None:
 
 
 def parse_instances(text: str, output_first: bool, limit: int = 5) -> list[dict[str, str]]:
-    """Input/Output pairs (input first), or Class label/Input pairs (output first)."""
+    """Input/Output pairs (input first), or Class label/Input pairs (output first), in order. A label
+    is followed by spaces only, so an empty field stays empty instead of swallowing the next line."""
     a, b = ("Class label", "Input") if output_first else ("Input", "Output")
     first = a + ":" + text
-    pat = re.compile(rf"{a}\s*:\s*(.*?)\n\s*{b}\s*:\s*(.*?)(?=\n\s*{a}\s*:|\n\s*Task\s*:|\Z)", re.S)
+    pat = re.compile(
+        rf"{a}[ \t]*:[ \t]*(.*?)\n\s*{b}[ \t]*:[ \t]*(.*?)(?=\n\s*{a}[ \t]*:|\n\s*Task\s*:|\Z)", re.S
+    )
     out = []
     for m in pat.finditer(first):
         x, y = m.group(1).strip(), m.group(2).strip()
         inp, outp = (y, x) if output_first else (x, y)
-        if not outp or (output_first and not inp):
-            continue
-        pair = {"input": inp, "output": outp}
-        if pair not in out:
-            out.append(pair)
+        out.append({"input": inp, "output": outp})
         if len(out) >= limit:
             break
     return out
+
+
+def instance_filters(
+    insts: list[dict[str, str]], output_first: bool = False
+) -> tuple[list[dict[str, str]], list[tuple[int, str]]]:
+    """The original's instance filters (prepare_for_finetuning.py): the same non-empty input with
+    different outputs voids every instance of the task; an instance whose input equals its output,
+    whose output is empty, or with a field ending in a colon (an unfinished generation) is dropped;
+    exact repeats count once; a classification instance (output first) needs an input.
+    Returns (kept, [(index, reason) of dropped])."""
+    outs: dict[str, set[str]] = {}
+    for x in insts:
+        if x["input"]:
+            outs.setdefault(x["input"], set()).add(x["output"])
+    if any(len(v) > 1 for v in outs.values()):
+        return [], [(i, "instance_conflict") for i in range(len(insts))]
+    kept, dropped, seen = [], [], []
+    for i, x in enumerate(insts):
+        if not x["output"]:
+            dropped.append((i, "instance_empty_output"))
+        elif output_first and not x["input"]:
+            dropped.append((i, "instance_empty_input"))
+        elif x["input"] == x["output"]:
+            dropped.append((i, "instance_input_equals_output"))
+        elif x["input"].strip().endswith(":") or x["output"].strip().endswith(":"):
+            dropped.append((i, "instance_ends_with_colon"))
+        elif x in seen:
+            dropped.append((i, "instance_repeated"))
+        else:
+            seen.append(x)
+            kept.append(x)
+    return kept, dropped
 
 
 class SelfInstructOptions(BaseModel):
@@ -129,6 +160,14 @@ class SelfInstruct(Generator):
         "si_instance": pa.int64(),
     }
     text_field = "instruction+input"
+    # the original's decoding: new instructions sampled; the yes/no and the instances greedy
+    step_sampling: ClassVar[dict[str, dict[str, Any]]] = {
+        "classify": {"temperature": 0.0, "max_tokens": 8},
+        "input_first": {"temperature": 0.0, "max_tokens": 300},
+        "output_first": {"temperature": 0.0, "max_tokens": 300},
+    }
+    # a list cut at max_tokens loses its last item (as the original discards it); the rest stands
+    truncation_ok = frozenset({"instructions", "input_first", "output_first"})
 
     def __init__(self, recipe: Any, seeds: list[Seed]):
         super().__init__(recipe, seeds)
@@ -149,9 +188,9 @@ class SelfInstruct(Generator):
             self.human, min(o.human_in_context + o.machine_in_context - n_machine, len(self.human))
         )
         machine = rng.sample(self.machine, n_machine)
-        ids = [s.seed_id for s in human] + [k for k, _ in machine]
-        tasks = [s.data["instruction"] for s in human] + [t for _, t in machine]
-        return ids, tasks
+        pairs = [(s.seed_id, s.data["instruction"]) for s in human] + list(machine)
+        rng.shuffle(pairs)  # machine instructions are not always last
+        return [k for k, _ in pairs], [t for _, t in pairs]
 
     def _examples(self, key: str, n: int, classification: bool | None = None) -> list[dict[str, Any]]:
         rng = random.Random(f"{self.recipe.seed}:{key}")
@@ -163,6 +202,15 @@ class SelfInstruct(Generator):
         pool = [p for p in pool if p.get("instances")] or [s.data for s in self.human]
         return rng.sample(pool, min(n, len(pool)))
 
+    def _classify_examples(self, n: int) -> list[dict[str, Any]]:
+        """Balanced yes/no examples, alternating, so the answer is not primed towards one label."""
+        yes = self._examples("clf-yes", (n + 1) // 2, True)
+        no = self._examples("clf-no", n // 2, False)
+        out = []
+        for i in range(max(len(yes), len(no))):
+            out += [x[i] for x in ((no, yes) if i % 2 else (yes, no)) if i < len(x)]
+        return out[:n]
+
     def render_examples(self) -> list[list[dict[str, str]]]:
         it = self.plan(0, 1)[0]
         _, tasks = self.in_context(it)
@@ -170,7 +218,7 @@ class SelfInstruct(Generator):
         return [
             self.templates["instructions"].render(tasks=tasks, num_new=self.opts.new_per_prompt),
             self.templates["classify"].render(
-                examples=self._examples("clf", self.opts.classify_examples), instruction=ins
+                examples=self._classify_examples(self.opts.classify_examples), instruction=ins
             ),
             self.templates["input_first"].render(examples=self._examples("if", 2, False), instruction=ins),
             self.templates["output_first"].render(examples=self._examples("of", 2, True), instruction=ins),
@@ -192,10 +240,12 @@ class SelfInstruct(Generator):
             )
             for it, (_, t) in zip(items, ctx, strict=True)
         ]
-        comps = engine.generate(reqs, sampling)
+        comps = self.call(engine, "instructions", reqs, sampling)
         live: list[Record] = []
         for it, (ids, _), req, comp in zip(items, ctx, reqs, comps, strict=True):
             new = parse_instructions(comp.text)
+            if comp.finish_reason == "length":
+                new = new[:-1]  # the last instruction may be cut: the original discards it
             if not new:
                 rec = self.new_record(it, "instructions", comp, engine, sampling)
                 rec.raw = req.prefill + comp.text
@@ -220,7 +270,7 @@ class SelfInstruct(Generator):
         if not live:
             return out
         # 2. classification or not
-        clf_ex = self._examples("clf", o.classify_examples)
+        clf_ex = self._classify_examples(o.classify_examples)
         reqs = [
             self.request(
                 "classify",
@@ -229,26 +279,46 @@ class SelfInstruct(Generator):
             )
             for r in live
         ]
-        for r, comp in zip(live, engine.generate(reqs, sampling), strict=True):
+        for r, comp in zip(live, self.call(engine, "classify", reqs, sampling), strict=True):
             add_usage(r, comp)
             flag = parse_classification(comp.text)
             self.classified["unknown" if flag is None else ("yes" if flag else "no")] += 1
             r.fields["si_is_classification"] = bool(flag)
         # 3. instances: output-first for classification, input-first otherwise
-        reqs = []
+        done: dict[int, tuple[Any, Any]] = {}
+        for role, clf in (("output_first", True), ("input_first", False)):
+            group = [r for r in live if r.fields["si_is_classification"] == clf]
+            reqs = [
+                self.request(
+                    role,
+                    self.templates[role].render(
+                        examples=self._examples(role, o.instance_examples, clf),
+                        instruction=r.fields["instruction"],
+                    ),
+                    0,
+                )
+                for r in group
+            ]
+            for r, req, comp in zip(group, reqs, self.call(engine, role, reqs, sampling), strict=True):
+                done[id(r)] = (req, comp)
         for r in live:
-            clf = r.fields["si_is_classification"]
-            role = "output_first" if clf else "input_first"
-            msgs = self.templates[role].render(
-                examples=self._examples(role, o.instance_examples, clf), instruction=r.fields["instruction"]
-            )
-            reqs.append(self.request(role, msgs, 0))
-        for r, req, comp in zip(live, reqs, engine.generate(reqs, sampling), strict=True):
+            req, comp = done[id(r)]
             add_usage(r, comp)
-            insts = parse_instances(comp.text, r.fields["si_is_classification"], o.max_instances)
+            insts = parse_instances(comp.text, r.fields["si_is_classification"], o.max_instances + 1)
+            if comp.finish_reason == "length":
+                insts = insts[:-1]  # the last instance may be cut
+            parsed = insts[: o.max_instances]
+            insts, dropped = instance_filters(parsed, r.fields["si_is_classification"])
+            for k, why in dropped:
+                bad = copy.deepcopy(r)
+                bad.id = stable_id(r.id, "dropped", k)
+                bad.fields.update(input=parsed[k]["input"], output=parsed[k]["output"], si_instance=k)
+                bad.raw = req.prefill + comp.text
+                out.rejects.append(Reject(bad, "generate", f"filter:{why}"))
             if not insts:
-                r.raw = req.prefill + comp.text
-                out.rejects.append(Reject(r, "parse", "parse:no_instances"))
+                if not dropped:
+                    r.raw = req.prefill + comp.text
+                    out.rejects.append(Reject(r, "parse", "parse:no_instances"))
                 continue
             for k, inst in enumerate(insts):
                 row = copy.deepcopy(r)

@@ -35,13 +35,18 @@ _BULLET = re.compile(r"^\s*(?:[-*•]|\d+(?:\.\d+)*[.)]?)\s+")
 
 
 def normalize_skill(s: str) -> str:
-    """'2. Persuasive Writing: essays' -> 'persuasive writing'; '' for what is not a short phrase."""
+    """'2. Persuasive Writing: essays' -> 'persuasive writing'; 'C++ programming' and '3D modeling'
+    keep their digits and symbols; '' for what is not a short phrase with a letter in it."""
     prev = None
     while prev != s:  # nested numbering like '1. 1.2.'
         prev, s = s, _BULLET.sub("", s)
-    s = s.split(":", 1)[0].strip().strip(".;,\"'*").lower()
+    s = s.split(": ", 1)[0].strip().rstrip(":").strip(".;,\"'*").lower()
     s = re.sub(r"\s+", " ", s)
-    ok = 1 <= len(s.split()) <= 6 and re.fullmatch(r"[a-z][a-z &/'-]*[a-z]", s or "") is not None
+    ok = (
+        1 <= len(s.split()) <= 6
+        and re.fullmatch(r"[a-z0-9][a-z0-9 &/'+#.-]*[a-z0-9+#]", s or "") is not None
+        and re.search(r"[a-z]", s) is not None
+    )
     return s if ok else ""
 
 
@@ -63,9 +68,14 @@ def parse_skill_lists(text: str) -> tuple[list[str], list[str]]:
     return skills, queries
 
 
-def merge_counts(lists: list[list[str]], limit: int) -> list[dict[str, Any]]:
+def merge_counts(lists: list[list[str]], limit: int, seed: str) -> list[dict[str, Any]]:
+    """The ``limit`` most frequent names; ties (most names have count 1) are broken by a seeded
+    shuffle, never alphabetically."""
     c = Counter(x for lst in lists for x in dict.fromkeys(lst))
-    return [{"name": k, "count": v} for k, v in sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]]
+    names = sorted(c)
+    random.Random(seed).shuffle(names)
+    names.sort(key=lambda k: -c[k])  # stable: the shuffled order stands within a count
+    return [{"name": k, "count": c[k]} for k in names[:limit]]
 
 
 class SkillMixOptions(BaseModel):
@@ -77,6 +87,10 @@ class SkillMixOptions(BaseModel):
     list_size: int = Field(10, ge=2, description="items asked for per domain")
     skills_file: str | None = Field(None, description="reuse a saved skills.json instead of extracting")
     examples: str = Field("builtin:skillmix_examples.jsonl", description="worked pairs shown as few-shot")
+    few_shot: int = Field(2, ge=0, le=8, description="example pairs per prompt")
+    example_sets: int = Field(
+        4, ge=1, description="fixed sets the prompts rotate through (prompts of one set share a prefix)"
+    )
 
 
 @register("generator", "skillmix")
@@ -104,6 +118,7 @@ class SkillMix(Generator):
         }
     }
     text_field = "instruction"
+    step_sampling: ClassVar[dict[str, dict[str, Any]]] = {"respond": {"max_tokens": 512}}
 
     def __init__(self, recipe: Any, seeds: list[Seed]):
         super().__init__(recipe, seeds)
@@ -143,15 +158,16 @@ class SkillMix(Generator):
         else:
             prompts = self.extraction_prompts()
             reqs = [self.request(role, msgs, 0) for _, role, msgs in prompts]
-            comps = engine.generate(reqs, sampling)
+            comps = engine.generate(reqs, self.sampling_for("for_domain", sampling))
             skill_lists, query_lists = [], []
             for (seed, _, _), comp in zip(prompts, comps, strict=True):
                 sk, qt = parse_skill_lists(comp.text)
                 skill_lists.append(sk)
                 query_lists.append(qt)
                 self.extracted_from.append(seed.seed_id)
-            self.skills = merge_counts(skill_lists, o.max_skills)
-            self.query_types = merge_counts(query_lists, o.max_query_types)
+            seed = f"{self.recipe.seed}:skillmix"
+            self.skills = merge_counts(skill_lists, o.max_skills, seed + ":skills")
+            self.query_types = merge_counts(query_lists, o.max_query_types, seed + ":query_types")
             self.source = "domains" if any(s.data.get("domain") for s, _, _ in prompts) else "instructions"
         if len(self.skills) < o.k or not self.query_types:
             raise UserError(
@@ -182,14 +198,18 @@ class SkillMix(Generator):
         skills = sorted(rng.sample([s["name"] for s in self.skills], self.opts.k))
         return skills, rng.choice([q["name"] for q in self.query_types]), seed
 
+    def examples_for(self, index: int) -> list[dict[str, Any]]:
+        """One of ``example_sets`` fixed sets of example pairs, rotating with the item index."""
+        rng = random.Random(f"{self.recipe.seed}:skillmix-examples:{index % self.opts.example_sets}")
+        return rng.sample(self.examples, min(self.opts.few_shot, len(self.examples)))
+
     def render_examples(self) -> list[list[dict[str, str]]]:
         out = [msgs for _, _, msgs in self.extraction_prompts()[:2]]
         out.append(self.templates["for_domain"].render(domain="cooking", n=self.opts.list_size))
         sk, qt = ["summarization", "humor"], "how-to request"
-        out.append(self.templates["instruction"].render(examples=self.examples, skills=sk, query_type=qt))
-        out.append(
-            self.templates["respond"].render(examples=self.examples, skills=sk, instruction="Explain tides.")
-        )
+        ex = self.examples_for(0)
+        out.append(self.templates["instruction"].render(examples=ex, skills=sk, query_type=qt))
+        out.append(self.templates["respond"].render(examples=ex, skills=sk, instruction="Explain tides."))
         return out
 
     def parse_instruction(self, text: str) -> str:
@@ -210,13 +230,16 @@ class SkillMix(Generator):
         t_ins, t_resp = self.templates["instruction"], self.templates["respond"]
         reqs = [
             self.request(
-                "instruction", t_ins.render(examples=self.examples, skills=sk, query_type=qt), it.sample
+                "instruction",
+                t_ins.render(examples=self.examples_for(it.index), skills=sk, query_type=qt),
+                it.sample,
             )
             for it, (sk, qt, _) in zip(items, mixes, strict=True)
         ]
         out = StageResult()
         live = []
-        for it, (sk, qt, seed), comp in zip(items, mixes, engine.generate(reqs, sampling), strict=True):
+        comps = self.call(engine, "instruction", reqs, sampling)
+        for it, (sk, qt, seed), comp in zip(items, mixes, comps, strict=True):
             rec = self.new_record(it, "instruction", comp, engine, sampling)
             rec.raw = comp.text
             rec.fields = {"skills": sk, "query_type": qt, "mix_seed": seed}
@@ -228,13 +251,15 @@ class SkillMix(Generator):
             self.request(
                 "respond",
                 t_resp.render(
-                    examples=self.examples, skills=r.fields["skills"], instruction=r.fields["instruction"]
+                    examples=self.examples_for(r.item),
+                    skills=r.fields["skills"],
+                    instruction=r.fields["instruction"],
                 ),
                 0,
             )
             for r in live
         ]
-        for r, comp in zip(live, engine.generate(reqs, sampling) if reqs else [], strict=True):
+        for r, comp in zip(live, self.call(engine, "respond", reqs, sampling), strict=True):
             add_usage(r, comp)
             resp = comp.text.strip()
             if not resp:
