@@ -1,5 +1,6 @@
-"""Benchmark decontamination stage: rows sharing an n-gram with a benchmark item are rejected as
-``contaminated:<benchmark>:<item id>``; the summary counts removals per benchmark."""
+"""Benchmark decontamination stage: rows sharing an n-gram with a benchmark item, or covering a large
+its task statement, are rejected as ``contaminated:<benchmark>:<item id>:<signal>`` (signal
+``ngram13`` or ``statement=0.88``); the summary counts removals per benchmark."""
 
 from __future__ import annotations
 
@@ -23,6 +24,12 @@ class DecontamParams(BaseModel):
     )
     ngram: int = Field(13, ge=3)
     short_ngram: int = Field(7, ge=3)
+    coverage: float = Field(
+        0.85,
+        gt=0,
+        le=1,
+        description="share of a benchmark task statement's words (in order) that flags a row",
+    )
     field: str | None = None
 
 
@@ -35,7 +42,9 @@ class Decontaminate(Filter):
     def __init__(self, params: Any = None, ctx: Any = None):
         super().__init__(params, ctx)
         p = self.params
-        self.indexes = [NgramIndex(load_benchmark(b), p.ngram, p.short_ngram) for b in p.benchmarks]
+        self.indexes = [
+            NgramIndex(load_benchmark(b), p.ngram, p.short_ngram, p.coverage) for b in p.benchmarks
+        ]
         self.removed: Counter = Counter()
 
     @classmethod
@@ -51,7 +60,7 @@ class Decontaminate(Filter):
                 res.kept.append(r)
             else:
                 self.removed[h[0]] += 1
-                res.rejects.append(Reject(r, self.stage, f"contaminated:{h[0]}:{h[1]}"))
+                res.rejects.append(Reject(r, self.stage, f"contaminated:{h[0]}:{h[1]}:{h[2]}"))
         return res
 
     def summary(self) -> dict[str, Any]:

@@ -1,8 +1,11 @@
 """Dedup stages: exact (normalized text hash), then MinHash LSH near-dup confirmed by exact Jaccard.
 
-Both are streaming: each batch is checked against everything accepted so far in the run and in
-earlier runs under the same output root (the index lives in ``<root>/.synthflow-index/`` and is
-written atomically when a run publishes), or in Redis for several workers.
+Both are streaming: in the dedup step each batch is looked up against every row accepted so far in
+the run and in earlier runs under the same output root (the index lives in
+``<root>/.synthflow-index/`` and is written atomically when a run publishes), or in Redis for
+several workers. Rows enter the index only when the accept step keeps them (``admit``): a row that
+a later step rejected (shirker, thresholds) never blocks a good one, and within a batch the first
+accepted row of a duplicate pair wins.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ class ExactDedup(Filter):
                 k, _, rid = line.partition("\t")
                 self.seen[k] = rid
 
-    def __call__(self, records: Sequence[Record]) -> StageResult:
+    def _check(self, records: Sequence[Record], add: bool) -> StageResult:
         res = StageResult()
         field = self.params.field or self.ctx.text_field
         for r in records:
@@ -60,11 +63,19 @@ class ExactDedup(Filter):
             prev = self.seen.get(k)
             if prev is not None and prev != r.id:
                 res.rejects.append(Reject(r, self.stage, f"dedup:exact:{prev}"))
-            else:
+                continue
+            if add:
                 self.seen[k] = r.id
                 self.new[k] = r.id
-                res.kept.append(r)
+            res.kept.append(r)
         return res
+
+    def __call__(self, records: Sequence[Record]) -> StageResult:
+        """Look up only: duplicates of accepted rows go; duplicates within the batch wait for admit."""
+        return self._check(records, add=False)
+
+    def admit(self, records: list[Record]) -> StageResult:
+        return self._check(records, add=True)
 
     def commit(self, accepted: set[str]) -> None:
         if self.path is None:
@@ -112,15 +123,17 @@ class NearDedup(Filter):
         self.loaded = self.index.load(self.path) if self.path is not None else False
         self.dropped = 0
 
-    def __call__(self, records: Sequence[Record]) -> StageResult:
+    def _check(self, records: Sequence[Record], add: bool) -> StageResult:
         res = StageResult()
         if not records:
             return res
         field = self.params.field or self.ctx.text_field
         groups = [str(r.fields.get(self.params.group)) for r in records] if self.params.group else None
-        matches = self.index.check_and_add(
-            [r.id for r in records], [r.text_for(field) for r in records], groups
-        )
+        keys, texts = [r.id for r in records], [r.text_for(field) for r in records]
+        if add:
+            matches = self.index.check_and_add(keys, texts, groups)
+        else:
+            matches = self.index.query(texts, groups, keys)
         for r, m in zip(records, matches, strict=True):
             if m is None:
                 res.kept.append(r)
@@ -128,6 +141,13 @@ class NearDedup(Filter):
                 self.dropped += 1
                 res.rejects.append(Reject(r, self.stage, f"dedup:near:{m.key}:jaccard={m.jaccard:.2f}"))
         return res
+
+    def __call__(self, records: Sequence[Record]) -> StageResult:
+        """Look up only: near-duplicates of accepted rows go; those within the batch wait for admit."""
+        return self._check(records, add=False)
+
+    def admit(self, records: list[Record]) -> StageResult:
+        return self._check(records, add=True)
 
     def commit(self, accepted: set[str]) -> None:
         # rows that passed here but were not published (later filters, over target) leave the index

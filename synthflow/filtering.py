@@ -63,6 +63,12 @@ class Filter(ABC):
     def __call__(self, records: Sequence[Record]) -> StageResult:
         """Keep or reject each record; every reject carries (stage, reason)."""
 
+    def admit(self, records: list[Record]) -> StageResult:
+        """Rows the accept step kept, in order: a dedup filter indexes them now (and rejects a row
+        that duplicates one admitted before it), so a row that a later step rejected never blocks
+        another. Default: admit all."""
+        return StageResult(kept=list(records))
+
     def finalize(self, accepted: list[Record]) -> None:
         """Once the run's accepted rows are known, before they are written (e.g. cluster ids)."""
 

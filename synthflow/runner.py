@@ -228,7 +228,15 @@ class Run:
         return records
 
     def accept(self, records: list[Record]) -> None:
-        """Keep up to ``n`` rows; rows past the target are rejects (``accept``, ``over_target``)."""
+        """Admit the rows the accept step kept into the dedup indexes (a row that duplicates one
+        admitted before it is a dedup reject now), then keep up to ``n``; rows past the target are
+        rejects (``accept``, ``over_target``)."""
+        for f in self.filters["dedup"]:
+            res = f.admit(records)
+            self.rejects.extend(res.rejects)
+            for key in ("deduped", "scored"):  # they did not survive dedup after all
+                self.counts[key] -= len(res.rejects)
+            records = res.kept
         room = max(0, self.recipe.n - len(self.accepted))
         self.accepted.extend(records[:room])
         extra = records[room:]

@@ -64,6 +64,8 @@ def math_recipe(tmp_path: Path, **changes) -> Path:
     data = yaml.safe_load((ROOT / "recipes" / "math.yaml").read_text())
     data["engine"] = {"name": "fake", "script": str(DATA / "fake_math.json")}
     data["output"] = {"root": str(tmp_path / "out")}
+    # the scripted problems have no scripted self-consistency samples (tests of the vote set it)
+    data["generator"]["options"]["self_consistency"] = 0
     for key, val in changes.items():
         cur = data
         parts = key.split("__")

@@ -109,7 +109,7 @@ def test_user_benchmark_file_and_cli(tmp_path):
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith("3 rows: 1 kept, 2 contaminated (humaneval: 1, bench: 1)")
     rej = {r["id"]: r["reject_reason"] for r in pq.read_table(out / "rejects.parquet").to_pylist()}
-    assert rej == {"b": "contaminated:bench:q2", "c": f"contaminated:humaneval:{he.ids[7]}"}
+    assert rej == {"b": "contaminated:bench:q2:ngram13", "c": f"contaminated:humaneval:{he.ids[7]}:ngram13"}
     assert [r["id"] for r in pq.read_table(out / "kept.parquet").to_pylist()] == ["a"]
     # a bad spec is one clear line, exit 2
     p = run_cli("decontam", str(data), "--against", f"{bench}:nope", "--out", str(out))
@@ -132,3 +132,55 @@ def test_dedup_cli(tmp_path):
     assert "bands x" in p.stdout
     rej = {r["id"]: r["reject_reason"] for r in pq.read_table(tmp_path / "o" / "rejects.parquet").to_pylist()}
     assert rej["2"] == "dedup:exact:1" and rej["3"].startswith("dedup:near:1:jaccard=")
+
+
+def test_light_edits_of_humaneval_prompts_are_caught_and_clean_text_is_not():
+    """Renamed functions (also where the docstring names them), removed doctest examples, a new
+    lead-in and reformatted whitespace (tests/contam.py) break most 13-grams; every edited prompt is
+    still caught, and none of the clean seed instructions is flagged."""
+    from synthflow.dedup.decontam import NgramIndex, load_benchmark
+    from synthflow.seeds import BUILTIN_DIR
+
+    from .conftest import SHARED
+    from .contam import clean_texts, edited_prompts
+
+    idx = NgramIndex(load_benchmark("humaneval"))
+    for seed in range(5):
+        edited = edited_prompts(40, seed)
+        hits = idx.check_reasons([t for _, t in edited])
+        missed = [tid for (tid, _), h in zip(edited, hits, strict=True) if h is None]
+        assert not missed, (seed, missed)
+        assert all(h[1].startswith(("ngram13", "ngram7", "statement=")) for h in hits)
+    clean = clean_texts(SHARED, BUILTIN_DIR)
+    assert len(clean) > 250
+    flagged = [(t[:60], h) for t, h in zip(clean, idx.check_reasons(clean), strict=True) if h]
+    assert not flagged
+
+
+def test_statement_signal_needs_the_words_in_order_and_close():
+    from synthflow.dedup.decontam import NgramIndex, load_benchmark, split_identifiers
+
+    assert split_identifiers("hasCloseElements has_close_elements") == "has Close Elements has close elements"
+    idx = NgramIndex(load_benchmark("humaneval"))
+    stmt = "Given a non-empty list of integers lst. computeResult the even elements that are at odd indices.."
+    # the function is renamed where the docstring names it: no 13-gram survives, the statement does
+    assert idx.check_reasons([f"Please help: {stmt}"])[0] == ("HumanEval/85", "statement=1.00")
+    scattered = " lorem ipsum dolor sit amet consectetur adipiscing elit ".join(stmt.split())
+    assert idx.check_reasons([scattered])[0] is None  # the same words, spread over a long text
+    shuffled = " ".join(reversed(stmt.split()))
+    assert idx.check_reasons([shuffled])[0] is None
+
+
+def test_decontam_reason_names_the_signal(tmp_path):
+    from filters.decontam import Decontaminate
+    from synthflow.filtering import FilterContext
+    from synthflow.record import Record
+
+    from .contam import humaneval
+
+    he = {r["task_id"]: r for r in humaneval()}
+    f = Decontaminate({}, FilterContext())
+    rec = Record(id="r", recipe="t", generator="g", seed_id="s",
+                 messages=[{"role": "user", "content": "Implement this.\n" + he["HumanEval/12"]["prompt"]}])  # fmt: skip
+    res = f([rec])
+    assert res.rejects[0].reason == "contaminated:humaneval:HumanEval/12:ngram13"

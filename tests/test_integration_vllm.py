@@ -24,6 +24,8 @@ def test_math_recipe_on_embedded_model(tmp_path):
         "2",
         "--batch-size",
         "48",
+        "--max-items",
+        "96",
         "--out",
         str(out),
         env={"SYNTHFLOW_PROGRESS": "0"},
@@ -46,8 +48,15 @@ def test_math_recipe_on_embedded_model(tmp_path):
     rejects = pq.read_table(next((run_dir / "rejects").glob("*.parquet")))
     assert data.num_rows + rejects.num_rows == c["generated"]  # every row is either data or a reject
     assert data.num_rows == c["accepted"]
-    # every accepted row really passed: its program ran and matched the stated answer
+    # every accepted row really passed: its program ran and matched the stated answer, it computes
+    # the answer (no literal return), and 3 of its 4 self-consistency samples agreed
+    from synthflow.trivial import trivial_reason
+
     assert all(s == "pass" for s in data.column("verify_status").to_pylist())
+    for row in data.to_pylist():
+        assert not trivial_reason(row["problem"], row["program"], row["answer"])
+        assert row["sc_agreement"] is not None and row["sc_agreement"] >= 0.75
+    assert "verify" in {r.split(":")[0] for r in rejects.column("reject_reason").to_pylist()}
 
     n = duckdb.sql(f"SELECT count(*) FROM read_parquet('{out}/**/data/*.parquet')").fetchall()[0][0]
     assert n == c["accepted"]

@@ -71,7 +71,9 @@ def test_self_instruct_drops_the_cut_tail(tmp_path):
         if r["match"] in ("example tasks", "<assistant> Input:$"):
             r["finish_reason"] = "length"
         if r["match"] == "<assistant> Input:$":  # 3 pairs, the third cut off mid-answer
-            r["reply"] = " \nOutput: A cheerful answer number one.\nInput: second input\nOutput: The second answer.\nInput: third\nOutput: The thi"
+            r["reply"] = (
+                " \nOutput: A cheerful answer number one.\nInput: second input\nOutput: The second answer.\nInput: third\nOutput: The thi"
+            )
     gen = make(tmp_path, "self_instruct")
     res = gen.run(gen.plan(0, 2), FakeEngine(script), Sampling())
     instructions = {r.fields["instruction"] for r in res.kept}

@@ -86,14 +86,14 @@ def cmd_dedup(a: Any) -> int:
 def cmd_decontam(a: Any) -> int:
     rows, texts, _ = _load(a.inputs, a.field)
     against = a.against or ["humaneval"]
-    indexes = [NgramIndex(load_benchmark(b), a.ngram, a.short_ngram) for b in against]
+    indexes = [NgramIndex(load_benchmark(b), a.ngram, a.short_ngram, a.coverage) for b in against]
     kept, rejects = [], []
     hits = first_hits(indexes, texts)
     for r, h in zip(rows, hits, strict=True):
         if h is None:
             kept.append(r)
         else:
-            rejects.append({**r, "reject_reason": f"contaminated:{h[0]}:{h[1]}"})
+            rejects.append({**r, "reject_reason": f"contaminated:{h[0]}:{h[1]}:{h[2]}"})
     _write(Path(a.out), kept, rejects)
     per = {idx.name: sum(1 for h in hits if h and h[0] == idx.name) for idx in indexes}
     print(
@@ -127,5 +127,11 @@ def add_parsers(sub: Any) -> None:
     c.add_argument("--ngram", type=int, default=13)
     c.add_argument(
         "--short-ngram", type=int, default=7, help="n for benchmark items shorter than 2*ngram words"
+    )
+    c.add_argument(
+        "--coverage",
+        type=float,
+        default=0.85,
+        help="flag a row containing this share of a benchmark task statement's words, in order (default 0.85)",
     )
     c.set_defaults(fn=cmd_decontam)

