@@ -283,6 +283,8 @@ _LAST_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 def variant_problem(r: Record, v: Verdict) -> str:
     """'' when a template variant's verdict gives a usable answer, else why not."""
+    from synthflow.mathcheck import is_whole
+
     if v.status != "pass":
         return f"verify:variant_failed:{v.status}" + (f":{v.exc_type}" if v.exc_type else "")
     x = v.value
@@ -292,7 +294,7 @@ def variant_problem(r: Record, v: Verdict) -> str:
         return "verify:variant_non_finite"
     if x < 0:
         return "verify:variant_negative"
-    if _COUNT_Q.search(r.fields.get("problem") or "") and not float(x).is_integer():
+    if _COUNT_Q.search(r.fields.get("problem") or "") and not is_whole(x):
         return "verify:non_integer_count"  # a "how many" question needs a whole number
     words = r.fields.get("solution")
     if words:
@@ -311,6 +313,8 @@ def verify_template(records: Sequence[Record], executor: Any, p: VerifyParams) -
     many" question, or not the number its worded solution ends on, is rejected on its own. A whole
     template goes only when more than half of its variants fail, or when 3+ variants all give the
     same answer (the variables do not matter)."""
+    from synthflow.mathcheck import canonical, is_whole
+
     jobs = [
         Job(
             code=r.fields["program"],
@@ -329,14 +333,14 @@ def verify_template(records: Sequence[Record], executor: Any, p: VerifyParams) -
         ok = [i for i in idx if not own[i]]
         if len(ok) * 2 < len(idx):
             whole[tid] = "verify:template_mostly_fails"
-        elif len(ok) >= 3 and len({float(verdicts[i].value) for i in ok}) == 1:
+        elif len(ok) >= 3 and len({canonical(verdicts[i].value) for i in ok}) == 1:
             whole[tid] = "verify:degenerate:constant"
     out = []
     for i, (r, v) in enumerate(zip(records, verdicts, strict=True)):
         reason = own[i] or whole.get(r.fields["template_id"], "")
         if not reason:
             x = v.value
-            r.fields["answer"] = str(int(x)) if float(x).is_integer() else str(round(float(x), 6))
+            r.fields["answer"] = str(int(x)) if is_whole(x) else str(round(float(x), 6))
         vc = verdict_columns("template", v, assignment=r.fields["assignment"])
         if reason:
             vc["status"] = "fail" if v.status == "pass" else v.status

@@ -52,9 +52,17 @@ def equivalent(stated: Any, computed: Any, percent_equals_fraction: bool = True)
 
 
 def canonical(value: Any) -> str:
-    """A key to group equal answers (self-consistency majority)."""
+    """A key to group equal answers (self-consistency majority). Ints too large for a float keep
+    their digits."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**53:
+        return str(value)
     try:
         f = float(value)
         return f"{f:.6g}"
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return str(value).strip()
+
+
+def is_whole(x: int | float) -> bool:
+    """Whole number, also for ints too large for a float."""
+    return isinstance(x, int) or (isinstance(x, float) and x.is_integer())

@@ -170,3 +170,21 @@ def test_self_consistency_samples_in_one_call(tmp_path):
         assert len(r.fields["sc_programs"]) == 4
     summary = gen.summary(ann)
     assert summary["sc"]["majority_rows"] == 0 and "k=4" in summary["self_consistency"]
+
+
+def test_huge_numbers_from_programs_are_verdicts_not_crashes():
+    """A program may return an int too large for a float (a default math run crashed on one)."""
+    from filters.verify import Verify
+
+    r = _sc_record(0, ["28", "28", "28", "28"])
+    r.fields["sc_programs"][3] = "def solution():\n    a = 20\n    b = 8\n    return (a + b) ** 400"
+    big = _sc_record(1, [])
+    big.fields["program"] = "def solution():\n    pens = 20\n    bought = 8\n    return (pens + bought) ** 400"
+    f = Verify({"kind": "math_pot", "timeout_s": 5})
+    try:
+        res = f([r, big])
+    finally:
+        f.close()
+    assert [x.id for x in res.kept] == ["r0"] and r.fields["sc_agreement"] == 0.75
+    assert len(r.fields["sc_votes"][3]) > 500  # the huge vote keeps its digits
+    assert [j.reason for j in res.rejects] == ["verify:answer_mismatch"]

@@ -87,3 +87,48 @@ def test_self_instruct_drops_the_cut_tail(tmp_path):
     for r in res.kept:
         steps = {s["step"]: s["finish_reason"] for s in r.gen["steps"]}
         assert steps["instructions"] == "length:handled" and finish_reason(r.gen) != "length"
+
+
+def test_self_instruct_classification_examples_are_balanced(tmp_path):
+    """The 6 fixed classification examples used to be all 'No' at seed 0."""
+    for seed in range(5):
+        data = yaml.safe_load((ROOT / "recipes" / "self_instruct.yaml").read_text())
+        data["seed"] = seed
+        p = tmp_path / "si.yaml"
+        p.write_text(yaml.safe_dump(data))
+        r = load_recipe(p)
+        gen = registry.get("generator", "self_instruct")(r, extract_seeds(r.seeds))
+        labels = [ex["is_classification"] for ex in gen._classify_examples(6)]
+        assert labels.count(True) == labels.count(False) == 3, (seed, labels)
+
+
+def test_self_instruct_instance_filters():
+    from synthflow.generators.self_instruct import instance_filters
+
+    kept, dropped = instance_filters(
+        [
+            {"input": "a", "output": "x"},
+            {"input": "same", "output": "same"},
+            {"input": "b", "output": "Answer:"},
+            {"input": "", "output": ""},
+            {"input": "a", "output": "x"},
+        ]
+    )
+    assert kept == [{"input": "a", "output": "x"}]
+    assert dropped == [
+        (1, "instance_input_equals_output"),
+        (2, "instance_ends_with_colon"),
+        (3, "instance_empty_output"),
+        (4, "instance_repeated"),
+    ]
+    # the same input with two different outputs: the task's instances are unreliable, all go
+    kept, dropped = instance_filters([{"input": "q", "output": "yes"}, {"input": "q", "output": "no"}])
+    assert not kept and [d[1] for d in dropped] == ["instance_conflict"] * 2
+
+
+def test_shipped_recipes_reject_cut_rows():
+    """Every shipped recipe that thresholds on `finished` requires it (self_instruct had 0)."""
+    for path in sorted((ROOT / "recipes").glob("*.yaml")):
+        for f in yaml.safe_load(path.read_text())["filters"]:
+            if f["name"] == "thresholds" and "finished" in f.get("min", {}):
+                assert f["min"]["finished"] == 1, path.name
