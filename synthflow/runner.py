@@ -171,7 +171,7 @@ class Run:
         for fs in filters.values():
             for f in fs:
                 columns.update(f.columns)
-        writer = RunWriter(root, recipe, run_id, columns)
+        writer = RunWriter(root, recipe, run_id, columns, score_stage.outputs)
         run = cls(recipe, str(recipe_path), seeds, generator, pool, filters, writer, run_id, fp, resumed)
         run.counts["seeds"] = len(seeds)
         # a later run of the same recipe continues the sample stream instead of redrawing it
@@ -276,7 +276,7 @@ class Run:
             "generator": self.generator.summary(self.accepted),
             "filters": {f.name: f.summary() for fs in self.filters.values() for f in fs if f.summary()},
             "roles": self.engines.usage(),
-            "scores": score_stats(self.accepted, self.rejects),
+            "scores": score_stats(self.accepted, self.rejects, self.writer.score_names),
         }
 
     def finish(self) -> tuple[Path, dict[str, Any]]:
@@ -321,7 +321,9 @@ def previous_items(root: Path, recipe: str, fingerprint: str) -> int:
     return total
 
 
-def score_stats(accepted: list[Record], rejects: list[Reject]) -> dict[str, dict[str, Any]]:
+def score_stats(
+    accepted: list[Record], rejects: list[Reject], declared: list[str] | None = None
+) -> dict[str, dict[str, Any]]:
     """Each score over the rows that reached scoring (accepted, and rejected at accept time):
     min / median / max, nulls, the accepted rows' median, and how many rows thresholds removed."""
     rows = [r.scores for r in accepted] + [j.record.scores for j in rejects if j.stage == "accept"]
@@ -331,7 +333,7 @@ def score_stats(accepted: list[Record], rejects: list[Reject]) -> dict[str, dict
         if j.stage == "accept" and j.reason.startswith("quality:")
     )
     out: dict[str, dict[str, Any]] = {}
-    for name in sorted({k for s in rows for k in s}):
+    for name in sorted({k for s in rows for k in s} | set(declared or [])):
         vals = [v for s in rows if (v := s.get(name)) is not None and v == v]
         acc = [v for r in accepted if (v := r.scores.get(name)) is not None and v == v]
         d: dict[str, Any] = {
@@ -384,7 +386,7 @@ def format_summary(s: dict[str, Any]) -> str:
         )
         for name, d in s["scores"].items():
             if "median" not in d:
-                lines.append(f"    {name:16s} all null ({d['null']} rows)")
+                lines.append(f"    {name:16s} no value ({d['null']} rows scored)")
                 continue
             null = f", {d['null']} null" if d["null"] else ""
             lines.append(

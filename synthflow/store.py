@@ -164,11 +164,19 @@ def _write_shards(
 class RunWriter:
     """Collects accepted rows and rejects for one run and publishes them atomically."""
 
-    def __init__(self, root: Path, recipe: Any, run_id: str, gen_columns: dict[str, pa.DataType]):
+    def __init__(
+        self,
+        root: Path,
+        recipe: Any,
+        run_id: str,
+        gen_columns: dict[str, pa.DataType],
+        score_names: list[str] | None = None,
+    ):
         self.root = Path(root)
         self.recipe = recipe
         self.run_id = run_id
         self.gen_columns = gen_columns
+        self.score_names = list(score_names or [])  # declared: the columns exist even with no rows
         self.accepted: list[Record] = []
         self.rejects: list[Reject] = []
         self.final_dir = self.root / recipe.name / run_id
@@ -183,7 +191,9 @@ class RunWriter:
     ) -> Path:
         now = datetime.now(UTC)
         scores = sorted(
-            {k for r in self.accepted for k in r.scores} | {k for j in self.rejects for k in j.record.scores}
+            set(self.score_names)
+            | {k for r in self.accepted for k in r.scores}
+            | {k for j in self.rejects for k in j.record.scores}
         )
         data_schema = run_schema(self.gen_columns, scores)
         rej_schema = run_schema(self.gen_columns, scores, rejects=True)
