@@ -32,7 +32,8 @@ from synthflow.safe_expr import ExprError, compile_expr, evaluate
 from synthflow.seeds import Seed, jsonl_seeds
 
 _VAR_RE = re.compile(
-    r"^\s*([A-Za-z_]\w*)\s*:\s*(int|integer|float|decimal)\s+(-?\d+(?:\.\d+)?)\s*(?:-|to|\.\.)\s*(-?\d+(?:\.\d+)?)\s*$",
+    r"^\s*[-*]?\s*\{?([A-Za-z_]\w*)\}?\s*(?::|=|\()\s*(int|integer|float|decimal)\)?\s*[:,]?\s*(?:from\s+|between\s+)?"
+    r"(-?\d+(?:\.\d+)?)\s*(?:-|to|\.\.|and)\s*(-?\d+(?:\.\d+)?)\s*\.?\s*$",
     re.I,
 )
 _FENCE_RE = re.compile(r"```[ \t]*(?:python|py)?[ \t]*\n(.*?)(?:```|\Z)", re.S | re.I)
@@ -89,8 +90,11 @@ def parse_template(text: str) -> dict[str, Any]:
     used = set(_PLACEHOLDER.findall(template))
     if not used:
         raise ParseError("no_placeholders")
-    if used != set(variables) or set(params) != set(variables):
+    # every number in the text is a declared variable and the program takes exactly those; a declared
+    # variable the text never uses is dropped
+    if not used <= set(variables) or set(params) != used:
         raise ParseError("variables_mismatch")
+    variables = {k: v for k, v in variables.items() if k in used}
     constraints = []
     for line in (parts.get("constraints") or "").splitlines():
         line = line.strip().lstrip("-*").strip()
