@@ -12,21 +12,22 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from synthflow.errors import UserError
 from synthflow.filtering import Filter
 from synthflow.record import Record, Reject, StageResult
 from synthflow.registry import get, register
 from synthflow.sandbox import Job, Verdict
-from synthflow.sandbox.subprocess_exec import SubprocessExecutor
 
 
 class VerifyParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: str = "math_pot"
-    executor: str = Field(
-        "sandbox", description="sandbox (fork server) or subprocess (one python per program)"
-    )
     sandbox_mode: str = Field("auto", description="auto, bwrap, unshare or fallback")
+    allow_weak: bool = Field(
+        False, description="run untrusted code even where only a weak sandbox (unshare, fallback) works"
+    )
+    require_trusted: bool = Field(
+        True, description="a verdict decided inside reach of the program (undecomposable tests) is a reject"
+    )
     timeout_s: float = Field(5.0, gt=0)
     workers: int | None = Field(None, gt=0)
     mem_mb: int = Field(1024, gt=16)
@@ -55,7 +56,10 @@ def verdict_columns(kind: str, v: Verdict, **details: Any) -> dict[str, Any]:
         "exc_type": v.exc_type,
         "message": v.message,
         "duration_s": round(v.duration_s, 6),
-        "details": json.dumps({"value": v.value_repr, "stdout": v.stdout[:500], **details}, default=str),
+        "trusted": v.trusted,
+        "details": json.dumps(
+            {"value": v.value_repr, "stdout": v.stdout[:500], "trusted": v.trusted, **details}, default=str
+        ),
     }
 
 
@@ -349,13 +353,9 @@ def verify_template(records: Sequence[Record], executor: Any, p: VerifyParams) -
 
 
 def make_executor(p: VerifyParams) -> Any:
-    if p.executor == "subprocess":
-        return SubprocessExecutor(workers=p.workers, mem_mb=p.mem_mb)
-    if p.executor == "sandbox":
-        from synthflow.sandbox.forkserver import SandboxExecutor
+    from synthflow.sandbox.forkserver import SandboxExecutor
 
-        return SandboxExecutor(workers=p.workers, mode=p.sandbox_mode, mem_mb=p.mem_mb)
-    raise UserError(f"filters.verify.executor: unknown executor {p.executor!r}; choose sandbox or subprocess")
+    return SandboxExecutor(workers=p.workers, mode=p.sandbox_mode, mem_mb=p.mem_mb, allow_weak=p.allow_weak)
 
 
 @register("filter", "verify")
@@ -377,6 +377,9 @@ class Verify(Filter):
             return res
         for r, c in zip(records, self.kind(records, self.executor, self.params), strict=True):
             r.verdict = c.verdict
+            if c.ok and self.params.require_trusted and c.verdict.get("trusted") is False:
+                c = Check(False, "verify:untrusted_test", {**c.verdict, "status": "fail"})
+                r.verdict = c.verdict
             if c.ok:
                 res.kept.append(r)
             else:
@@ -384,7 +387,15 @@ class Verify(Filter):
         return res
 
     def summary(self) -> dict[str, Any]:
-        return {"kind": self.params.kind, "sandbox": getattr(self.executor, "mode", "")}
+        ex = self.executor
+        return {
+            "kind": self.params.kind,
+            "sandbox": ex.mode,
+            "weak_sandbox": ex.weak,
+            "seccomp": ex.seccomp,
+            "verdicts_trusted": ex.counts["trusted"],
+            "verdicts_untrusted": ex.counts["untrusted"],
+        }
 
     def close(self) -> None:
         self.executor.close()

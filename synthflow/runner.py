@@ -374,6 +374,13 @@ def format_summary(s: dict[str, Any]) -> str:
     if s["top_rejects"]:
         lines.append("  top reject reasons:")
         lines += [f"    {n:6d}  {st:8s} {r}" for st, r, n in s["top_rejects"]]
+    v = (s.get("filters") or {}).get("verify")
+    if v:
+        weak = "  WEAK SANDBOX (allow_weak)" if v.get("weak_sandbox") else ""
+        lines.append(
+            f"  verification: {v['kind']} in {v['sandbox']} (seccomp {'on' if v.get('seccomp') else 'off'}); "
+            f"verdicts trusted {v.get('verdicts_trusted', 0)}, untrusted {v.get('verdicts_untrusted', 0)}{weak}"
+        )
     for role, u in (s.get("roles") or {}).items():
         if role != "generator":
             lines.append(

@@ -76,6 +76,7 @@ CORE_COLUMNS: list[tuple[str, pa.DataType]] = [
     ("verify_message", pa.string()),
     ("verify_duration_s", pa.float64()),
     ("verify_details", pa.string()),
+    ("verify_trusted", pa.bool_()),
     ("prompt_tokens", pa.int64()),
     ("completion_tokens", pa.int64()),
     ("engine_seconds", pa.float64()),
@@ -131,6 +132,7 @@ def record_row(
         "verify_message": v.get("message"),
         "verify_duration_s": v.get("duration_s"),
         "verify_details": v.get("details"),
+        "verify_trusted": v.get("trusted"),
         "prompt_tokens": g.get("prompt_tokens"),
         "completion_tokens": g.get("completion_tokens"),
         "engine_seconds": g.get("engine_seconds"),
@@ -274,6 +276,7 @@ def dataset_card(
         f"- model: `{summary.get('model')}` via `{summary.get('engine')}`",
         f"- generator: `{recipe.generator.name}`; recipe fingerprint `{summary.get('fingerprint')}`",
         f"- rows: {counts.get('accepted', 0)} accepted of {counts.get('generated', 0)} generated",
+        *sandbox_lines(summary),
         "",
         "## Funnel",
         "",
@@ -299,6 +302,25 @@ def dataset_card(
         extra,
     ]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def sandbox_lines(summary: dict[str, Any]) -> list[str]:
+    """How the programs of this run were run and judged (the card says so when it was weak)."""
+    v = (summary.get("filters") or {}).get("verify")
+    if not v:
+        return []
+    line = (
+        f"- verification: `{v.get('kind')}` in sandbox mode `{v.get('sandbox')}`"
+        f" (seccomp {'on' if v.get('seccomp') else 'off'}); {v.get('verdicts_trusted', 0)} verdicts decided"
+        f" outside the programs' reach, {v.get('verdicts_untrusted', 0)} not"
+    )
+    out = [line]
+    if v.get("weak_sandbox"):
+        out.append(
+            "- **WEAK SANDBOX**: this run allowed a sandbox without namespaces (`allow_weak`); "
+            "programs could reach the host and the verdicts are less trustworthy"
+        )
+    return out
 
 
 def score_table(scores: dict[str, dict[str, Any]]) -> list[str]:

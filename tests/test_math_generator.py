@@ -179,7 +179,9 @@ def test_huge_numbers_from_programs_are_verdicts_not_crashes():
     r = _sc_record(0, ["28", "28", "28", "28"])
     r.fields["sc_programs"][3] = "def solution():\n    a = 20\n    b = 8\n    return (a + b) ** 400"
     big = _sc_record(1, [])
-    big.fields["program"] = "def solution():\n    pens = 20\n    bought = 8\n    return (pens + bought) ** 400"
+    big.fields["program"] = (
+        "def solution():\n    pens = 20\n    bought = 8\n    return (pens + bought) ** 400"
+    )
     f = Verify({"kind": "math_pot", "timeout_s": 5})
     try:
         res = f([r, big])

@@ -150,12 +150,13 @@ def test_kill_parent(sandbox):
 
 
 def test_exit_before_tests_is_not_a_pass(sandbox):
-    v = run1(sandbox, "import sys\nsys.exit(0)", tests="assert False")
+    v = run1(sandbox, "import sys\ndef f():\n    return 2\nsys.exit(0)", tests="assert f() == 2")
     assert v.status == "error" and v.exc_type == "SystemExit"
-    v = run1(sandbox, "import os\nos._exit(0)", tests="assert False")
+    v = run1(sandbox, "import os\ndef f():\n    return 2\nos._exit(0)", tests="assert f() == 2")
     assert v.status == "error" and v.exc_type == "EarlyExit"
+    # tests that cannot be decomposed run in driver mode: exiting there is an error too
     v = run1(sandbox, "def f():\n    return 1", tests="import sys\nsys.exit(0)\nassert f() == 2")
-    assert v.status == "error"
+    assert v.status == "error" and not v.trusted
 
 
 def test_sigterm_ignored(sandbox):
@@ -227,10 +228,20 @@ def test_test_list_reports_each_test(sandbox):
     assert v.status == "pass" and v.value == [True, False, False, True]
 
 
+def test_weak_modes_need_to_be_asked_for():
+    from synthflow.errors import UserError
+
+    for mode in ("fallback", "unshare"):
+        with pytest.raises(
+            UserError, match="strong sandbox .* is not available here; only '.*' is.*--allow-weak-sandbox"
+        ):
+            SandboxExecutor(workers=1, mode=mode)
+
+
 @pytest.mark.parametrize("mode", ["fallback", "unshare"])
 def test_weaker_modes_still_refuse(mode, tmp_path):
     try:
-        ex = SandboxExecutor(workers=1, mode=mode)
+        ex = SandboxExecutor(workers=1, mode=mode, allow_weak=True)
     except Exception as e:  # noqa: BLE001
         pytest.skip(f"{mode} is not available here: {e}")
     with ex:

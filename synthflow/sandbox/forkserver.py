@@ -2,25 +2,36 @@
 
 Isolation modes, best first (``SandboxExecutor.mode`` and every verdict report which one ran):
 
-- ``bwrap``: each warm parent runs under Debian's bubblewrap: read-only root, private /tmp, no
-  network (empty net namespace), its own pid namespace (nothing outlives it), ``--die-with-parent``.
-  As root, each child also drops to its own unprivileged uid (so it cannot signal its parent and
-  ``RLIMIT_NPROC`` applies) and leftovers of that uid are swept after every program.
-- ``unshare``: ``unshare -rn`` (user + network namespace): no network; files are protected by the
-  audit guard below and ordinary permissions only.
-- ``fallback``: no namespaces available: the audit guard still refuses sockets, process creation,
-  signals to others, ctypes and writes outside the job folder.
+- ``bwrap``: each warm parent runs under Debian's bubblewrap: read-only root, a private size-capped
+  /tmp, no network (empty net namespace), its own pid namespace (nothing outlives it),
+  ``--die-with-parent``. As root, each child also drops to a uid of its own (the program's and, in
+  driver mode, the tests' differ), so it cannot signal or inspect its parent or the other child,
+  and leftovers of that uid are swept after every program.
+- ``unshare``: ``unshare -rn`` (user + network namespace): weak; only with ``allow_weak``.
+- ``fallback``: no namespaces: weak; only with ``allow_weak``.
 
-In every mode each child gets a new session and process group, its own empty temp dir as cwd, a
-scrubbed environment, stdin closed, and rlimits (address space, CPU seconds, file size, open files,
-processes); a wall-clock timeout kills the whole process group; captured output is capped.
+Untrusted code runs by default only in ``bwrap``; anything weaker must be asked for
+(``allow_weak``, ``--allow-weak-sandbox``) and is reported in every verdict, summary and card.
+
+In every mode each child gets a new session and process group, its own empty folder as cwd, a
+scrubbed environment, stdin closed, only its job's file descriptors, rlimits (address space, CPU
+seconds, file size, open files, processes), a seccomp filter (no fork, exec, socket, ptrace or new
+namespace) and an audit hook; a wall-clock timeout kills the whole process group; output is capped.
+
+Verdicts are decided outside the program's process: tests are decomposed into calls the program
+evaluates and comparisons the host makes on plain data (``synthflow.sandbox.trusted``); expected
+values that are not literals come from a separate clean sandbox that never loads a program; tests
+that cannot be decomposed run in driver mode, in a second child that holds the tests and calls the
+program only through a pipe. Every job carries a random nonce its frames must repeat.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import queue
+import secrets
 import shutil
 import struct
 import subprocess
@@ -31,9 +42,13 @@ from pathlib import Path
 from typing import Any
 
 from synthflow.errors import UserError
+from synthflow.sandbox.harness import NotPlain, decode
+from synthflow.sandbox.trusted import NotDecomposable, Plan, decompose, judge, literal
 from synthflow.sandbox.verdict import Job, Verdict
 
 MODES = ("bwrap", "unshare", "fallback")
+STRONG = "bwrap"
+TMP_BYTES = 512 << 20  # each warm parent's private /tmp (all its jobs' folders)
 SERVER_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
 UID_BASE = 61000
 
@@ -42,7 +57,7 @@ def _bwrap_prefix() -> list[str]:
     cmd = [
         "bwrap",
         "--ro-bind", "/", "/",
-        "--tmpfs", "/tmp",
+        "--size", str(TMP_BYTES), "--tmpfs", "/tmp",
         "--dev", "/dev",
         "--proc", "/proc",
         "--unshare-net",
@@ -58,7 +73,7 @@ def _bwrap_prefix() -> list[str]:
         for cap in ("CAP_SETUID", "CAP_SETGID", "CAP_CHOWN", "CAP_KILL", "CAP_DAC_OVERRIDE", "CAP_FOWNER"):
             cmd += ["--cap-add", cap]
     else:
-        cmd += ["--unshare-user"]
+        cmd += ["--unshare-user", "--disable-userns"]
     return cmd
 
 
@@ -155,13 +170,16 @@ class _Server:
         self.index = index
         self.mode = mode
         self.prefix = prefix
-        self.uid = UID_BASE + index if os.geteuid() == 0 and mode == "bwrap" else None
+        root = os.geteuid() == 0 and mode == "bwrap"
+        self.uid = UID_BASE + 2 * index if root else None  # the program's children
+        self.driver_uid = UID_BASE + 2 * index + 1 if root else None  # driver children (the tests)
+        self.seccomp = False
         self.proc: subprocess.Popen | None = None
         self.restarts = 0
         self.start()
 
     def start(self) -> None:
-        cfg = json.dumps({"uid": self.uid, "mode": self.mode})
+        cfg = json.dumps({"uid": self.uid, "driver_uid": self.driver_uid, "mode": self.mode, "seccomp": True})
         env = dict(SERVER_ENV)  # the server starts with no secrets to leak (and -I ignores PYTHON*)
         self.proc = subprocess.Popen(
             [*self.prefix, sys.executable, "-I", "-m", "synthflow.sandbox.server", cfg],
@@ -174,6 +192,7 @@ class _Server:
         hello = self._read()
         if not hello or not hello.get("ready"):
             raise UserError(f"sandbox ({self.mode}) failed to start its fork server")
+        self.seccomp = bool(hello.get("seccomp"))
 
     def _read(self) -> dict[str, Any] | None:
         assert self.proc is not None and self.proc.stdout is not None
@@ -182,7 +201,12 @@ class _Server:
             return None
         n = struct.unpack(">I", head)[0]
         body = self.proc.stdout.read(n)
-        return json.loads(body) if len(body) == n else None
+        if len(body) != n:
+            return None
+        try:
+            return json.loads(body)
+        except (ValueError, RecursionError):
+            return None
 
     def run(self, job: dict[str, Any]) -> dict[str, Any]:
         data = json.dumps(job).encode()
@@ -193,14 +217,15 @@ class _Server:
             v = self._read()
         except (BrokenPipeError, OSError):
             v = None
-        if v is None:  # the warm parent died (a program got at it): verdict killed, start a new one
+        if v is None or v.get("nonce") != job["nonce"]:
+            # the warm parent died or answered out of turn: verdict killed, start a new one
             self.close()
             self.restarts += 1
             self.start()
             return {
                 "status": "killed",
                 "exc_type": "",
-                "message": "the program killed its sandbox parent",
+                "message": "the sandbox parent died or answered out of turn",
                 "duration_s": 0.0,
             }
         return v
@@ -218,33 +243,169 @@ class _Server:
         self.proc = None
 
 
+def program_names(code: str) -> set[str]:
+    """Top-level names a program defines (functions, classes, assignments, imports)."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return set()
+    out: set[str] = set()
+    for n in tree.body:
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            out.add(n.name)
+        elif isinstance(n, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            for t in n.targets if isinstance(n, ast.Assign) else [n.target]:
+                out |= {x.id for x in ast.walk(t) if isinstance(x, ast.Name)}
+        elif isinstance(n, (ast.Import, ast.ImportFrom)):
+            out |= {(a.asname or a.name).split(".")[0] for a in n.names}
+    return out
+
+
+def driver_names(job: Job, names: set[str]) -> set[str]:
+    """The program names the tests may reach in driver mode: the entry point, and names the tests use
+    that neither they, the prompt nor Python's builtins define. A program's shadow of a builtin
+    (``len = ...``) never becomes the tests' ``len``."""
+    import builtins
+
+    own: set[str] = set(dir(builtins))
+    for src in (job.tests or "", job.prompt or ""):
+        try:
+            tree = ast.parse(src)
+        except SyntaxError:
+            continue
+        for n in ast.walk(tree):
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                own.add(n.name)
+            elif isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store):
+                own.add(n.id)
+            elif isinstance(n, ast.arg):
+                own.add(n.arg)
+            elif isinstance(n, (ast.Import, ast.ImportFrom)):
+                own |= {(a.asname or a.name).split(".")[0] for a in n.names}
+    used: set[str] = set()
+    try:
+        used = {n.id for n in ast.walk(ast.parse(job.tests or "")) if isinstance(n, ast.Name)}
+    except SyntaxError:
+        pass
+    out = (used - own) & names
+    if job.entry_point:
+        out.add(job.entry_point)
+    return out
+
+
+class _Prepared:
+    """One job as the server sees it, and how to turn the server's answer into a verdict."""
+
+    def __init__(self, job: Job, mem_mb: int, nproc: int):
+        self.job = job
+        self.plans: list[Plan | None] = []  # call mode with tests: one plan (test_list: one per test)
+        self.kind = "run"
+        names = program_names(job.code)
+        base = {"code": job.code, "timeout_s": job.timeout_s, "mem_mb": mem_mb, "nproc": nproc,
+                "nonce": secrets.token_hex(16), "entry_point": job.entry_point}  # fmt: skip
+        calls: list[str] = []
+        if job.test_list is not None:
+            self.kind = "test_list"
+            for t in job.test_list:
+                try:
+                    plan = decompose(t, names, job.entry_point)
+                except NotDecomposable:
+                    plan = None  # an undecomposable generated test counts as failing for everyone
+                if plan is not None:
+                    offset = len(calls)
+                    calls += plan.calls
+                    for a in plan.asserts:
+                        if a.call is not None:
+                            a.call += offset
+                    plan.calls = calls
+                self.plans.append(plan)
+            base.update(mode="calls", calls=calls, per_call_timeout_s=job.per_test_timeout_s or 0)
+        elif job.tests:
+            try:
+                plan = decompose(job.tests, names, job.entry_point)
+                self.kind = "tests"
+                self.plans = [plan]
+                base.update(mode="calls", calls=plan.calls)
+            except NotDecomposable as e:
+                self.kind = "driver"
+                self.why = str(e)
+                base.update(
+                    mode="driver",
+                    tests=job.tests,
+                    prompt=job.prompt or "",
+                    program_names=sorted(driver_names(job, names)),
+                )
+        else:
+            self.kind = "call" if job.call else "run"
+            base.update(mode="calls", calls=[job.call] if job.call else [])
+        if job.call and self.kind not in ("call", "run"):
+            raise ValueError("a job has either tests, a test_list or a call")
+        self.server_job = base
+        self.answer: dict[str, Any] = {}
+        self.results: list[tuple] = []
+
+    def expected_sources(self) -> list[str]:
+        return [e for p in self.plans if p is not None for e in p.expected]
+
+
+def _results(frame: dict[str, Any]) -> list[tuple]:
+    out = []
+    for r in frame.get("results") or []:
+        if isinstance(r, dict) and "ok" in r:
+            try:
+                out.append(("ok", decode(r["ok"])))
+            except (NotPlain, ValueError, TypeError, RecursionError) as e:
+                out.append(("exc", "NotPlainData", str(e)[:200]))
+        elif isinstance(r, dict):
+            out.append(("exc", str(r.get("exc", "Error"))[:100], str(r.get("msg", ""))[:300]))
+        else:
+            out.append(("exc", "MalformedResult", "a result that is not an object"))
+    return out
+
+
+def _status_of(exc_type: str) -> str:
+    return {"Timeout": "timeout", "MemoryError": "memory"}.get(exc_type, "error")
+
+
 class SandboxExecutor:
     """Jobs in, verdicts out, through ``workers`` warm fork servers (default: one per core)."""
 
-    def __init__(self, workers: int | None = None, mode: str = "auto", mem_mb: int = 1024, nproc: int = 64):
+    def __init__(
+        self,
+        workers: int | None = None,
+        mode: str = "auto",
+        mem_mb: int = 1024,
+        nproc: int = 64,
+        allow_weak: bool = False,
+    ):
         self.mode, prefix = detect_mode(mode)
+        if self.mode != STRONG and not allow_weak:
+            raise UserError(
+                f"the strong sandbox (bubblewrap with pid and network namespaces) is not available here; "
+                f"only {self.mode!r} is. Install bubblewrap (apt-get install bubblewrap), or run untrusted "
+                "code with weaker isolation on purpose: --allow-weak-sandbox / verify: {allow_weak: true}"
+            )
+        self.weak = self.mode != STRONG
+        self._prefix = prefix
         self.workers = workers or len(os.sched_getaffinity(0)) or 1
         self.mem_mb = mem_mb
         self.nproc = nproc
         self._servers = [_Server(i, self.mode, prefix) for i in range(self.workers)]
         self._lock = threading.Lock()
+        self._clean: SandboxExecutor | None = None
+        self.counts = {"trusted": 0, "untrusted": 0}
+
+    @property
+    def seccomp(self) -> bool:
+        return all(s.seccomp for s in self._servers)
 
     @property
     def restarts(self) -> int:
         return sum(s.restarts for s in self._servers)
 
-    def _job(self, j: Job) -> dict[str, Any]:
-        d = j.as_dict()
-        d["mem_mb"] = self.mem_mb
-        d["nproc"] = self.nproc
-        return d
-
-    def run(self, jobs: list[Job]) -> list[Verdict]:
-        if not jobs:
-            return []
-        results: list[Verdict | None] = [None] * len(jobs)
+    def _run_server_jobs(self, prepared: list[_Prepared]) -> None:
         todo: queue.Queue[int] = queue.Queue()
-        for i in range(len(jobs)):
+        for i in range(len(prepared)):
             todo.put(i)
 
         def worker(server: _Server) -> None:
@@ -253,35 +414,129 @@ class SandboxExecutor:
                     i = todo.get_nowait()
                 except queue.Empty:
                     return
-                v = server.run(self._job(jobs[i]))
-                results[i] = Verdict(
-                    status=v.get("status", "error"),
-                    exc_type=v.get("exc_type", ""),
-                    message=v.get("message", ""),
-                    duration_s=float(v.get("duration_s", 0.0)),
-                    stdout=v.get("stdout", ""),
-                    stderr=v.get("stderr", ""),
-                    value=v.get("value"),
-                    value_repr=v.get("value_repr", ""),
-                    mode=self.mode,
-                )
+                prepared[i].answer = server.run(prepared[i].server_job)
 
+        threads = [
+            threading.Thread(target=worker, args=(s,), daemon=True) for s in self._servers[: len(prepared)]
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    def _clean_values(self, sources: list[str]) -> list[tuple]:
+        """Expected values that are not literals, from a sandbox that never loads a program."""
+        if self._clean is None:
+            self._clean = SandboxExecutor(workers=1, mode=self.mode, mem_mb=self.mem_mb, allow_weak=True)
+        p = _Prepared(Job(code="", timeout_s=10.0), self.mem_mb, self.nproc)
+        p.server_job.update(calls=sources, per_call_timeout_s=2.0)
+        self._clean._run_server_jobs([p])
+        a = p.answer
+        if a.get("status") != "done":
+            return [("exc", "ExpectedValue", a.get("message", "could not compute"))] * len(sources)
+        res = _results(a["frame"])
+        return res if len(res) == len(sources) else [("exc", "ExpectedValue", "missing")] * len(sources)
+
+    def run(self, jobs: list[Job]) -> list[Verdict]:
+        if not jobs:
+            return []
+        prepared = [_Prepared(j, self.mem_mb, self.nproc) for j in jobs]
         with self._lock:  # one batch at a time per executor
-            threads = [
-                threading.Thread(target=worker, args=(s,), daemon=True) for s in self._servers[: len(jobs)]
-            ]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-        return results  # type: ignore[return-value]
+            self._run_server_jobs(prepared)
+            # expected values: literals here, anything else in the clean sandbox (one job per batch)
+            todo: list[str] = []
+            for p in prepared:
+                for src in p.expected_sources():
+                    if not literal(src)[0] and src not in todo:
+                        todo.append(src)
+            computed = dict(zip(todo, self._clean_values(todo), strict=True)) if todo else {}
+        return [self._verdict(p, computed) for p in prepared]
+
+    def _verdict(self, p: _Prepared, computed: dict[str, tuple]) -> Verdict:
+        v = verdict_for(p, self.mode, computed)
+        self.counts["trusted" if v.trusted else "untrusted"] += 1
+        return v
 
     def close(self) -> None:
         for s in self._servers:
             s.close()
+        if self._clean is not None:
+            self._clean.close()
 
     def __enter__(self) -> SandboxExecutor:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _expected(plan: Plan, computed: dict[str, tuple]) -> tuple[list[Any], str]:
+    values = []
+    for src in plan.expected:
+        ok, v = literal(src)
+        if not ok:
+            r = computed.get(src, ("exc", "ExpectedValue", "missing"))
+            if r[0] != "ok":
+                return [], f"the test's expected value {src[:60]} failed: {r[1]}: {r[2]}"
+            v = r[1]
+        values.append(v)
+    return values, ""
+
+
+def verdict_for(p: _Prepared, mode: str, computed: dict[str, tuple]) -> Verdict:
+    """The verdict of one job from its process's answer: decided here, on plain data."""
+    a = p.answer
+    v = Verdict(
+        status=a.get("status", "error"),
+        exc_type=str(a.get("exc_type", "")),
+        message=str(a.get("message", "")),
+        duration_s=float(a.get("duration_s", 0.0)),
+        stdout=str(a.get("stdout", "")),
+        stderr=str(a.get("stderr", "")),
+        mode=mode,
+        trusted=True,
+    )
+    if p.kind == "driver":
+        v.trusted = bool(p.job.tests_trusted)
+        v.extra["driver"] = p.why[:200]
+        if v.status == "done":
+            f = a["frame"]
+            v.status = f.get("status") if f.get("status") in ("pass", "fail", "error") else "error"
+            v.exc_type, v.message = str(f.get("exc_type", ""))[:100], str(f.get("message", ""))[:300]
+        return v
+    if v.status != "done":
+        return v
+    frame = a["frame"]
+    err = frame.get("program_error")
+    if err:
+        v.status, v.exc_type, v.message = _status_of(str(err[0])), str(err[0])[:100], str(err[1])[:300]
+        return v
+    results = _results(frame)
+    if len(results) != len(p.server_job["calls"]):
+        v.status, v.exc_type, v.message = "error", "MalformedResult", "results missing"
+        return v
+    v.status = "pass"
+    if p.kind == "call":
+        r = results[0]
+        if r[0] == "ok":
+            v.value, v.value_repr = r[1], repr(r[1])[:2000]
+        else:
+            v.status, v.exc_type, v.message = _status_of(r[1]), r[1], r[2]
+    elif p.kind == "tests":
+        plan = p.plans[0]
+        assert plan is not None
+        expected, why = _expected(plan, computed)
+        if why:
+            v.status, v.exc_type, v.message = "error", "ExpectedValue", why
+        else:
+            v.status, v.exc_type, v.message = judge(plan, results, expected)
+    elif p.kind == "test_list":
+        passed = []
+        for plan in p.plans:
+            if plan is None:
+                passed.append(False)
+                continue
+            expected, why = _expected(plan, computed)
+            passed.append(not why and judge(plan, results, expected)[0] == "pass")
+        v.value, v.value_repr = passed, repr(passed)
+    return v

@@ -33,16 +33,26 @@ def _limits(mem_bytes: int, cpu_s: int) -> None:
 
 
 class SubprocessExecutor:
+    """The benchmark baseline: the same jobs and the same trusted comparison as the fork-server
+    sandbox, but one fresh interpreter per program and no isolation beyond rlimits. Not an option
+    for recipes (it is not a sandbox)."""
+
     mode = "subprocess"
 
     def __init__(self, workers: int | None = None, mem_mb: int = 1024):
         self.workers = workers or os.cpu_count() or 1
+        self.mem_mb = mem_mb
         self.mem_bytes = mem_mb << 20
 
     def _one(self, job: Job) -> Verdict:
+        from synthflow.sandbox.forkserver import _Prepared, verdict_for
+
+        p = _Prepared(job, self.mem_mb, 64)
+        if p.kind == "driver":
+            raise ValueError("the baseline runs call-mode jobs only")
         with tempfile.TemporaryDirectory(prefix="sf-run-") as tmp:
             jf = Path(tmp) / "job.json"
-            jf.write_text(json.dumps(job.as_dict()))
+            jf.write_text(json.dumps(p.server_job))
             r, w = os.pipe()
             t0 = time.perf_counter()
             proc = subprocess.Popen(
@@ -66,40 +76,22 @@ class SubprocessExecutor:
                 out, err = proc.communicate()
             dur = time.perf_counter() - t0
             with os.fdopen(r, "rb") as rf:
-                line = rf.read(1 << 20)
-        stdout = out[:OUTPUT_CAP].decode("utf-8", "replace")
-        stderr = err[:OUTPUT_CAP].decode("utf-8", "replace")
+                raw = rf.read(1 << 24)
+        answer: dict = {
+            "duration_s": dur,
+            "stdout": out[:OUTPUT_CAP].decode("utf-8", "replace"),
+            "stderr": err[:OUTPUT_CAP].decode("utf-8", "replace"),
+        }
         if timed_out:
-            return Verdict(
-                "timeout",
-                message=f"wall clock {job.timeout_s}s",
-                duration_s=dur,
-                stdout=stdout,
-                stderr=stderr,
-                mode=self.mode,
-            )
-        try:
-            res = json.loads(line.decode().splitlines()[0])
-        except (ValueError, IndexError):
-            rc = proc.returncode
-            status = "killed" if rc < 0 else "error"
-            if rc == -signal.SIGXCPU:
-                status = "timeout"
-            msg = (
-                f"signal {signal.Signals(-rc).name}" if rc < 0 else f"exited with code {rc} before reporting"
-            )
-            return Verdict(status, message=msg, duration_s=dur, stdout=stdout, stderr=stderr, mode=self.mode)
-        return Verdict(
-            res["status"],
-            exc_type=res["exc_type"],
-            message=res["message"],
-            duration_s=dur,
-            stdout=stdout,
-            stderr=stderr,
-            value=res["value"],
-            value_repr=res["value_repr"],
-            mode=self.mode,
-        )
+            answer.update(status="timeout", message=f"wall clock {job.timeout_s}s")
+        else:
+            try:
+                frame = json.loads(raw[4:])
+                answer.update(status="done", frame=frame)
+            except ValueError:
+                answer.update(status="error", exc_type="EarlyExit", message="no result")
+        p.answer = answer
+        return verdict_for(p, self.mode, {})
 
     def run(self, jobs: list[Job]) -> list[Verdict]:
         if not jobs:

@@ -11,13 +11,20 @@ STATUSES = ("pass", "fail", "error", "timeout", "memory", "killed", "blocked")
 @dataclass
 class Job:
     code: str
+    # asserts, or a HumanEval ``check(candidate)``: decomposed into calls the program's process
+    # evaluates and comparisons made outside it; what cannot be decomposed runs in driver mode
     tests: str | None = None
     entry_point: str | None = None
+    # an expression whose value is reported (e.g. ``solution()``)
     call: str | None = None
     timeout_s: float = 5.0
-    # CodeT: run each test separately and report a pass/fail list as the value
+    # CodeT: each test separately; the value is a pass/fail list
     test_list: list[str] | None = None
     per_test_timeout_s: float | None = None
+    # the benchmark's own code (HumanEval's prompt): its helpers are trusted in driver mode
+    prompt: str | None = None
+    # is the test code itself trusted (a benchmark's)? Driver-mode verdicts are trusted only then
+    tests_trusted: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -34,6 +41,9 @@ class Verdict:
     value: Any = None
     value_repr: str = ""
     mode: str = ""
+    # decided outside the program's reach: by comparisons in the host (decomposed tests, values)
+    # or by a driver process running trusted tests
+    trusted: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

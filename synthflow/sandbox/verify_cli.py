@@ -43,12 +43,10 @@ def jobs_from(
             if missing:
                 raise UserError(f"{path}: row {i}: missing field {missing[0]!r} (HumanEval format)")
             code = r["prompt"] + r[field]
-            out.append(
-                (
-                    r["task_id"],
-                    Job(code=code, tests=r["test"], entry_point=r["entry_point"], timeout_s=timeout_s),
-                )
-            )
+            # the benchmark's tests and prompt are the user's data, not the model's: trusted
+            job = Job(code=code, tests=r["test"], entry_point=r["entry_point"], timeout_s=timeout_s,
+                      prompt=r["prompt"], tests_trusted=True)  # fmt: skip
+            out.append((r["task_id"], job))
         else:
             missing = [k for k in ("id", "code", "tests") if k not in r]
             if missing:
@@ -69,17 +67,23 @@ def cmd_verify(a: Any) -> int:
     path = Path(a.file)
     rows = read_jsonl(path)
     jobs = jobs_from(rows, a.format, a.completion_field, a.timeout, path)
-    with SandboxExecutor(workers=a.workers, mode=a.sandbox) as ex:
+    key = "task_id" if a.format == "humaneval" else "id"  # verdicts keep the input's id key
+    with SandboxExecutor(workers=a.workers, mode=a.sandbox, allow_weak=a.allow_weak_sandbox) as ex:
         verdicts = ex.run([j for _, j in jobs])
-        mode = ex.mode
+        mode, weak = ex.mode, ex.weak
     passed = sum(v.passed for v in verdicts)
+    trusted = sum(v.trusted for v in verdicts)
     if a.out:
         with atomic_path(a.out) as tmp, open(tmp, "w") as f:
             for (tid, _), v in zip(jobs, verdicts, strict=True):
                 d = v.as_dict()
                 d.pop("extra", None)
-                f.write(json.dumps({"task_id": tid, **d}) + "\n")
-    print(f"{passed} passed, {len(verdicts) - passed} failed  (sandbox mode: {mode})")
+                f.write(json.dumps({key: tid, **d}, default=repr) + "\n")
+    note = "  WEAK SANDBOX (--allow-weak-sandbox)" if weak else ""
+    print(
+        f"{passed} passed, {len(verdicts) - passed} failed  (sandbox mode: {mode}; "
+        f"{trusted} of {len(verdicts)} verdicts trusted){note}"
+    )
     if a.show_failures:
         for (tid, _), v in zip(jobs, verdicts, strict=True):
             if not v.passed:
@@ -100,5 +104,10 @@ def add_parser(sub: Any) -> None:
     v.add_argument("--timeout", type=float, default=10.0, help="wall-clock seconds per program")
     v.add_argument("--workers", type=int, help="fork servers (default: one per core)")
     v.add_argument("--sandbox", default="auto", help="isolation: auto, bwrap, unshare, fallback")
+    v.add_argument(
+        "--allow-weak-sandbox",
+        action="store_true",
+        help="run even where only a weak sandbox (unshare, fallback) works; the output says so",
+    )
     v.add_argument("--show-failures", action="store_true")
     v.set_defaults(fn=cmd_verify)
