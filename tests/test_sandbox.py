@@ -264,3 +264,19 @@ def test_auto_mode_says_when_a_stronger_mode_fails(monkeypatch, capsys):
     mode, prefix = forkserver.detect_mode.__wrapped__("auto")
     assert (mode, prefix[0]) == ("unshare", "unshare")
     assert "bwrap is installed but fails to start" in capsys.readouterr().err
+
+
+def test_fork_exec_below_the_audit_hook_is_refused_by_seccomp(sandbox, tmp_path):
+    """``_posixsubprocess.fork_exec`` raises no audit event; the seccomp filter stops the fork."""
+    if not sandbox.seccomp:
+        pytest.skip("seccomp is not available here")
+    target = tmp_path / "forked.txt"
+    code = (
+        "import _posixsubprocess, os\n"
+        "r, w = os.pipe()\n"
+        f"_posixsubprocess.fork_exec(['/usr/bin/touch', {str(target)!r}], [b'/usr/bin/touch'], True, (), None, None,"
+        " -1, -1, -1, -1, -1, -1, r, w, False, False, -1, None, None, None, -1, None, True)\n"
+    )
+    v = run1(sandbox, code)
+    assert v.status == "error" and v.exc_type == "PermissionError", v
+    assert not target.exists()

@@ -280,16 +280,25 @@ class RemoteError(Exception):
 def run_driver(job, req_fd, resp_fd, result_fd):
     """Driver mode, the tests' side: the program's functions are proxies; this process decides."""
     nonce = job["nonce"]
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # a program that exits early is an error, not a kill
 
     def proxy(name):
         def call(*args, **kwargs):
-            write_frame(req_fd, {"fn": name, "args": encode(list(args)), "kwargs": encode(dict(kwargs))})
-            resp = read_frame(resp_fd)
-            if resp is None or resp.get("nonce") != nonce:
+            try:
+                write_frame(req_fd, {"fn": name, "args": encode(list(args)), "kwargs": encode(dict(kwargs))})
+                resp = read_frame(resp_fd)
+            except (OSError, ValueError, NotPlain):
+                resp = None
+            if not isinstance(resp, dict) or resp.get("nonce") != nonce:
                 raise RemoteError("the program's process did not answer")
             if "exc" in resp:
                 raise RemoteError(f"{resp['exc']}: {resp.get('msg', '')}")
-            return decode(resp["ok"])
+            if "ok" not in resp:
+                raise RemoteError("the program's process answered without a value")
+            try:
+                return decode(resp["ok"])
+            except (NotPlain, ValueError, TypeError, RecursionError) as e:
+                raise RemoteError(f"NotPlainData: {e}") from None
 
         call.__name__ = name
         return call
