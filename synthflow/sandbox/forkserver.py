@@ -28,6 +28,7 @@ program only through a pipe. Every job carries a random nonce its frames must re
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import os
 import queue
@@ -283,10 +284,8 @@ def driver_names(job: Job, names: set[str]) -> set[str]:
             elif isinstance(n, (ast.Import, ast.ImportFrom)):
                 own |= {(a.asname or a.name).split(".")[0] for a in n.names}
     used: set[str] = set()
-    try:
+    with contextlib.suppress(SyntaxError):
         used = {n.id for n in ast.walk(ast.parse(job.tests or "")) if isinstance(n, ast.Name)}
-    except SyntaxError:
-        pass
     out = (used - own) & names
     if job.entry_point:
         out.add(job.entry_point)

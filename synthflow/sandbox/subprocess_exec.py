@@ -16,6 +16,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from synthflow.sandbox.verdict import Job, Verdict
 
@@ -45,11 +46,24 @@ class SubprocessExecutor:
         self.mem_bytes = mem_mb << 20
 
     def _one(self, job: Job) -> Verdict:
-        from synthflow.sandbox.forkserver import _Prepared, verdict_for
+        from synthflow.sandbox.forkserver import _Prepared, _results, verdict_for
+        from synthflow.sandbox.trusted import literal
 
         p = _Prepared(job, self.mem_mb, 64)
         if p.kind == "driver":
             raise ValueError("the baseline runs call-mode jobs only")
+        self._answer(p, job.timeout_s)
+        todo = [src for src in p.expected_sources() if not literal(src)[0]]
+        computed: dict = {}
+        if todo:  # like the sandbox: expected values from a separate clean process
+            c = _Prepared(Job(code="", timeout_s=10.0), self.mem_mb, 64)
+            c.server_job.update(calls=todo)
+            self._answer(c, 10.0)
+            if c.answer.get("status") == "done":
+                computed = dict(zip(todo, _results(c.answer["frame"]), strict=False))
+        return verdict_for(p, self.mode, computed)
+
+    def _answer(self, p: Any, timeout_s: float) -> None:
         with tempfile.TemporaryDirectory(prefix="sf-run-") as tmp:
             jf = Path(tmp) / "job.json"
             jf.write_text(json.dumps(p.server_job))
@@ -63,12 +77,12 @@ class SubprocessExecutor:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 pass_fds=(w,),
-                preexec_fn=lambda: _limits(self.mem_bytes, int(job.timeout_s) + 1),
+                preexec_fn=lambda: _limits(self.mem_bytes, int(timeout_s) + 1),
             )
             os.close(w)
             timed_out = False
             try:
-                out, err = proc.communicate(timeout=job.timeout_s)
+                out, err = proc.communicate(timeout=timeout_s)
             except subprocess.TimeoutExpired:
                 timed_out = True
                 with contextlib.suppress(ProcessLookupError):
@@ -83,7 +97,7 @@ class SubprocessExecutor:
             "stderr": err[:OUTPUT_CAP].decode("utf-8", "replace"),
         }
         if timed_out:
-            answer.update(status="timeout", message=f"wall clock {job.timeout_s}s")
+            answer.update(status="timeout", message=f"wall clock {timeout_s}s")
         else:
             try:
                 frame = json.loads(raw[4:])
@@ -91,7 +105,6 @@ class SubprocessExecutor:
             except ValueError:
                 answer.update(status="error", exc_type="EarlyExit", message="no result")
         p.answer = answer
-        return verdict_for(p, self.mode, {})
 
     def run(self, jobs: list[Job]) -> list[Verdict]:
         if not jobs:
