@@ -39,17 +39,21 @@ def _read_jsonl(p: Path) -> list[tuple[int, dict[str, Any]]]:
     if not p.is_file():
         raise UserError(f"{p}: seed file not found")
     rows = []
-    with p.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{p}:{lineno}: invalid JSON: {e.msg}") from None
-            if not isinstance(obj, dict):
-                raise UserError(f"{p}:{lineno}: each line must be a JSON object")
-            rows.append((lineno, obj))
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = p.read_bytes()[: e.start].count(b"\n") + 1
+        raise UserError(f"{p}:{line}: not UTF-8 text (byte {e.start}); seed files are JSON lines") from None
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{p}:{lineno}: invalid JSON: {e.msg}") from None
+        if not isinstance(obj, dict):
+            raise UserError(f"{p}:{lineno}: each line must be a JSON object")
+        rows.append((lineno, obj))
     return rows
 
 

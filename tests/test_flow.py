@@ -53,7 +53,8 @@ def test_rejects_have_stage_and_reason(finished_run):
     assert any(r.startswith("dedup:") for r in reasons)
     assert "verify:timeout" in reasons  # the infinite loop in the fake script
     assert {"parse", "verify", "dedup"} <= stages
-    assert sum(reasons.values()) == sum(s["rejects_by_stage"].values())
+    # every generated row ends as a published row or a reject (counted apart: generator vs store)
+    assert sum(reasons.values()) == s["counts"]["generated"] - s["counts"]["accepted"]
 
 
 def test_duckdb_and_datasets_read_output(finished_run):
@@ -112,3 +113,51 @@ def test_template_recipe_publishes_disjoint_splits(tmp_path, prefect_harness):
     card = yaml.safe_load((run_dir / "README.md").read_text().split("---")[1])
     assert {f["split"] for f in card["configs"][0]["data_files"]} == {"train", "test"}
     assert "## Template provenance" in (run_dir / "README.md").read_text()
+
+
+def test_a_later_run_draws_new_items(tmp_path, prefect_harness):
+    """A second run of the same recipe continues the sample stream: its items start where the first
+    run's ended, so none of its prompts is a cache hit (with offset 0 every one would be)."""
+    import pyarrow.parquet as pq
+
+    from flows.recipe_flow import run_recipe
+
+    recipe = str(math_recipe(tmp_path, n=1000, batch_size=8, max_items=16))
+    s1 = run_recipe(recipe=recipe)
+    s2 = run_recipe(recipe=recipe)
+    assert s1["item_offset"] == 0 and s2["item_offset"] == s1["items_planned"] == 16
+    assert s2["cache"]["hits"] == 0 and s2["cache"]["misses"] == 16
+    rows = pq.read_table(
+        next((tmp_path / "out" / "math" / s2["run_id"] / "rejects").glob("*.parquet"))
+    ).to_pylist()
+    assert rows and min(r["item"] for r in rows) >= 16
+
+
+def test_rows_past_the_target_are_over_target_rejects(tmp_path, prefect_harness):
+    import pyarrow.parquet as pq
+
+    from flows.recipe_flow import run_recipe
+
+    from synthflow.seeds import jsonl_seeds
+
+    rules = []
+    for k, seed in enumerate(jsonl_seeds("builtin:math_seeds.jsonl")):
+        a, b = k + 3, k + 11
+        rules.append({
+            "match": f"Topic: {seed.data['topic']}$",
+            "reply": f"Problem: A shelf about {seed.data['topic']} holds {a} boxes with {b} cards in each box. "
+            f"How many cards are on the shelf?\nProgram:\n```python\ndef solution():\n    boxes = {a}\n"
+            f"    per_box = {b}\n    return boxes * per_box\n```\nAnswer: {a * b}",
+        })  # fmt: skip
+    script = tmp_path / "distinct.json"
+    script.write_text(json.dumps(rules))
+    engine = {"name": "fake", "script": str(script)}
+    s = run_recipe(recipe=str(math_recipe(tmp_path, n=2, batch_size=40, max_items=40, engine=engine)))
+    run_dir = tmp_path / "out" / "math" / s["run_id"]
+    data = pq.read_table(next((run_dir / "data").glob("*.parquet"))).to_pylist()
+    rej = pq.read_table(next((run_dir / "rejects").glob("*.parquet"))).to_pylist()
+    over = [r for r in rej if r["reject_reason"] == "over_target"]
+    assert len(data) == 2 and s["counts"]["accepted"] == 2
+    assert len(over) == s["over_target"] > 0
+    assert all(r["reject_stage"] == "accept" and r["verify_status"] == "pass" for r in over)
+    assert not {r["id"] for r in over} & {r["id"] for r in data}

@@ -364,3 +364,16 @@ def test_shipped_template_examples_check_out():
             words = render_solution(d["solution"], a)
             last = re.findall(r"-?\d[\d,]*(?:\.\d+)?", words)[-1]
             assert equivalent(last, scope["solution"](**a)), (d["id"], a, words)
+
+
+def test_template_ids_and_splits_do_not_depend_on_the_run(tmp_path):
+    """The split of a template is decided by its id; the id comes from the item and the template, so
+    every run splits the same way (it came from the random run id and the test split was chance)."""
+    ids = []
+    for run_id in ("20261124T000000-aaaaaa", "20261125T000000-bbbbbb"):
+        gen, eng = make(tmp_path, "math_templates", "fake_templates.json", test_fraction=0.5)
+        gen.run_id = run_id
+        res = gen.run(gen.plan(0, 40), eng, Sampling())
+        ids.append(sorted({(r.fields["template_id"], r.fields["split"]) for r in res.kept}))
+    assert ids[0] == ids[1]
+    assert {s for _, s in ids[0]} == {"train", "test"}

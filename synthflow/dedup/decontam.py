@@ -136,13 +136,18 @@ def read_rows(path: Path) -> list[dict]:
         return pq.read_table(path).to_pylist()
     opener = gzip.open if path.suffix == ".gz" else open
     rows = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{path}:{lineno}: invalid JSON: {e.msg}") from None
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise UserError(f"{path}:{lineno}: invalid JSON: {e.msg}") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except (gzip.BadGzipFile, EOFError, OSError) as e:
+        raise UserError(f"{path}: cannot read ({type(e).__name__})") from None
     return rows
 
 

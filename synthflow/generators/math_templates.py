@@ -223,7 +223,9 @@ class MathTemplates(Generator):
             if f is None:
                 continue
             self.templates_made += 1
-            tid = stable_id(rec.id, f["template"])
+            # from the item and the template, not the run id: the split of a template is the same in
+            # every run (a random run id made it chance whether a test split existed at all)
+            tid = stable_id(self.recipe.name, self.recipe.seed, it.index, f["template"])
             drawn = sample_assignments(
                 f["variables"], self.opts.variants_per_template, tid, f["constraints"], self.opts.max_resample
             )
