@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import socket
 
-import pytest
-
 from .conftest import math_recipe, run_cli
 
 

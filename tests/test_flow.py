@@ -137,7 +137,6 @@ def test_rows_past_the_target_are_over_target_rejects(tmp_path, prefect_harness)
     import pyarrow.parquet as pq
 
     from flows.recipe_flow import run_recipe
-
     from synthflow.seeds import jsonl_seeds
 
     rules = []
