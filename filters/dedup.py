@@ -1,9 +1,10 @@
 """Dedup stages: exact (normalized text hash), then MinHash LSH near-dup confirmed by exact Jaccard.
 
 Both are streaming: in the dedup step each batch is looked up against every row accepted so far in
-the run and in earlier runs under the same output root (the index lives in
-``<root>/.synthflow-index/`` and is written atomically when a run publishes), or in Redis for
-several workers. Rows enter the index only when the accept step keeps them (``admit``): a row that
+the run and in earlier runs under the same output root, or in Redis for several workers. On disk the
+index lives in ``<root>/.synthflow-index/``: each run that publishes adds one segment file of its
+own rows (written atomically, never rewriting another run's), so runs that publish together lose
+nothing. Rows enter the index only when the accept step keeps them (``admit``): a row that
 a later step rejected (shirker, thresholds) never blocks a good one, and within a batch the first
 accepted row of a duplicate pair wins.
 """
@@ -49,11 +50,13 @@ class ExactDedup(Filter):
         self.seen: dict[str, str] = {}
         self.new: dict[str, str] = {}
         d = index_dir(self.ctx)
-        self.path = d / "exact-v1.tsv" if d is not None and self.params.cross_run else None
-        if self.path is not None and self.path.is_file():
-            for line in self.path.read_text().splitlines():
-                k, _, rid = line.partition("\t")
-                self.seen[k] = rid
+        self.dir = d / "exact-v1" if d is not None and self.params.cross_run else None
+        if self.dir is not None:
+            legacy = d / "exact-v1.tsv"  # one file rewritten per run, before segments
+            for f in [legacy, *sorted(self.dir.glob("*.tsv"))] if self.dir.is_dir() else [legacy]:
+                for line in f.read_text().splitlines() if f.is_file() else []:
+                    k, _, rid = line.partition("\t")
+                    self.seen.setdefault(k, rid)
 
     def _check(self, records: Sequence[Record], add: bool) -> StageResult:
         res = StageResult()
@@ -78,14 +81,14 @@ class ExactDedup(Filter):
         return self._check(records, add=True)
 
     def commit(self, accepted: set[str]) -> None:
-        if self.path is None:
+        """This run's published keys, as its own segment of the cross-run index."""
+        if self.dir is None:
             return
         keep = {k: rid for k, rid in self.new.items() if rid in accepted}
         if not keep:
             return
-        old = self.path.read_text() if self.path.is_file() else ""
-        with atomic_path(self.path) as tmp:
-            tmp.write_text(old + "".join(f"{k}\t{rid}\n" for k, rid in keep.items()))
+        with atomic_path(self.dir / f"{self.ctx.run_id or 'run'}.tsv") as tmp:
+            tmp.write_text("".join(f"{k}\t{rid}\n" for k, rid in keep.items()))
 
 
 class NearParams(BaseModel):
@@ -117,10 +120,13 @@ class NearDedup(Filter):
         p = self.params
         self.index = NearDupIndex(p.threshold, p.num_perm, p.shingle, redis=p.redis)
         d = index_dir(self.ctx)
-        self.path = (
-            d / f"near-{self.index.tag}.pkl" if d is not None and p.cross_run and p.redis is None else None
-        )
-        self.loaded = self.index.load(self.path) if self.path is not None else False
+        on_disk = d is not None and p.cross_run and p.redis is None
+        self.dir = d / f"near-{self.index.tag}" if on_disk else None
+        self.loaded = False
+        if self.dir is not None:
+            legacy = d / f"near-{self.index.tag}.pkl"  # the whole index in one file, before segments
+            self.loaded = self.index.load(legacy) if legacy.is_file() else False
+            self.loaded = self.index.load_segments(self.dir) > 0 or self.loaded
         self.dropped = 0
 
     def _check(self, records: Sequence[Record], add: bool) -> StageResult:
@@ -152,8 +158,9 @@ class NearDedup(Filter):
     def commit(self, accepted: set[str]) -> None:
         # rows that passed here but were not published (later filters, over target) leave the index
         self.index.remove([k for k in self.index.added if k not in accepted])
-        if self.path is not None:
-            self.index.save(self.path)
+        if self.dir is not None:
+            keys = [k for k in self.index.added if k in accepted]
+            self.index.save_segment(self.dir / f"{self.ctx.run_id or 'run'}.npz", keys)
 
     def summary(self) -> dict[str, Any]:
         return {

@@ -81,6 +81,7 @@ class NearDupIndex:
             self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
             self.sets = {}
         self.added: list[str] = []
+        self.sigs: dict[str, np.ndarray] = {}  # signatures of rows added here (for segments)
         self.groups: dict[str, str] = {}  # key -> group (this process only): same-group rows never match
 
     # ---- shingle sets (for exact confirmation) -------------------------------------------------
@@ -157,11 +158,14 @@ class NearDupIndex:
                 self.lsh.insert(key, m, check_duplication=False)
                 self._put_set(key, s)
                 self.added.append(key)
+                if self.sets is not None:
+                    self.sigs[key] = sig
             out.append(best)
         return out
 
     def remove(self, keys: Sequence[str]) -> None:
         for k in keys:
+            self.sigs.pop(k, None)
             if k in self.lsh:
                 self.lsh.remove(k)
             if self.sets is not None:
@@ -170,6 +174,59 @@ class NearDupIndex:
                 self._r.delete(self._set_key(k))
 
     # ---- persistence (memory backend) ------------------------------------------------------------
+    # Each run appends one segment file (``<dir>/<run_id>.npz``: keys, signatures, shingle sets;
+    # no pickle); nothing is ever rewritten whole, so runs that publish together lose nothing.
+    def save_segment(self, path: Path, keys: Sequence[str]) -> int:
+        """Write the given rows (added by this process) as one segment, atomically."""
+        if self.sets is None:
+            return 0  # redis persists itself
+        keys = [k for k in keys if k in self.sigs]
+        if not keys:
+            return 0
+        sets = [self.sets[k] for k in keys]
+        offsets = np.cumsum([0, *(len(s) for s in sets)]).astype(np.int64)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(
+                f,
+                tag=np.array(self.tag),
+                keys=np.array(keys, dtype=str),
+                sigs=np.stack([self.sigs[k] for k in keys]),
+                offsets=offsets,
+                sets=np.concatenate(sets).astype(np.uint64),
+            )
+        return len(keys)
+
+    def load_segments(self, folder: Path) -> int:
+        """Add every segment under ``folder``; returns the rows loaded."""
+        if self.sets is None or not folder.is_dir():
+            return 0
+        n = 0
+        for seg in sorted(folder.glob("*.npz")):
+            try:
+                d = np.load(seg, allow_pickle=False)
+                tag, keys, sigs, offsets, flat = (
+                    str(d["tag"]),
+                    d["keys"],
+                    d["sigs"],
+                    d["offsets"],
+                    d["sets"],
+                )
+            except (OSError, ValueError, KeyError) as e:
+                raise UserError(
+                    f"{seg}: not a readable near-dup index segment ({e}); move it aside"
+                ) from None
+            if tag != self.tag:
+                raise UserError(
+                    f"{seg}: index segment was built with {tag}, this run uses {self.tag}; move it aside"
+                )
+            for i, key in enumerate(keys.tolist()):
+                if key in self.lsh:
+                    continue
+                self.lsh.insert(key, lean(sigs[i], self.hasher.seed), check_duplication=False)
+                self.sets[key] = flat[offsets[i] : offsets[i + 1]]
+                n += 1
+        return n
+
     def save(self, path: Path) -> None:
         """Atomic: write a temporary file beside it, then rename."""
         if self.sets is None:

@@ -1,0 +1,102 @@
+"""Overlapping runs of one recipe: a lock per run, resume only of a run whose process is gone,
+item ranges reserved atomically across processes."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from synthflow import runlock
+
+CLAIM = """
+import sys, time
+from synthflow import runlock
+rid, resumed, lock = runlock.claim_run(sys.argv[1], "math", "fp", "recipe.yaml")
+print(rid, flush=True)
+time.sleep(600)
+"""
+
+
+def _holder(root: Path) -> tuple[subprocess.Popen, str]:
+    p = subprocess.Popen([sys.executable, "-c", CLAIM, str(root)], stdout=subprocess.PIPE, text=True)
+    rid = p.stdout.readline().strip()
+    assert rid, "the holder did not claim a run"
+    return p, rid
+
+
+def test_two_claims_get_distinct_runs(tmp_path):
+    a = runlock.claim_run(tmp_path, "math", "fp", "r.yaml")
+    b = runlock.claim_run(tmp_path, "math", "fp", "r.yaml")
+    try:
+        assert a[0] != b[0] and not a[1] and not b[1]
+        assert runlock.marker_path(tmp_path, "math", "fp", a[0]).is_file()
+    finally:
+        a[2].release()
+        b[2].release()
+
+
+def test_a_live_run_is_never_adopted(tmp_path):
+    p, rid = _holder(tmp_path)
+    try:
+        lock_info = json.loads(runlock.lock_path(tmp_path, "math", rid).read_text())
+        assert lock_info["pid"] == p.pid and lock_info["host"]
+        mine, resumed, lock = runlock.claim_run(tmp_path, "math", "fp", "r.yaml")
+        assert mine != rid and not resumed
+        lock.release()
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_a_killed_run_is_resumed_once(tmp_path):
+    p, rid = _holder(tmp_path)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    got, resumed, lock = runlock.claim_run(tmp_path, "math", "fp", "r.yaml")
+    assert (got, resumed) == (rid, True)
+    # while it is resumed here, a third run does not take it as well
+    other, resumed2, lock2 = runlock.claim_run(tmp_path, "math", "fp", "r.yaml")
+    assert other != rid and not resumed2
+    lock.release()
+    lock2.release()
+
+
+def test_a_finished_run_is_not_resumed(tmp_path):
+    rid, _, lock = runlock.claim_run(tmp_path, "math", "fp", "r.yaml")
+    runlock.reserve_items(tmp_path, "math", "fp", rid, 100)
+    runlock.finish_run(tmp_path, "math", "fp", rid, planned=16)
+    lock.release()
+    got, resumed, lock = runlock.claim_run(tmp_path, "math", "fp", "r.yaml")
+    assert got != rid and not resumed
+    # the next run starts right after the items the finished run planned
+    assert runlock.reserve_items(tmp_path, "math", "fp", got, 100) == 16
+    lock.release()
+
+
+def _reserve(args: tuple[str, str]) -> tuple[str, int]:
+    root, rid = args
+    time.sleep(0.01 * (int(rid[3:]) % 5))  # interleave the processes
+    return rid, runlock.reserve_items(Path(root), "math", "fp", rid, 10)
+
+
+def test_concurrent_reservations_are_disjoint(tmp_path):
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(4) as pool:
+        got = pool.map(_reserve, [(str(tmp_path), f"run{i}") for i in range(12)])
+    starts = sorted(s for _, s in got)
+    assert starts == list(range(0, 120, 10))
+    # a resumed run gets its own range back
+    rid, start = got[3]
+    assert runlock.reserve_items(tmp_path, "math", "fp", rid, 10) == start
+
+
+def test_reservations_start_past_earlier_runs(tmp_path):
+    """``floor``: items of finished runs from before the log existed."""
+    assert runlock.reserve_items(tmp_path, "math", "fp", "a", 10, floor=25) == 25
+    assert runlock.reserve_items(tmp_path, "math", "fp", "b", 10, floor=25) == 35
