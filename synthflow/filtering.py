@@ -49,6 +49,11 @@ class Filter(ABC):
     def validate_params(cls, params: dict[str, Any], where: str) -> Any:
         return validate_model(cls.Params, params, where)
 
+    @property
+    def bucket(self) -> str:
+        """The step of the data's way it runs in: decontamination runs with dedup."""
+        return "dedup" if self.stage == "decontam" else self.stage
+
     @classmethod
     def contract_params(cls) -> dict[str, Any]:
         """Params under which the contract test's inputs make this filter reject something."""

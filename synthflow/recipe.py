@@ -40,6 +40,7 @@ class EngineConfig(_Strict):
     # fake engine (tests only)
     script: str | None = None
     delay_s: float = 0.0
+    fail_call: int = Field(0, ge=0, description="fake engine: raise once on this call (1-based); 0 never")
 
 
 class SamplingConfig(_Strict):
@@ -113,6 +114,9 @@ class Recipe(_Strict):
     # the score step: registered scorer -> its params, in order (``sklearn:DIR`` passes DIR)
     scoring: dict[str, dict[str, Any] | None] = Field(default_factory=lambda: {"heuristics": {}})
     output: OutputConfig = Field(default_factory=OutputConfig)
+    pipeline: bool = Field(
+        True, description="generate the next batch while the previous one is verified, deduped and scored"
+    )
 
     @field_validator("name")
     @classmethod
@@ -132,6 +136,7 @@ class Recipe(_Strict):
 
         d = self.model_dump(mode="json")
         d.pop("output", None)
+        d.pop("pipeline", None)  # how the run is scheduled, not what it makes
         parts = [validate_scorer(spec, p, f"scoring.{spec}") for spec, p in self.scoring.items()]
         d["scoring"] = [[cls.name, cls.fingerprint_part(params)] for cls, params in parts]
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]

@@ -59,6 +59,7 @@ class Reject:
 class StageResult:
     kept: list[Record] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
+    seconds: float = 0.0  # the stage's own time (set by the runner, for the ledger)
 
     def extend(self, other: StageResult) -> None:
         self.kept.extend(other.kept)

@@ -10,12 +10,10 @@ import statistics
 import time
 from collections import Counter
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from synthflow import registry
-from synthflow.atomic import atomic_path
+from synthflow import registry, runlock
 from synthflow.engines.base import Sampling
 from synthflow.engines.cache import CachedEngine
 from synthflow.engines.pool import EnginePool
@@ -26,7 +24,7 @@ from synthflow.recipe import Recipe, load_recipe
 from synthflow.record import Record, Reject, StageResult
 from synthflow.scoring import ScoreContext, ScoreStage, build_scorers
 from synthflow.seeds import extract_seeds
-from synthflow.store import STAGING, RunWriter, completed_runs
+from synthflow.store import RunWriter, completed_runs
 
 # The data's way, in order. Each filter reports under one of these buckets.
 BUCKETS = ("verify", "dedup", "score", "accept")
@@ -88,169 +86,312 @@ def open_engines(recipe: Recipe, recipe_path: str, pool: EnginePool) -> tuple[Ca
     return engine, stage
 
 
-class Run:
-    """State of one run. A plain class (not a dataclass) so Prefect treats it as one opaque value."""
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything a process needs to rebuild a run's stages: picklable, built once by the flow.
+    The recipe is the validated model (not re-read from disk), ``item_start`` the first item index
+    of the range this run reserved."""
 
-    def __init__(
-        self,
-        recipe: Recipe,
-        recipe_path: str,
-        seeds: list[Any],
-        generator: Any,
-        engines: EnginePool,
-        filters: dict[str, list[Any]],
-        writer: RunWriter,
-        run_id: str,
-        fingerprint: str,
-        resumed: bool = False,
-    ):
-        self.recipe = recipe
-        self.recipe_path = recipe_path
-        self.seeds = seeds
-        self.generator = generator
-        self.engines = engines
-        self.engine = engines.roles["generator"]
-        self.filters = filters
-        self.writer = writer
-        self.run_id = run_id
-        self.fingerprint = fingerprint
-        self.resumed = resumed
-        self.offset = 0  # first item index: items earlier runs of this recipe already drew
+    recipe: Recipe
+    recipe_path: str
+    run_id: str
+    fingerprint: str
+    item_start: int = 0
+    resumed: bool = False
+
+
+def build_filters(
+    recipe: Recipe, recipe_path: str, ctx: FilterContext, score_stage: ScoreStage
+) -> dict[str, list[Any]]:
+    filters: dict[str, list[Any]] = {b: [] for b in BUCKETS}
+    filters["score"].append(score_stage)
+    for i, fc in enumerate(recipe.filters):
+        cls_ = registry.get("filter", fc.name, f"field filters[{i}].name")
+        params = cls_.validate_params(fc.params, f"{recipe_path}: field filters[{i}]")
+        f = cls_(params, ctx)
+        filters[f.bucket].append(f)
+    return filters
+
+
+class Stages:
+    """A run's working parts (generator, engines by role, filters, writer), built from a
+    :class:`RunSpec` in whichever process runs a stage. Each method takes a batch and returns a
+    :class:`StageResult`; nothing here counts: the flow's :class:`Run` keeps the ledger."""
+
+    def __init__(self, spec: RunSpec):
+        recipe, where = spec.recipe, spec.recipe_path
+        self.spec = spec
+        self.seeds = extract_seeds(recipe.seeds, where)
+        self.generator = registry.get("generator", recipe.generator.name)(recipe, self.seeds)
+        self.generator.run_id = spec.run_id  # row ids are unique per run and stable when it resumes
+        self.engines = EnginePool()
+        try:
+            self.engine, score_stage = open_engines(recipe, where, self.engines)
+            ctx = FilterContext(
+                recipe=recipe, generator=self.generator, out_root=Path(recipe.output.root), run_id=spec.run_id
+            )
+            self.filters = build_filters(recipe, where, ctx, score_stage)
+        except BaseException:
+            self.engines.close()
+            raise
+        columns = dict(self.generator.columns)
+        for fs in self.filters.values():
+            for f in fs:
+                columns.update(f.columns)
+        self.writer = RunWriter(Path(recipe.output.root), recipe, spec.run_id, columns, score_stage.outputs)
+        self._before_last: Any = None  # generator state before the latest generate call
+
+    @property
+    def sampling(self) -> Sampling:
+        s, e = self.spec.recipe.sampling, self.spec.recipe.engine
+        return Sampling(s.temperature, s.top_p, s.max_tokens, e.seed, tuple(s.stop))
+
+    def prepare(self) -> float:
+        """Start every engine (in the calling thread: vLLM sets itself up there), then the
+        generator's one-time set-up (e.g. SkillMix's skill extraction). Returns its seconds."""
+        t0 = time.perf_counter()
+        self.engines.start_all()
+        self.generator.prepare(self.engine, self.sampling)
+        return time.perf_counter() - t0
+
+    def generate(self, items: list[Item]) -> StageResult:
+        """One batch through the generator. Its state (e.g. Self-Instruct's pool) is checkpointed
+        first: a failed call restores it, so a retry renders the same prompts and hits the cache."""
+        before = self.generator.checkpoint()
+        t0 = time.perf_counter()
+        try:
+            res = self.generator.run(items, self.engine, self.sampling)
+        except BaseException:
+            self.generator.restore(before)
+            self._before_last = None
+            raise
+        self._before_last = before
+        res.seconds = time.perf_counter() - t0
+        return res
+
+    def discard_last(self) -> None:
+        """Undo the latest ``generate`` (a batch made ahead that the run turned out not to need)."""
+        if self._before_last is not None:
+            self.generator.restore(self._before_last)
+            self._before_last = None
+
+    def apply(self, bucket: str, records: list[Record]) -> StageResult:
+        """The recipe's filters of one bucket, in recipe order."""
+        t0 = time.perf_counter()
+        out = StageResult(kept=list(records))
+        for f in self.filters[bucket]:
+            if not out.kept:
+                break
+            res = f(out.kept)
+            out.rejects.extend(res.rejects)
+            out.kept = res.kept
+        if bucket == "verify":
+            for r in out.kept:
+                self.generator.refresh(r)
+        out.seconds = time.perf_counter() - t0
+        return out
+
+    def admit(self, records: list[Record]) -> StageResult:
+        """Rows the accept step kept enter the dedup indexes; a row that duplicates one admitted
+        before it (in this batch or earlier) is a dedup reject now."""
+        out = StageResult(kept=list(records))
+        for f in self.filters["dedup"]:
+            res = f.admit(out.kept)
+            out.rejects.extend(res.rejects)
+            out.kept = res.kept
+        return out
+
+    def filter_summaries(self) -> dict[str, Any]:
+        return {f.name: f.summary() for fs in self.filters.values() for f in fs if f.summary()}
+
+    def publish(self, run: Run) -> Path:
+        """Write the run's rows and rejects, publish atomically, then persist the dedup indexes."""
+        for fs in self.filters.values():
+            for f in fs:
+                f.finalize(run.accepted)
+        summary = run.summary(self)
+        self.writer.add(run.accepted, run.rejects)
+        path = self.writer.finalize(summary, self.generator.artifacts(), card_extra=self.card_extra())
+        accepted = {r.id for r in run.accepted}
+        for fs in self.filters.values():
+            for f in fs:
+                f.commit(accepted)
+        run.summary_final = {**summary, "path": str(path)}
+        return path
+
+    def card_extra(self) -> str:
+        doc = getattr(self.generator, "card_section", None)
+        return doc() if callable(doc) else ""
+
+    def close(self) -> None:
+        for fs in self.filters.values():
+            for f in fs:
+                f.close()
+        self.engines.close()
+
+
+_STAGES: dict[str, Stages] = {}
+
+
+def stages_for(spec: RunSpec) -> Stages:
+    """This process's stages of a run, built on first use (a small cached factory)."""
+    st = _STAGES.get(spec.run_id)
+    if st is None:
+        st = _STAGES[spec.run_id] = Stages(spec)
+    return st
+
+
+def release_stages(spec: RunSpec) -> None:
+    st = _STAGES.pop(spec.run_id, None)
+    if st is not None:
+        st.close()
+
+
+class Run:
+    """One run as the flow sees it: the picklable spec, and the ledger (counts, seconds, accepted
+    rows, rejects, the items planned). Only the flow process changes it; stages return
+    :class:`StageResult`s and the ``add_*`` methods do the accounting. ``stages`` are this
+    process's working parts, built lazily."""
+
+    def __init__(self, spec: RunSpec, lock: Any = None):
+        self.spec = spec
+        self.recipe = spec.recipe
+        self.recipe_path = spec.recipe_path
+        self.run_id = spec.run_id
+        self.fingerprint = spec.fingerprint
+        self.resumed = spec.resumed
+        self.offset = spec.item_start  # first item index of this run's reserved range
         self.planned = 0  # items planned by this run
+        self.discarded = 0  # items made ahead and discarded (the run reached n first)
         self.counts: Counter = Counter()
         self.seconds: Counter = Counter()
         self.accepted: list[Record] = []
         self.rejects: list[Reject] = []
         self.started = time.time()
+        self.summary_final: dict[str, Any] | None = None
+        self._lock = lock
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_lock": None}  # the run lock stays with the flow process
+
+    @property
+    def stages(self) -> Stages:
+        return stages_for(self.spec)
 
     # ---- opening ------------------------------------------------------------------------------
     @staticmethod
     def check(recipe_path: str, overrides: Overrides | None = None) -> Recipe:
         """Validate recipe, seeds, generator, filters and engine reachability; no side effects."""
         recipe = load_recipe(recipe_path, (overrides or Overrides()).as_recipe_keys())
-        seeds = extract_seeds(recipe.seeds, str(recipe_path))
-        registry.get("generator", recipe.generator.name)(recipe, seeds)
-        pool = EnginePool()
-        try:
-            _, stage = open_engines(recipe, str(recipe_path), pool)
-            stage.close()
-        finally:
-            pool.close()
+        spec = RunSpec(recipe, str(recipe_path), run_id="check", fingerprint=recipe.fingerprint())
+        Stages(spec).close()
         return recipe
 
     @classmethod
     def open(cls, recipe_path: str, overrides: Overrides | None = None, run_id: str | None = None) -> Run:
-        """Validate everything a run needs before any work starts (bad input fails here, exit 2)."""
+        """Validate everything, then claim a run: resume an unfinished run of this recipe whose
+        process is gone (its lock is free), else start a new one; reserve its item range."""
         recipe = load_recipe(recipe_path, (overrides or Overrides()).as_recipe_keys())
-        seeds = extract_seeds(recipe.seeds, str(recipe_path))
-        gen_cls = registry.get("generator", recipe.generator.name)
-        generator = gen_cls(recipe, seeds)
-        pool = EnginePool()
-        _, score_stage = open_engines(recipe, str(recipe_path), pool)
-        root = Path(recipe.output.root)
         fp = recipe.fingerprint()
-        marker = root / STAGING / f"{recipe.name}--{fp}.json"
-        resumed = False
-        if run_id is None and marker.is_file():
-            run_id, resumed = json.loads(marker.read_text())["run_id"], True
-        if run_id is None:
-            run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + f"-{fp[:6]}"
-        with atomic_path(marker) as tmp:
-            tmp.write_text(json.dumps({"run_id": run_id, "recipe": str(recipe_path)}))
-        generator.run_id = run_id  # row ids are unique per run and stable when a run resumes
-        ctx = FilterContext(recipe=recipe, generator=generator, out_root=root, run_id=run_id)
-        filters: dict[str, list[Any]] = {b: [] for b in BUCKETS}
-        filters["score"].append(score_stage)
-        for i, fc in enumerate(recipe.filters):
-            cls_ = registry.get("filter", fc.name, f"field filters[{i}].name")
-            params = cls_.validate_params(fc.params, f"{recipe_path}: field filters[{i}]")
-            f = cls_(params, ctx)
-            bucket = "dedup" if f.stage == "decontam" else f.stage
-            filters[bucket].append(f)
-        columns = dict(generator.columns)
-        for fs in filters.values():
-            for f in fs:
-                columns.update(f.columns)
-        writer = RunWriter(root, recipe, run_id, columns, score_stage.outputs)
-        run = cls(recipe, str(recipe_path), seeds, generator, pool, filters, writer, run_id, fp, resumed)
-        run.counts["seeds"] = len(seeds)
-        # a later run of the same recipe continues the sample stream instead of redrawing it
-        run.offset = previous_items(root, recipe.name, fp)
+        root = Path(recipe.output.root)
+        rid, resumed, lock = runlock.claim_run(root, recipe.name, fp, str(recipe_path), run_id)
+        try:
+            stages = Stages(RunSpec(recipe, str(recipe_path), rid, fp, resumed=resumed))
+        except BaseException:  # bad input: nothing of this run is left behind
+            runlock.abandon_run(root, recipe.name, fp, rid, lock, keep_marker=resumed)
+            raise
+        try:
+            # a later run of the same recipe continues the sample stream instead of redrawing it
+            start = runlock.reserve_items(
+                root, recipe.name, fp, rid, recipe.budget, floor=previous_items(root, recipe.name, fp)
+            )
+        except BaseException:
+            stages.close()
+            lock.release()
+            raise
+        spec = RunSpec(recipe, str(recipe_path), rid, fp, item_start=start, resumed=resumed)
+        stages.spec = spec
+        _STAGES[rid] = stages
+        run = cls(spec, lock)
+        run.counts["seeds"] = len(stages.seeds)
         return run
 
-    @property
-    def sampling(self) -> Sampling:
-        s = self.recipe.sampling
-        return Sampling(s.temperature, s.top_p, s.max_tokens, self.recipe.engine.seed, tuple(s.stop))
-
     # ---- the loop -----------------------------------------------------------------------------
-    def done(self) -> bool:
-        return len(self.accepted) >= self.recipe.n or self.planned >= self.recipe.budget
+    def reached_target(self) -> bool:
+        return len(self.accepted) >= self.recipe.n
 
-    def next_batch(self) -> list[Item]:
+    def done(self) -> bool:
+        return self.reached_target() or self.planned >= self.recipe.budget
+
+    def next_items(self) -> list[Item]:
+        """The next batch's items (none when the run is done), counted as planned."""
         if self.done():
             return []
         count = min(self.recipe.batch_size, self.recipe.budget - self.planned)
-        items = self.generator.plan(self.offset + self.planned, count)
+        items = self.stages.generator.plan(self.offset + self.planned, count)
         self.planned += count
         return items
 
-    def prepare(self) -> None:
-        """Generator set-up that needs the engine (runs once, before the first batch)."""
-        t0 = time.perf_counter()
-        self.generator.prepare(self.engine, self.sampling)
-        self.seconds["prepare"] += time.perf_counter() - t0
+    next_batch = next_items
 
-    def generate(self, items: list[Item]) -> StageResult:
-        t0 = time.perf_counter()
-        res = self.generator.run(items, self.engine, self.sampling)
-        self.seconds["generate"] += time.perf_counter() - t0
+    def unplan(self, items: list[Item]) -> None:
+        """Items made ahead that the run did not need: the next run draws them again."""
+        self.planned -= len(items)
+        self.discarded += len(items)
+
+    def add_generated(self, res: StageResult) -> list[Record]:
         # every generator reject is a parse or generate reject of a generated row
+        self.seconds["generate"] += res.seconds
         self.counts["generated"] += len(res.kept) + len(res.rejects)
         self.counts["parsed"] += len(res.kept)
         self.rejects.extend(res.rejects)
-        return res
+        return res.kept
 
-    def apply(self, bucket: str, records: list[Record]) -> list[Record]:
-        """Run the recipe's filters of one bucket, in recipe order; count what survives."""
-        t0 = time.perf_counter()
-        for f in self.filters[bucket]:
-            if not records:
-                break
-            res = f(records)
-            self.rejects.extend(res.rejects)
-            records = res.kept
-        if bucket == "verify":
-            for r in records:
-                self.generator.refresh(r)
-        self.seconds[bucket] += time.perf_counter() - t0
-        self.counts[_BUCKET_COUNT[bucket]] += len(records)
-        return records
+    def add_stage(self, bucket: str, res: StageResult) -> list[Record]:
+        self.seconds[bucket] += res.seconds
+        self.counts[_BUCKET_COUNT[bucket]] += len(res.kept)
+        self.rejects.extend(res.rejects)
+        return res.kept
 
-    def accept(self, records: list[Record]) -> None:
-        """Admit the rows the accept step kept into the dedup indexes (a row that duplicates one
-        admitted before it is a dedup reject now), then keep up to ``n``; rows past the target are
-        rejects (``accept``, ``over_target``)."""
-        for f in self.filters["dedup"]:
-            res = f.admit(records)
-            self.rejects.extend(res.rejects)
-            for key in ("deduped", "scored"):  # they did not survive dedup after all
-                self.counts[key] -= len(res.rejects)
-            records = res.kept
+    def add_admitted(self, res: StageResult) -> None:
+        """Rows admitted into the dedup indexes: keep up to ``n``; rows past the target are rejects
+        (``accept``, ``over_target``). Dedup rejects at admit time did not survive dedup after all."""
+        self.rejects.extend(res.rejects)
+        for key in ("deduped", "scored", "accepted"):
+            self.counts[key] -= len(res.rejects)
         room = max(0, self.recipe.n - len(self.accepted))
-        self.accepted.extend(records[:room])
-        extra = records[room:]
+        self.accepted.extend(res.kept[:room])
+        extra = res.kept[room:]
         if extra:
             self.counts["over_target"] += len(extra)
             self.rejects.extend(Reject(r, "accept", "over_target") for r in extra)
 
+    # in-process conveniences (tests, benches): a stage call plus its accounting
+    def prepare(self) -> None:
+        self.seconds["prepare"] += self.stages.prepare()
+
+    def generate(self, items: list[Item]) -> StageResult:
+        res = self.stages.generate(items)
+        self.add_generated(res)
+        return res
+
+    def apply(self, bucket: str, records: list[Record]) -> list[Record]:
+        return self.add_stage(bucket, self.stages.apply(bucket, records))
+
+    def accept(self, records: list[Record]) -> None:
+        self.add_admitted(self.stages.admit(records))
+
     # ---- finishing ----------------------------------------------------------------------------
-    def summary(self) -> dict[str, Any]:
+    def summary(self, stages: Stages | None = None) -> dict[str, Any]:
+        st = stages or self.stages
         counts = {k: self.counts.get(k, 0) for k in FUNNEL}
         counts["accepted"] = len(self.accepted)
         reasons = Counter((j.stage, _reason_head(j.reason)) for j in self.rejects)
-        e = self.engine
+        e = st.engine
         gen_s = self.seconds.get("generate", 0.0)
+        wall = time.time() - self.started
+        pool = st.engines
+        ready = (pool.ready_at - self.started) if pool.ready_at is not None else None
         return {
             "recipe": self.recipe.name,
             "run_id": self.run_id,
@@ -261,6 +402,7 @@ class Run:
             "counts": counts,
             "items_planned": self.planned,
             "item_offset": self.offset,
+            "items_discarded": self.discarded,
             "over_target": self.counts.get("over_target", 0),
             "top_rejects": [(s, r, c) for (s, r), c in reasons.most_common(8)],
             "rejects_by_stage": dict(Counter(j.stage for j in self.rejects)),
@@ -272,38 +414,36 @@ class Run:
             else None,
             "stage_seconds": {k: round(v, 2) for k, v in self.seconds.items()},
             "generate_seconds": round(gen_s, 2),
-            "wall_seconds": round(time.time() - self.started, 1),
-            "generator": self.generator.summary(self.accepted),
-            "filters": {f.name: f.summary() for fs in self.filters.values() for f in fs if f.summary()},
-            "roles": self.engines.usage(),
-            "scores": score_stats(self.accepted, self.rejects, self.writer.score_names),
+            "wall_seconds": round(wall, 1),
+            "pipeline": self.recipe.pipeline,
+            "timing": {
+                "wall_s": round(wall, 2),
+                "engine_ready_s": round(ready, 2) if ready is not None else None,
+                "engine_busy_s": round(pool.busy_s, 2),
+            },
+            "generator": st.generator.summary(self.accepted),
+            "filters": st.filter_summaries(),
+            "roles": pool.usage(),
+            "scores": score_stats(self.accepted, self.rejects, st.writer.score_names),
         }
 
     def finish(self) -> tuple[Path, dict[str, Any]]:
-        for fs in self.filters.values():
-            for f in fs:
-                f.finalize(self.accepted)
-        summary = self.summary()
-        self.writer.add(self.accepted, self.rejects)
-        path = self.writer.finalize(summary, self.generator.artifacts(), card_extra=self.card_extra())
-        accepted = {r.id for r in self.accepted}
-        for fs in self.filters.values():
-            for f in fs:
-                f.commit(accepted)
-        marker = Path(self.recipe.output.root) / STAGING / f"{self.recipe.name}--{self.fingerprint}.json"
-        marker.unlink(missing_ok=True)
-        summary["path"] = str(path)
-        return path, summary
+        """Publish (in this process), then end the claim: the resume marker and the lock go."""
+        path = self.stages.publish(self)
+        runlock.finish_run(
+            Path(self.recipe.output.root), self.recipe.name, self.fingerprint, self.run_id, self.planned
+        )
+        assert self.summary_final is not None
+        return path, self.summary_final
 
     def card_extra(self) -> str:
-        doc = getattr(self.generator, "card_section", None)
-        return doc() if callable(doc) else ""
+        return self.stages.card_extra()
 
     def close(self) -> None:
-        for fs in self.filters.values():
-            for f in fs:
-                f.close()
-        self.engines.close()
+        release_stages(self.spec)
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
 
 def previous_items(root: Path, recipe: str, fingerprint: str) -> int:
@@ -403,5 +543,15 @@ def format_summary(s: dict[str, Any]) -> str:
     for k, v in (s.get("generator") or {}).items():
         if not isinstance(v, (dict, list)):  # full tables stay in summary.json
             lines.append(f"  {k}: {v}")
+    t = s.get("timing") or {}
+    if t.get("engine_ready_s") is not None:
+        after = t["wall_s"] - t["engine_ready_s"]
+        share = t["engine_busy_s"] / after if after > 0 else 0.0
+        lines.append(
+            f"  engine busy {t['engine_busy_s']:g} s of the {after:.1f} s after it was ready "
+            f"(ready at {t['engine_ready_s']:g} s): {share:.0%}"
+            f"; pipeline {'on' if s.get('pipeline') else 'off'}"
+            + (f", {s['items_discarded']} items made ahead and discarded" if s.get("items_discarded") else "")
+        )
     lines.append(f"  wall time: {s['wall_seconds']} s")
     return "\n".join(lines)

@@ -59,13 +59,12 @@ def scorers_on_generator_engine(data: dict) -> dict:
     return data
 
 
-def math_recipe(tmp_path: Path, **changes) -> Path:
-    """The shipped math recipe pointed at the fake engine and tmp output, with changes applied."""
-    data = yaml.safe_load((ROOT / "recipes" / "math.yaml").read_text())
-    data["engine"] = {"name": "fake", "script": str(DATA / "fake_math.json")}
+def fake_recipe(tmp_path: Path, recipe: str, script: str, name: str = "recipe.yaml", **changes) -> Path:
+    """A shipped recipe pointed at a scripted fake engine and tmp output, with changes applied
+    (``engine__delay_s=0.2`` sets ``engine.delay_s``)."""
+    data = yaml.safe_load((ROOT / "recipes" / f"{recipe}.yaml").read_text())
+    data["engine"] = {"name": "fake", "script": str(DATA / script)}
     data["output"] = {"root": str(tmp_path / "out")}
-    # the scripted problems have no scripted self-consistency samples (tests of the vote set it)
-    data["generator"]["options"]["self_consistency"] = 0
     for key, val in changes.items():
         cur = data
         parts = key.split("__")
@@ -73,9 +72,16 @@ def math_recipe(tmp_path: Path, **changes) -> Path:
             cur = cur.setdefault(p, {})
         cur[parts[-1]] = val
     scorers_on_generator_engine(data)
-    path = tmp_path / "recipe.yaml"
+    path = tmp_path / name
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def math_recipe(tmp_path: Path, **changes) -> Path:
+    """The shipped math recipe pointed at the fake engine and tmp output, with changes applied."""
+    # the scripted problems have no scripted self-consistency samples (tests of the vote set it)
+    changes.setdefault("generator__options__self_consistency", 0)
+    return fake_recipe(tmp_path, "math", "fake_math.json", **changes)
 
 
 def synthflow_exe() -> str:

@@ -8,12 +8,14 @@ Prompt logprobs (scorers such as IFD) are cached the same way, keyed by model an
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sqlite3
 import threading
 import time
 from array import array
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -126,15 +128,31 @@ class ResponseCache:
             self._conn.close()
 
 
+class _NoGuard:
+    """Without a pool: start the engine on first use, no locking or timing."""
+
+    @contextlib.contextmanager
+    def call(self, cached: Any) -> Iterator[None]:
+        if not cached._started:
+            cached.engine.start()
+            cached._started = True
+        yield
+
+    def exclusive(self, cached: Any) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+
 class CachedEngine:
     """Wraps an engine: answers hits from the cache, sends all misses to the engine in one call.
     Keeps its own token and engine-second accounting, so each role (generator, judge, ...) that wraps
     a shared engine is counted apart."""
 
-    def __init__(self, engine: Any, cache: ResponseCache, role: str = "generator"):
+    def __init__(self, engine: Any, cache: ResponseCache, role: str = "generator", guard: Any = None):
         self.engine = engine
         self.cache = cache
         self.role = role
+        # serializes calls into one engine instance across threads, and times them (EnginePool)
+        self.guard = guard if guard is not None else _NoGuard()
         self.hits = 0
         self.misses = 0
         self.engine_seconds = 0.0
@@ -157,12 +175,10 @@ class CachedEngine:
         miss_idx = [i for i, c in enumerate(results) if c is None]
         self.hits += len(requests) - len(miss_idx)
         if miss_idx:
-            if not self._started:
-                self.engine.start()
-                self._started = True
-            t0 = time.perf_counter()
-            fresh = self.engine.generate([requests[i] for i in miss_idx], sampling)
-            self.engine_seconds += time.perf_counter() - t0
+            with self.guard.call(self):
+                t0 = time.perf_counter()
+                fresh = self.engine.generate([requests[i] for i in miss_idx], sampling)
+                self.engine_seconds += time.perf_counter() - t0
             self.misses += len(fresh)
             self.cache.put_many(
                 self.engine.model_id, [(keys[i], c) for i, c in zip(miss_idx, fresh, strict=True)]
@@ -179,11 +195,14 @@ class CachedEngine:
         return callable(getattr(self.engine, "prompt_logprobs", None))
 
     def chat_ids(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> list[int]:
-        """Token ids of a conversation under the model's chat template."""
-        return self.engine.chat_ids(messages, add_generation_prompt)
+        """Token ids of a conversation under the model's chat template (the tokenizer is the
+        engine's own: no tokenizing while another thread's call is inside the engine)."""
+        with self.guard.exclusive(self):
+            return self.engine.chat_ids(messages, add_generation_prompt)
 
     def encode(self, text: str) -> list[int]:
-        return self.engine.encode(text)
+        with self.guard.exclusive(self):
+            return self.engine.encode(text)
 
     @property
     def max_model_len(self) -> int:
@@ -199,12 +218,10 @@ class CachedEngine:
         self.hits += len(prompts) - len(miss_keys)
         if miss_keys:  # identical prompts of the batch are computed once
             first = {k: i for i, k in reversed(list(enumerate(keys)))}
-            if not self._started:
-                self.engine.start()
-                self._started = True
-            t0 = time.perf_counter()
-            fresh = self.engine.prompt_logprobs([prompts[first[k]] for k in miss_keys])
-            self.engine_seconds += time.perf_counter() - t0
+            with self.guard.call(self):
+                t0 = time.perf_counter()
+                fresh = self.engine.prompt_logprobs([prompts[first[k]] for k in miss_keys])
+                self.engine_seconds += time.perf_counter() - t0
             self.misses += len(miss_keys)
             self.prompt_tokens += sum(len(prompts[first[k]]) for k in miss_keys)
             self.cache.put_logprobs(self.engine.model_id, list(zip(miss_keys, fresh, strict=True)))

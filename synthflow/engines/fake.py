@@ -5,7 +5,8 @@ replies may use ``{i}`` (sample index) and ``{n}`` (call counter) and may be a l
 When the conversation ends with an assistant prefill that the reply starts with, only the rest is returned.
 The first matching rule answers; ``"scope": "all"`` matches the whole conversation
 (``<role> content`` lines) instead of the last user message; ``"finish_reason": "length"`` makes the
-reply look cut at max_tokens. ``delay_s`` sleeps per call so tests can kill a run mid-generation.
+reply look cut at max_tokens. ``delay_s`` sleeps per call so tests can kill a run mid-generation;
+``fail_call: N`` raises once, on the N-th call, so tests can make a task fail and be retried.
 
 For token-level scorers it is a "copy model" over whitespace words: a token seen earlier in the
 sequence has logprob ``seen_logprob`` (-0.5), any other ``unseen_logprob`` (-3.0), so a test can
@@ -28,7 +29,11 @@ class FakeEngine:
     name = "fake"
 
     def __init__(
-        self, script: list[dict[str, Any]] | str | Path, model_id: str = "fake-model", delay_s: float = 0.0
+        self,
+        script: list[dict[str, Any]] | str | Path,
+        model_id: str = "fake-model",
+        delay_s: float = 0.0,
+        fail_call: int = 0,
     ):
         if isinstance(script, (str, Path)):
             script = json.loads(Path(script).read_text())
@@ -44,6 +49,7 @@ class FakeEngine:
         self.samplings: list[Sampling] = []  # the sampling of every call, for tests
         self.model_id = model_id
         self.delay_s = delay_s
+        self.fail_call = fail_call
         self.calls = 0
         self.prompts_seen = 0
         self.logprob_calls = 0
@@ -69,6 +75,8 @@ class FakeEngine:
 
     def generate(self, requests: list[Request], sampling: Sampling) -> list[Completion]:
         self.calls += 1
+        if self.calls == self.fail_call:
+            raise RuntimeError(f"fake engine: scripted failure on call {self.calls}")
         self.prompts_seen += len(requests)
         self.samplings.append(sampling)
         if self.delay_s:

@@ -8,7 +8,11 @@ Engines are built lazily and start on their first call.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +41,46 @@ def engine_identity(cfg: Any) -> tuple[Any, ...]:
 
 
 class EnginePool:
+    """Also the engines' guard: one lock per engine instance (a batch call at a time, so a scorer's
+    call from another thread waits instead of entering vLLM concurrently), and the timing of the
+    run's engine use: when the first engine was ready, and the seconds during which at least one
+    engine call was in flight."""
+
     def __init__(self, cache: ResponseCache | None = None):
         self._cache = cache
         self._instances: dict[tuple[Any, ...], Any] = {}
         self.roles: dict[str, CachedEngine] = {}
+        self._locks: dict[int, threading.RLock] = {}
+        self._timing = threading.Lock()
+        self._inflight = 0
+        self._busy_since = 0.0
+        self.busy_s = 0.0
+        self.ready_at: float | None = None  # time.time() when an engine first could take requests
+
+    def exclusive(self, cached: CachedEngine) -> threading.RLock:
+        """The lock of the engine instance behind ``cached`` (one batch call at a time)."""
+        with self._timing:
+            return self._locks.setdefault(id(cached.engine), threading.RLock())
+
+    @contextlib.contextmanager
+    def call(self, cached: CachedEngine) -> Iterator[None]:
+        with self.exclusive(cached):
+            if not cached._started:
+                cached.engine.start()  # idempotent on a shared instance
+                cached._started = True
+            with self._timing:
+                if self.ready_at is None:
+                    self.ready_at = time.time()
+                if self._inflight == 0:
+                    self._busy_since = time.perf_counter()
+                self._inflight += 1
+            try:
+                yield
+            finally:
+                with self._timing:
+                    self._inflight -= 1
+                    if self._inflight == 0:
+                        self.busy_s += time.perf_counter() - self._busy_since
 
     @property
     def cache(self) -> ResponseCache:
@@ -57,9 +97,16 @@ class EnginePool:
         if inst is None:
             inst = engine if engine is not None else build_engine(cfg, where or f"{role} engine")
             self._instances[key] = inst
-        cached = CachedEngine(inst, self.cache, role=role)
+        cached = CachedEngine(inst, self.cache, role=role, guard=self)
         self.roles[role] = cached
         return cached
+
+    def start_all(self) -> None:
+        """Start every role's engine now, in the calling thread (vLLM's set-up wants the main
+        thread; later calls may come from a worker thread)."""
+        for c in self.roles.values():
+            with self.call(c):
+                pass
 
     def usage(self) -> dict[str, dict[str, Any]]:
         """Per-role accounting for the run summary."""

@@ -7,6 +7,7 @@ columns so DuckDB can query them.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import random
 from abc import ABC, abstractmethod
@@ -57,6 +58,9 @@ class Generator(ABC):
     # roles whose output may be cut at max_tokens because the generator copes (drops the cut tail, or
     # counts a cut sample as a failed vote); their cut steps are recorded as ``length:handled``
     truncation_ok: ClassVar[frozenset[str]] = frozenset()
+    # attributes that ``generate`` changes (e.g. Self-Instruct's pool and rounds): checkpointed
+    # before each batch, so a retried or discarded batch starts from the same state
+    state_attrs: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, recipe: Any, seeds: list[Seed]):
         self.recipe = recipe
@@ -156,6 +160,13 @@ class Generator(ABC):
     def context(self, item: Item) -> dict[str, Any]:
         """Template variables for one item (single-template generators)."""
         return {"seed": item.seed.data}
+
+    def checkpoint(self) -> dict[str, Any]:
+        return {k: copy.deepcopy(getattr(self, k)) for k in self.state_attrs}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        for k, v in state.items():
+            setattr(self, k, copy.deepcopy(v))
 
     def refresh(self, rec: Record) -> None:
         """Called after verification (which may change fields, e.g. CodeT's chosen solution)."""

@@ -195,6 +195,7 @@ class MathTemplates(Generator):
         "answer": pa.string(),
     }  # `split` is a core column of every row (train/test), filled from fields["split"]
     text_field = "problem"
+    state_attrs = ("templates_made",)
 
     def __init__(self, recipe: Any, seeds: list[Seed]):
         super().__init__(recipe, seeds)
