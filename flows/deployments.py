@@ -30,7 +30,12 @@ def build_deployments(recipes: list[str] | None = None) -> list[Any]:
         params["recipe"] = str(ROOT / params["recipe"])
         crons = [s["cron"] for s in spec.get("schedules") or []]
         out.append(
-            run_recipe.to_deployment(name=spec["name"], parameters=params, cron=crons[0] if crons else None)
+            run_recipe.to_deployment(
+                name=spec["name"],
+                parameters=params,
+                cron=crons[0] if crons else None,
+                concurrency_limit=spec.get("concurrency_limit"),
+            )
         )
     return out
 

@@ -30,6 +30,7 @@ def test_serve_builds_deployments_with_schedules():
     assert len(deps) == len(yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"])
     for d in deps:
         assert d.schedules and d.schedules[0].schedule.cron
+        assert d.concurrency_limit == 1
         assert Path(d.parameters["recipe"]).is_file()
 
 
@@ -61,3 +62,5 @@ def test_prefect_deploy_registers_them(prefect_harness, tmp_path):
             assert dep.parameters["recipe"] == spec["parameters"]["recipe"]
             crons = [s.schedule.cron for s in dep.schedules]
             assert crons == [spec["schedules"][0]["cron"]]
+            # one run of a recipe at a time (runs are safe to overlap, but share one machine)
+            assert dep.global_concurrency_limit is not None and dep.global_concurrency_limit.limit == 1
