@@ -1,6 +1,6 @@
 """Engine share of a run's wall time, sequential against pipelined, on the embedded model.
 
-Two `synthflow run recipes/math.yaml` through the CLI, as a user runs it, one after the other in
+Two `synthflow run recipes/math.yaml` (or ``--recipe NAME``) through the CLI, as a user runs it, one after the other in
 this one bench run: ``--set pipeline=false`` (generate batch k+1 only after batch k was verified,
 deduped and scored) and the default pipelined run (batch k+1 is generated while batch k is
 checked). Each gets its own empty response cache and output folder, so both generate everything.
@@ -8,7 +8,7 @@ From each run's summary.json: ``timing.engine_busy_s / (timing.wall_s - timing.e
 the share of the time after the engine was ready during which at least one engine request was in
 flight (generation and the IFD scorer's prompt logprobs). Target: pipelined share >= 0.9.
 
-    .venv/bin/python bench/pipeline_overlap.py [--max-items 256] [--batch-size 64]
+    .venv/bin/python bench/pipeline_overlap.py [--recipe math] [--max-items 256] [--batch-size 64]
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def one(label: str, extra: list[str], args: argparse.Namespace, tmp: Path) -> di
     cmd = [
         exe(),
         "run",
-        str(ROOT / "recipes" / "math.yaml"),
+        str(ROOT / "recipes" / f"{args.recipe}.yaml"),
         "--out",
         str(out),
         "--n",
@@ -58,7 +58,7 @@ def one(label: str, extra: list[str], args: argparse.Namespace, tmp: Path) -> di
     wall = time.perf_counter() - t0
     if p.returncode != 0:
         sys.exit(f"{label}: exit {p.returncode}\n{p.stderr[-3000:]}")
-    s = json.loads(next(out.glob("math/*/summary.json")).read_text())
+    s = json.loads(next(out.glob(f"{args.recipe}/*/summary.json")).read_text())
     t = s["timing"]
     after = t["wall_s"] - t["engine_ready_s"]
     row = {
@@ -78,10 +78,14 @@ def one(label: str, extra: list[str], args: argparse.Namespace, tmp: Path) -> di
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--recipe", default="math", help="a recipe under recipes/ (default math)")
     ap.add_argument("--max-items", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=64)
     args = ap.parse_args()
-    print(f"math recipe, embedded model, {args.max_items} items in batches of {args.batch_size}", flush=True)
+    print(
+        f"{args.recipe} recipe, embedded model, {args.max_items} items in batches of {args.batch_size}",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="sf-pipeline-") as d:
         tmp = Path(d)
         seq = one("sequential", ["--set", "pipeline=false"], args, tmp)

@@ -85,9 +85,15 @@ class ExactDedup(Filter):
         if self.dir is None:
             return
         keep = {k: rid for k, rid in self.new.items() if rid in accepted}
+        seg = self.dir / f"{self.ctx.run_id or 'run'}.tsv"
+        if seg.is_file():  # a resumed run that had published: its earlier rows stay
+            for line in seg.read_text().splitlines():
+                k, _, rid = line.partition("\t")
+                if rid in accepted:
+                    keep.setdefault(k, rid)
         if not keep:
             return
-        with atomic_path(self.dir / f"{self.ctx.run_id or 'run'}.tsv") as tmp:
+        with atomic_path(seg) as tmp:
             tmp.write_text("".join(f"{k}\t{rid}\n" for k, rid in keep.items()))
 
 

@@ -136,8 +136,10 @@ def run_recipe(
     )
     run = Run.open(recipe, ov)  # validation, the run's claim and item range: in the flow process
     spec = run.spec
-    bar = _progress(run)
+    bar = None
+    pending = None
     try:
+        bar = _progress(run)
         run.seconds["prepare"] += prepare(spec)
         items = run.next_items()
         pending = generate.submit(spec, items) if items else None
@@ -165,6 +167,8 @@ def run_recipe(
             bar.close()
         summary = write(spec, run)
     finally:
+        if pending is not None:  # a failure while a batch was made ahead: let it end first
+            pending.wait()
         run.close()
     counts = summary["counts"]
     create_table_artifact(

@@ -19,6 +19,11 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        fd = os.open(tmp, os.O_RDONLY)  # on disk before the rename: a crash leaves old or new, whole
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)  # gone already after a successful rename

@@ -39,22 +39,47 @@ def new_run_id(fingerprint: str) -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + f"-{fingerprint[:6]}-{secrets.token_hex(2)}"
 
 
+_HELD: set[int] = set()  # fds of the locks this process holds
+
+
+def _close_in_child() -> None:
+    # a forked child (a worker started with fork, not exec) must not keep this process's run locks:
+    # a killed run's lock would stay held while such a child lives; the parent keeps its own fd
+    for fd in list(_HELD):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_in_child)
+
+
 class RunLock:
     """An exclusive ``flock`` on the run's lock file, held until ``release`` (or process exit)."""
 
     def __init__(self, path: Path, f: IO[str]):
         self.path = path
         self._f: IO[str] | None = f
+        _HELD.add(f.fileno())
 
     @classmethod
     def try_take(cls, path: Path) -> RunLock | None:
+        """The lock, or None when another process holds it."""
         f = open(path, "a+")  # noqa: SIM115 - held open for the run's lifetime
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            # the holder unlinks the file when it releases: a lock on an unlinked file is no lock
-            if os.stat(path).st_ino != os.fstat(f.fileno()).st_ino:
-                raise OSError("lock file replaced")
-        except OSError:
+        except BlockingIOError:
+            f.close()
+            return None
+        except OSError as e:  # e.g. a filesystem without flock (NFS mounted nolock)
+            f.close()
+            raise UserError(f"{path}: cannot lock ({e.strerror}); use a local output folder") from None
+        # the holder unlinks the file when it releases: a lock on an unlinked file is no lock
+        try:
+            same = os.stat(path).st_ino == os.fstat(f.fileno()).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:
             f.close()
             return None
         f.seek(0)
@@ -67,6 +92,7 @@ class RunLock:
         if self._f is not None:
             with contextlib.suppress(OSError):
                 self.path.unlink()
+            _HELD.discard(self._f.fileno())
             self._f.close()
             self._f = None
 
@@ -86,20 +112,27 @@ def claim_run(
     root = Path(root)
     if run_id is None:
         for m in sorted(staging(root).glob(f"{recipe}--{fp}--*.json")):
-            rid = m.stem.split("--", 2)[2]
+            try:
+                rid = str(json.loads(m.read_text())["run_id"])
+            except (OSError, ValueError, KeyError):
+                continue  # not a marker of ours (or gone meanwhile)
+            if m.name != marker_path(root, recipe, fp, rid).name:
+                continue  # another recipe whose name starts with this one's plus "--"
             lock = RunLock.try_take(lock_path(root, recipe, rid))
             if lock is None:
                 continue  # a live run: never share it
             if m.is_file():  # its process is gone and it did not publish: resume it
                 return rid, True, lock
             lock.release()  # it finished meanwhile
-    while True:
+    for _ in range(100):
         rid = run_id or new_run_id(fp)
         lock = RunLock.try_take(lock_path(root, recipe, rid))
         if lock is not None:
             break
         if run_id is not None:
             raise UserError(f"run {run_id} is being run by another process")
+    else:
+        raise UserError(f"{staging(root)}: could not take a run lock after 100 tries")
     with atomic_path(marker_path(root, recipe, fp, rid)) as tmp:
         tmp.write_text(json.dumps({"run_id": rid, "recipe": recipe_path}))
     return rid, False, lock
@@ -121,8 +154,14 @@ def _items_log(root: Path, recipe: str, fp: str) -> tuple[Path, Path]:
 
 
 def _append(log: Path, entry: dict[str, Any]) -> None:
-    with open(log, "a") as f:
-        f.write(json.dumps(entry) + "\n")
+    line = (json.dumps(entry) + "\n").encode()
+    with open(log, "ab+") as f:
+        end = f.seek(0, os.SEEK_END)
+        if end:  # a line cut by a crash must not swallow this entry
+            f.seek(end - 1)
+            if f.read(1) != b"\n":
+                line = b"\n" + line
+        f.write(line)
         f.flush()
         os.fsync(f.fileno())
 

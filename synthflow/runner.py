@@ -105,11 +105,17 @@ def build_filters(
 ) -> dict[str, list[Any]]:
     filters: dict[str, list[Any]] = {b: [] for b in BUCKETS}
     filters["score"].append(score_stage)
-    for i, fc in enumerate(recipe.filters):
-        cls_ = registry.get("filter", fc.name, f"field filters[{i}].name")
-        params = cls_.validate_params(fc.params, f"{recipe_path}: field filters[{i}]")
-        f = cls_(params, ctx)
-        filters[f.bucket].append(f)
+    try:
+        for i, fc in enumerate(recipe.filters):
+            cls_ = registry.get("filter", fc.name, f"field filters[{i}].name")
+            params = cls_.validate_params(fc.params, f"{recipe_path}: field filters[{i}]")
+            f = cls_(params, ctx)
+            filters[f.bucket].append(f)
+    except BaseException:
+        for fs in filters.values():
+            for f in fs:
+                f.close()
+        raise
     return filters
 
 
@@ -147,10 +153,10 @@ class Stages:
         return Sampling(s.temperature, s.top_p, s.max_tokens, e.seed, tuple(s.stop))
 
     def prepare(self) -> float:
-        """Start every engine (in the calling thread: vLLM sets itself up there), then the
-        generator's one-time set-up (e.g. SkillMix's skill extraction). Returns its seconds."""
+        """The generator's one-time set-up (e.g. SkillMix's skill extraction). Returns its
+        seconds. Engines start on their first call (a fully cached rerun never loads vLLM), in
+        whichever thread makes it, under the engine's lock."""
         t0 = time.perf_counter()
-        self.engines.start_all()
         self.generator.prepare(self.engine, self.sampling)
         return time.perf_counter() - t0
 
@@ -231,17 +237,21 @@ class Stages:
 
 
 _STAGES: dict[str, Stages] = {}
+_RELEASED: set[str] = set()
 
 
 def stages_for(spec: RunSpec) -> Stages:
     """This process's stages of a run, built on first use (a small cached factory)."""
     st = _STAGES.get(spec.run_id)
     if st is None:
+        if spec.run_id in _RELEASED:  # e.g. a retry that fires after its run was closed
+            raise RuntimeError(f"run {spec.run_id} is closed in this process")
         st = _STAGES[spec.run_id] = Stages(spec)
     return st
 
 
 def release_stages(spec: RunSpec) -> None:
+    _RELEASED.add(spec.run_id)
     st = _STAGES.pop(spec.run_id, None)
     if st is not None:
         st.close()
@@ -307,7 +317,7 @@ class Run:
             )
         except BaseException:
             stages.close()
-            lock.release()
+            runlock.abandon_run(root, recipe.name, fp, rid, lock, keep_marker=resumed)
             raise
         spec = RunSpec(recipe, str(recipe_path), rid, fp, item_start=start, resumed=resumed)
         stages.spec = spec

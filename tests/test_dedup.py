@@ -262,3 +262,54 @@ def test_dedup_indexes_only_accepted_rows(tmp_path):
         assert c["deduped"] == c["scored"] == 4  # r1 to r4 survived dedup; r5 (late) and r6 did not
     finally:
         run.close()
+
+
+def _docs(prefix: str, n: int) -> list[str]:
+    rng = random.Random(prefix)
+    return [" ".join(f"{prefix}{rng.randrange(10**6)}" for _ in range(30)) for _ in range(n)]
+
+
+def test_index_segments_from_runs_that_publish_together_are_all_kept(tmp_path):
+    """Two runs that loaded the index before either published both commit: one segment each, and
+    the next run sees both (a whole-file rewrite would keep only the last writer's rows)."""
+    from filters.dedup import ExactDedup, NearDedup
+    from synthflow.filtering import FilterContext
+    from synthflow.record import Record
+
+    def recs(run: str, texts: list[str]) -> list[Record]:
+        return [
+            Record(id=f"{run}-{i}", recipe="r", generator="g", seed_id="s", fields={"t": t})
+            for i, t in enumerate(texts)
+        ]
+
+    filters = {}
+    for run in ("a", "b"):  # both open before either commits
+        ctx = FilterContext(out_root=tmp_path, run_id=run)
+        filters[run] = (ExactDedup({"field": "t"}, ctx), NearDedup({"field": "t"}, ctx))
+    for run, (ex, near) in filters.items():
+        rows = recs(run, _docs(run, 5))
+        for f in (ex, near):
+            f.admit(f(rows).kept)
+        for f in (ex, near):
+            f.commit({r.id for r in rows[:4]})  # the 5th was not published
+    ctx = FilterContext(out_root=tmp_path, run_id="c")
+    ex, near = ExactDedup({"field": "t"}, ctx), NearDedup({"field": "t"}, ctx)
+    published = {f"{run}-{i}" for run in "ab" for i in range(4)}
+    assert set(ex.seen.values()) == published
+    assert {k for k in published if k in near.index} == published and "a-4" not in near.index
+    again = recs("c", _docs("a", 5))
+    kept = near(ex(again).kept).kept
+    assert [r.id for r in kept] == ["c-4"]  # duplicates of both runs' published rows go
+
+
+def test_a_resumed_run_keeps_its_earlier_segment_rows(tmp_path):
+    idx = NearDupIndex()
+    a, b = _docs("x", 3), _docs("y", 3)
+    idx.check_and_add(["k0", "k1", "k2"], a)
+    assert idx.save_segment(tmp_path / "run.npz", ["k0", "k1"]) == 2
+    fresh = NearDupIndex()  # the resumed process: k0, k1 come from the segment, k3 is new
+    fresh.load_segments(tmp_path)
+    fresh.check_and_add(["k0", "k3"], [a[0], b[0]])
+    assert fresh.save_segment(tmp_path / "run.npz", ["k0", "k1", "k3"]) == 3
+    final = NearDupIndex()
+    assert final.load_segments(tmp_path) == 3 and all(k in final for k in ("k0", "k1", "k3"))

@@ -248,3 +248,13 @@ def test_stage_result_has_no_state():
     """The contract tasks exchange: plain data, picklable."""
     res = StageResult()
     assert pickle.loads(pickle.dumps(res)) == res
+
+
+def test_a_closed_run_builds_no_new_stages(tmp_path):
+    """A retry that fires after its run was closed must not load engines again."""
+    from synthflow.runner import stages_for
+
+    run = Run.open(str(math_recipe(tmp_path, n=2, batch_size=8, max_items=16)))
+    run.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        stages_for(run.spec)

@@ -100,3 +100,66 @@ def test_reservations_start_past_earlier_runs(tmp_path):
     """``floor``: items of finished runs from before the log existed."""
     assert runlock.reserve_items(tmp_path, "math", "fp", "a", 10, floor=25) == 25
     assert runlock.reserve_items(tmp_path, "math", "fp", "b", 10, floor=25) == 35
+
+
+FORK_AND_HOLD = """
+import os, sys, time
+from synthflow import runlock
+rid, resumed, lock = runlock.claim_run(sys.argv[1], "math", "fp", "recipe.yaml")
+if os.fork() == 0:  # a worker started with fork (vLLM may start its engine core so)
+    time.sleep(600)
+    os._exit(0)
+print(rid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_forked_child_does_not_keep_a_killed_runs_lock(tmp_path):
+    p = subprocess.Popen(
+        [sys.executable, "-c", FORK_AND_HOLD, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    rid = p.stdout.readline().strip()
+    try:
+        os.kill(p.pid, signal.SIGKILL)  # the run dies; its forked child lives on
+        p.wait()
+        got, resumed, lock = runlock.claim_run(tmp_path, "math", "fp", "r.yaml")
+        assert (got, resumed) == (rid, True)
+        lock.release()
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+
+
+def test_recipe_names_with_double_dashes(tmp_path):
+    """Markers of recipe ``a--b`` are not read as runs of recipe ``a`` (and ids parse whole)."""
+    p = subprocess.Popen(
+        [sys.executable, "-c", CLAIM.replace('"math", "fp"', '"my--recipe", "fp"'), str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    rid = p.stdout.readline().strip()
+    try:
+        other, resumed, lock = runlock.claim_run(tmp_path, "my--recipe", "fp", "r.yaml")
+        assert other != rid and not resumed  # the live run is not adopted
+        runlock.abandon_run(tmp_path, "my--recipe", "fp", other, lock, keep_marker=False)
+        # recipe "my" with fingerprint "recipe": its marker glob also matches my--recipe's markers
+        mine, resumed, lock = runlock.claim_run(tmp_path, "my", "recipe", "r.yaml")
+        assert not resumed and mine != rid  # a marker of my--recipe is not a run of "my"
+        lock.release()
+    finally:
+        p.kill()
+        p.wait()
+    got, resumed, lock = runlock.claim_run(tmp_path, "my--recipe", "fp", "r.yaml")
+    assert (got, resumed) == (rid, True)
+    lock.release()
+
+
+def test_a_torn_log_line_loses_no_reservation(tmp_path):
+    runlock.reserve_items(tmp_path, "math", "fp", "a", 10)
+    log = runlock.staging(tmp_path) / "math--fp.items.jsonl"
+    with open(log, "a") as f:
+        f.write('{"run_id": "b", "sta')  # a crash mid-write
+    assert runlock.reserve_items(tmp_path, "math", "fp", "c", 10) == 10
+    assert runlock.reserve_items(tmp_path, "math", "fp", "d", 10) == 20

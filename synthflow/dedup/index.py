@@ -34,6 +34,18 @@ def bands_rows(threshold: float, num_perm: int) -> tuple[int, int]:
     return _optimal_param(threshold, num_perm, 0.5, 0.5)
 
 
+def _read_segment(seg: Path, tag: str) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(key, signature, shingle set) rows of one index segment file."""
+    try:
+        d = np.load(seg, allow_pickle=False)
+        got, keys, sigs, offsets, flat = str(d["tag"]), d["keys"], d["sigs"], d["offsets"], d["sets"]
+    except (OSError, ValueError, KeyError, EOFError) as e:
+        raise UserError(f"{seg}: not a readable near-dup index segment ({e}); move it aside") from None
+    if got != tag:
+        raise UserError(f"{seg}: index segment was built with {got}, this run uses {tag}; move it aside")
+    return [(k, sigs[i], flat[offsets[i] : offsets[i + 1]]) for i, k in enumerate(keys.tolist())]
+
+
 @dataclass
 class Match:
     key: str
@@ -180,17 +192,23 @@ class NearDupIndex:
         """Write the given rows (added by this process) as one segment, atomically."""
         if self.sets is None:
             return 0  # redis persists itself
-        keys = [k for k in keys if k in self.sigs]
-        if not keys:
+        wanted = set(keys)
+        rows = {k: (self.sigs[k], self.sets[k]) for k in keys if k in self.sigs}
+        if path.is_file():  # a resumed run that had published: its earlier rows stay
+            for k, sig, s in _read_segment(path, self.tag):
+                if k in wanted:
+                    rows.setdefault(k, (sig, s))
+        if not rows:
             return 0
-        sets = [self.sets[k] for k in keys]
+        keys = list(rows)
+        sets = [rows[k][1] for k in keys]
         offsets = np.cumsum([0, *(len(s) for s in sets)]).astype(np.int64)
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez(
                 f,
                 tag=np.array(self.tag),
                 keys=np.array(keys, dtype=str),
-                sigs=np.stack([self.sigs[k] for k in keys]),
+                sigs=np.stack([rows[k][0] for k in keys]),
                 offsets=offsets,
                 sets=np.concatenate(sets).astype(np.uint64),
             )
@@ -202,28 +220,11 @@ class NearDupIndex:
             return 0
         n = 0
         for seg in sorted(folder.glob("*.npz")):
-            try:
-                d = np.load(seg, allow_pickle=False)
-                tag, keys, sigs, offsets, flat = (
-                    str(d["tag"]),
-                    d["keys"],
-                    d["sigs"],
-                    d["offsets"],
-                    d["sets"],
-                )
-            except (OSError, ValueError, KeyError) as e:
-                raise UserError(
-                    f"{seg}: not a readable near-dup index segment ({e}); move it aside"
-                ) from None
-            if tag != self.tag:
-                raise UserError(
-                    f"{seg}: index segment was built with {tag}, this run uses {self.tag}; move it aside"
-                )
-            for i, key in enumerate(keys.tolist()):
+            for key, sig, sset in _read_segment(seg, self.tag):
                 if key in self.lsh:
                     continue
-                self.lsh.insert(key, lean(sigs[i], self.hasher.seed), check_duplication=False)
-                self.sets[key] = flat[offsets[i] : offsets[i + 1]]
+                self.lsh.insert(key, lean(sig, self.hasher.seed), check_duplication=False)
+                self.sets[key] = sset
                 n += 1
         return n
 

@@ -101,13 +101,6 @@ class EnginePool:
         self.roles[role] = cached
         return cached
 
-    def start_all(self) -> None:
-        """Start every role's engine now, in the calling thread (vLLM's set-up wants the main
-        thread; later calls may come from a worker thread)."""
-        for c in self.roles.values():
-            with self.call(c):
-                pass
-
     def usage(self) -> dict[str, dict[str, Any]]:
         """Per-role accounting for the run summary."""
         return {role: c.usage() for role, c in self.roles.items()}
