@@ -5,10 +5,13 @@ permutations and the same 5-word shingles of the same normalized text:
   - ours: synthflow.dedup.minhash (numpy, whole batch at once);
   - datasketch: MinHash(num_perm=128).update_batch(shingles) per document;
   - rensa: RMinHash(num_perm=128).update(shingles) per document (Rust).
-Targets: >= 4x datasketch, >= rensa. Then the near-dup index (signatures + datasketch LSH + shingle
-sets for exact confirmation) at 100k and 1M rows: time, and memory per row, to show linear growth.
+Targets: >= 4x datasketch, >= rensa. Then the near-dup indexes at 100k and 1M rows: time, and
+memory per row (RSS growth), to show linear growth: the flow's ``NearDupIndex`` (signatures +
+datasketch LSH + shingle sets for exact confirmation) and the lean index of ``synthflow dedup``
+(numpy band keys + signatures; target <= 1 KB per row).
 
     .venv/bin/python bench/minhash_throughput.py [--docs 20000] [--scale 100000,1000000]
+        [--index datasketch,lean] [--skip-signatures]
 """
 
 from __future__ import annotations
@@ -98,11 +101,14 @@ def rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def scale(n: int, chunk: int = 20000) -> dict:
-    """Stream n synthetic rows through the near-dup index (as the pipeline does, batch by batch)."""
+def scale(n: int, chunk: int = 20000, kind: str = "datasketch") -> dict:
+    """Stream n synthetic rows through a near-dup index batch by batch: ``datasketch`` (the flow's
+    ``NearDupIndex``: MinHashLSH plus exact shingle sets) or ``lean`` (``synthflow dedup``'s)."""
+    from synthflow.dedup.lean import LeanIndex
+
     gc.collect()
-    idx = NearDupIndex(0.8, K, SHINGLE)
     base = rss()
+    idx = NearDupIndex(0.8, K, SHINGLE) if kind == "datasketch" else LeanIndex(0.8, K, SHINGLE)
     dt = 0.0
     for start in range(0, n, chunk):
         docs = corpus(min(chunk, n - start), seed=1000 + start)  # made outside the timed part
@@ -114,6 +120,7 @@ def scale(n: int, chunk: int = 20000) -> dict:
     gc.collect()
     used = rss() - base
     return {
+        "index": kind,
         "rows": n,
         "seconds": round(dt, 1),
         "rows_per_s": round(n / dt),
@@ -129,6 +136,8 @@ def main() -> None:
         "--scale", default="100000,1000000", help="comma-separated row counts for the index run ('' skips)"
     )
     ap.add_argument("--core", type=int, default=0, help="the one core to run on")
+    ap.add_argument("--index", default="datasketch,lean", help="index kinds for the scale run")
+    ap.add_argument("--skip-signatures", action="store_true", help="only the index run")
     a = ap.parse_args()
     os.sched_setaffinity(0, {a.core})
     docs = corpus(a.docs)
@@ -136,17 +145,23 @@ def main() -> None:
     print(
         f"{len(docs)} documents, {words:.0f} words each on average, K={K}, {SHINGLE}-word shingles, one core"
     )
-    run_ours(docs[:500])  # warm up
-    ours = timed(run_ours, docs)
-    ds = timed(run_datasketch, docs)
-    rs = timed(run_rensa, docs)
-    print(json.dumps({"ours_docs_s": round(ours), "datasketch_docs_s": round(ds), "rensa_docs_s": round(rs)}))
-    print(f"ours {ours:.0f} docs/s | datasketch {ds:.0f} docs/s | rensa {rs:.0f} docs/s")
-    print(
-        f"ratio vs datasketch: {ours / ds:.2f}x (target >= 4x); ratio vs rensa: {ours / rs:.2f}x (target >= 1x)"
-    )
-    for n in [int(x) for x in a.scale.split(",") if x.strip()]:
-        print(json.dumps({"index": scale(n)}))
+    if not a.skip_signatures:
+        run_ours(docs[:500])  # warm up
+        ours = timed(run_ours, docs)
+        ds = timed(run_datasketch, docs)
+        rs = timed(run_rensa, docs)
+        print(
+            json.dumps(
+                {"ours_docs_s": round(ours), "datasketch_docs_s": round(ds), "rensa_docs_s": round(rs)}
+            )
+        )
+        print(f"ours {ours:.0f} docs/s | datasketch {ds:.0f} docs/s | rensa {rs:.0f} docs/s")
+        print(
+            f"ratio vs datasketch: {ours / ds:.2f}x (target >= 4x); ratio vs rensa: {ours / rs:.2f}x (target >= 1x)"
+        )
+    for kind in [k.strip() for k in a.index.split(",") if k.strip()]:
+        for n in [int(x) for x in a.scale.split(",") if x.strip()]:
+            print(json.dumps({"index": scale(n, kind=kind)}), flush=True)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -12,9 +13,7 @@ import pyarrow.parquet as pq
 
 from synthflow.atomic import atomic_path
 from synthflow.dedup.decontam import NgramIndex, first_hits, load_benchmark, read_rows
-from synthflow.dedup.index import NearDupIndex
 from synthflow.errors import UserError
-from synthflow.text import exact_key
 
 
 def _text(row: dict[str, Any], field: str | None, where: str) -> str:
@@ -47,40 +46,152 @@ def _write(out: Path, kept: list[dict[str, Any]], rejects: list[dict[str, Any]])
             pq.write_table(table, tmp, compression="zstd")
 
 
-def cmd_dedup(a: Any) -> int:
-    rows, texts, keys = _load(a.inputs, a.field)
-    t0 = time.perf_counter()
-    kept, rejects = [], []
-    seen: dict[str, str] = {}
-    survivors = []
-    for r, t, k in zip(rows, texts, keys, strict=True):
-        ek = exact_key(t)
-        if ek in seen:
-            rejects.append({**r, "reject_reason": f"dedup:exact:{seen[ek]}"})
+def _texts_of(table: pa.Table, field: str | None, where: str) -> list[str]:
+    """The text of each row: ``field`` (default ``messages``, else ``text``); a conversation is its
+    turns' contents joined."""
+    names = table.column_names
+    if field is None:
+        field = "messages" if "messages" in names else "text"
+    if field not in names:
+        raise UserError(f"{where}: no field {field!r} (fields: {', '.join(names[:12])})")
+    col = table.column(field)
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        return [v if v is not None else "" for v in col.to_pylist()]
+    out = []
+    for i, v in enumerate(col.to_pylist()):
+        out.append(_text({field: v}, field, f"{where} row {i + 1}"))
+    return out
+
+
+def _load_table(inputs: list[str], field: str | None) -> tuple[pa.Table, list[str], list[str]]:
+    """All inputs as one Arrow table (Parquet read as Arrow, JSONL through Python rows), the text
+    of each row, and each row's key (its ``id``, else ``file:row``)."""
+    tables, texts, keys = [], [], []
+    for path in inputs:
+        p = Path(path)
+        if p.suffix == ".parquet" and p.is_file():
+            try:
+                t = pq.read_table(p)
+            except (pa.ArrowInvalid, OSError) as e:
+                raise UserError(f"{path}: not a readable Parquet file ({e})") from None
         else:
-            seen[ek] = k
-            survivors.append((r, t, k))
-    idx = NearDupIndex(a.threshold, a.num_perm, a.shingle)
-    for i in range(0, len(survivors), 10_000):
-        chunk = survivors[i : i + 10_000]
-        for (r, _, _), m in zip(
-            chunk, idx.check_and_add([k for _, _, k in chunk], [t for _, t, _ in chunk]), strict=True
-        ):
-            if m is None:
-                kept.append(r)
-            else:
-                rejects.append({**r, "reject_reason": f"dedup:near:{m.key}:jaccard={m.jaccard:.2f}"})
+            rows = read_rows(p)
+            t = pa.Table.from_pylist(rows) if rows else pa.table({})
+        if t.num_rows == 0:
+            continue
+        texts += _texts_of(t, field, path)
+        ids = t.column("id").to_pylist() if "id" in t.column_names else [None] * t.num_rows
+        keys += [str(v) if v else f"{p.name}:{i}" for i, v in enumerate(ids)]
+        tables.append(t)
+    if not tables:
+        raise UserError("no input rows")
+    try:
+        table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        raise UserError(f"inputs do not share a schema: {e}") from None
+    return table, texts, keys
+
+
+def _write_tables(
+    out: Path, table: pa.Table, kept: list[int], rejected: list[int], reasons: list[str]
+) -> None:
+    rej = table.take(pa.array(rejected, pa.int64())).append_column(
+        "reject_reason", pa.array(reasons, pa.string())
+    )
+    for name, t in (("kept.parquet", table.take(pa.array(kept, pa.int64()))), ("rejects.parquet", rej)):
+        with atomic_path(out / name) as tmp:
+            pq.write_table(t, tmp, compression="zstd")
+
+
+def cmd_dedup(a: Any) -> int:
+    from synthflow.dedup.lean import LeanIndex
+    from synthflow.text import normalize
+
+    table, texts, keys = _load_table(a.inputs, a.field)
+    t0 = time.perf_counter()
+    norm = [normalize(t) for t in texts]
+    reasons: dict[int, str] = {}
+    seen: dict[str, str] = {}
+    survivors: list[int] = []
+    for i, t in enumerate(norm):
+        ek = hashlib.sha1(t.encode()).digest()
+        prev = seen.get(ek)
+        if prev is not None:
+            reasons[i] = f"dedup:exact:{prev}"
+        else:
+            seen[ek] = keys[i]
+            survivors.append(i)
+    exact = len(reasons)
+    idx = LeanIndex(a.threshold, a.num_perm, a.shingle)
+    texts_left = [norm[i] for i in survivors]
+    sigs = dask_signatures(a.dask, texts_left, a.shingle, a.num_perm) if a.dask else None
+    for s in range(0, len(survivors), 20_000):
+        chunk = survivors[s : s + 20_000]
+        ks = [keys[i] for i in chunk]
+        if sigs is not None:
+            matches = idx.check_and_add_sigs(ks, sigs[s : s + 20_000])
+        else:
+            matches = idx.check_and_add(ks, texts_left[s : s + 20_000], normalized=True)
+        for i, m in zip(chunk, matches, strict=True):
+            if m is not None:
+                reasons[i] = f"dedup:near:{m.key}:jaccard={m.jaccard:.2f}"
     dt = time.perf_counter() - t0
-    _write(Path(a.out), kept, rejects)
-    exact = sum(1 for r in rejects if r["reject_reason"].startswith("dedup:exact"))
+    kept = [i for i in range(len(texts)) if i not in reasons]
+    rejected = sorted(reasons)
+    _write_tables(Path(a.out), table, kept, rejected, [reasons[i] for i in rejected])
     print(
-        f"{len(rows)} rows: {len(kept)} kept, {exact} exact duplicates, {len(rejects) - exact} near duplicates"
+        f"{len(texts)} rows: {len(kept)} kept, {exact} exact duplicates, {len(rejected) - exact} near duplicates"
     )
     print(
-        f"MinHash K={a.num_perm}, {a.shingle}-word shingles, threshold {a.threshold}: {idx.bands} bands x {idx.rows} rows; {dt:.2f} s"
+        f"MinHash K={a.num_perm}, {a.shingle}-word shingles, threshold {a.threshold} (estimated Jaccard): "
+        f"{idx.bands} bands x {idx.rows} rows; {dt:.2f} s"
     )
+    if a.dask:
+        print(f"signatures on dask ({a.dask})")
     print(f"wrote {a.out}/kept.parquet and {a.out}/rejects.parquet")
     return 0
+
+
+def _signature_chunk(texts: list[str], k: int, num_perm: int) -> Any:
+    from synthflow.dedup.minhash import MinHasher, shingle
+
+    return MinHasher(num_perm).signatures(shingle(texts, k, normalized=True))
+
+
+def dask_signatures(address: str, texts: list[str], k: int, num_perm: int, chunk: int = 5_000) -> Any:
+    """MinHash signatures of normalized texts, chunk by chunk on a Dask cluster, in input order."""
+    import numpy as np
+
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise UserError("--dask needs dask.distributed (pip install 'dask[distributed]')") from None
+    cluster = None
+    try:
+        if address.startswith("local:"):
+            try:
+                n = int(address.split(":", 1)[1])
+            except ValueError:
+                n = 0
+            if n < 1:
+                raise UserError(f"--dask {address}: use local:N with N >= 1, or a scheduler address")
+            cluster = LocalCluster(
+                n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=40
+            )
+            client = Client(cluster)
+        else:
+            client = Client(address, timeout=15)
+    except (OSError, TimeoutError) as e:
+        raise UserError(f"--dask {address}: cannot reach the scheduler ({e})") from None
+    try:
+        parts = [texts[i : i + chunk] for i in range(0, len(texts), chunk)]
+        futures = client.map(_signature_chunk, parts, k=k, num_perm=num_perm, pure=False)
+        done = client.gather(futures)
+        return np.concatenate(done) if done else np.zeros((0, num_perm), dtype=np.uint32)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
 
 
 def cmd_decontam(a: Any) -> int:
@@ -113,6 +224,12 @@ def add_parsers(sub: Any) -> None:
     d.add_argument("--field", help="text field (default: messages if present, else text)")
     d.add_argument("--num-perm", type=int, default=128)
     d.add_argument("--shingle", type=int, default=5, help="words per shingle")
+    d.add_argument(
+        "--dask",
+        metavar="ADDRESS|local:N",
+        help="compute the MinHash signatures on a Dask cluster (a scheduler address, or local:N for N "
+        "local worker processes); the index decides on this machine, so the kept set is the same",
+    )
     d.set_defaults(fn=cmd_dedup)
 
     c = sub.add_parser("decontam", help="drop rows sharing n-grams with benchmark test sets")

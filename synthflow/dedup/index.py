@@ -4,6 +4,7 @@ every candidate by exact Jaccard before anything is dropped."""
 
 from __future__ import annotations
 
+import functools
 import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ def lean(sig: np.ndarray, seed: int) -> Any:
     return LeanMinHash(seed=seed, hashvalues=sig, scheme="affine32")
 
 
+@functools.lru_cache(maxsize=64)
 def bands_rows(threshold: float, num_perm: int) -> tuple[int, int]:
     """datasketch's choice of (bands, rows) for a Jaccard threshold (equal FP/FN weights)."""
     from datasketch.lsh import _optimal_param
