@@ -101,6 +101,15 @@ def test_bands_rows_reported():
     assert b * r <= 128 and b > 1 and r > 1
     idx = NearDupIndex(0.8)
     assert (idx.bands, idx.rows) == (b, r)
+    assert (idx.lsh.b, idx.lsh.r) == (b, r)  # what datasketch's MinHashLSH itself chose
+
+
+@pytest.mark.parametrize("num_perm", [32, 128, 256])
+def test_bands_rows_equal_datasketchs_choice(num_perm):
+    from datasketch.lsh import _optimal_param
+
+    for t in (0.5, 0.7, 0.8, 0.9):
+        assert bands_rows(t, num_perm) == _optimal_param(t, num_perm, 0.5, 0.5), (t, num_perm)
 
 
 def test_reject_reason_names_the_duplicated_row():

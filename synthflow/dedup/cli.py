@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -104,37 +103,36 @@ def _write_tables(
 
 
 def cmd_dedup(a: Any) -> int:
+    """Exact (the same normalized words), then near-dup with the lean index, in chunks of rows: each
+    chunk's words are hashed once for both its exact keys and its shingles."""
     from synthflow.dedup.lean import LeanIndex
-    from synthflow.text import normalize
 
     table, texts, keys = _load_table(a.inputs, a.field)
     t0 = time.perf_counter()
-    norm = [normalize(t) for t in texts]
-    reasons: dict[int, str] = {}
-    seen: dict[str, str] = {}
-    survivors: list[int] = []
-    for i, t in enumerate(norm):
-        ek = hashlib.sha1(t.encode()).digest()
-        prev = seen.get(ek)
-        if prev is not None:
-            reasons[i] = f"dedup:exact:{prev}"
-        else:
-            seen[ek] = keys[i]
-            survivors.append(i)
-    exact = len(reasons)
     idx = LeanIndex(a.threshold, a.num_perm, a.shingle)
-    texts_left = [norm[i] for i in survivors]
-    sigs = dask_signatures(a.dask, texts_left, a.shingle, a.num_perm) if a.dask else None
-    for s in range(0, len(survivors), 20_000):
-        chunk = survivors[s : s + 20_000]
-        ks = [keys[i] for i in chunk]
-        if sigs is not None:
-            matches = idx.check_and_add_sigs(ks, sigs[s : s + 20_000])
-        else:
-            matches = idx.check_and_add(ks, texts_left[s : s + 20_000], normalized=True)
-        for i, m in zip(chunk, matches, strict=True):
+    chunks = [(s, texts[s : s + CHUNK]) for s in range(0, len(texts), CHUNK)]
+    if a.dask:
+        results = dask_signatures(a.dask, [c for _, c in chunks], a.shingle, a.num_perm)
+    else:
+        results = (_signature_chunk(c, a.shingle, a.num_perm) for _, c in chunks)
+    reasons: dict[int, str] = {}
+    seen: dict[tuple[int, int], str] = {}
+    exact = 0
+    for (start, _), (sigs, tkeys) in zip(chunks, results, strict=True):
+        survivors = []
+        for j, (n_words, h) in enumerate(tkeys.tolist()):
+            i = start + j
+            prev = seen.get((n_words, h))
+            if prev is not None:
+                reasons[i] = f"dedup:exact:{prev}"
+                exact += 1
+            else:
+                seen[(n_words, h)] = keys[i]
+                survivors.append(j)
+        matches = idx.check_and_add_sigs([keys[start + j] for j in survivors], sigs[survivors])
+        for j, m in zip(survivors, matches, strict=True):
             if m is not None:
-                reasons[i] = f"dedup:near:{m.key}:jaccard={m.jaccard:.2f}"
+                reasons[start + j] = f"dedup:near:{m.key}:jaccard={m.jaccard:.2f}"
     dt = time.perf_counter() - t0
     kept = [i for i in range(len(texts)) if i not in reasons]
     rejected = sorted(reasons)
@@ -152,29 +150,33 @@ def cmd_dedup(a: Any) -> int:
     return 0
 
 
-def _signature_chunk(texts: list[str], k: int, num_perm: int) -> Any:
-    from synthflow.dedup.minhash import MinHasher, shingle
-
-    return MinHasher(num_perm).signatures(shingle(texts, k, normalized=True))
+CHUNK = 20_000  # rows hashed and indexed at a time (bounded memory; the index decides in order)
 
 
-def dask_signatures(address: str, texts: list[str], k: int, num_perm: int, chunk: int = 5_000) -> Any:
-    """MinHash signatures of normalized texts, chunk by chunk on a Dask cluster, in input order."""
-    import numpy as np
+def _signature_chunk(texts: list[str], k: int, num_perm: int) -> tuple[Any, Any]:
+    """MinHash signatures and exact-dedup keys of raw texts (words hashed once for both)."""
+    from synthflow.dedup.minhash import MinHasher, shingle_and_keys
 
+    sh, tkeys = shingle_and_keys(texts, k)
+    return MinHasher(num_perm).signatures(sh), tkeys
+
+
+def dask_signatures(address: str, chunks: list[list[str]], k: int, num_perm: int) -> list[tuple[Any, Any]]:
+    """``_signature_chunk`` of every chunk on a Dask cluster, in input order."""
     try:
         from distributed import Client, LocalCluster
     except ImportError:
         raise UserError("--dask needs dask.distributed (pip install 'dask[distributed]')") from None
     cluster = None
+    if address.startswith("local:"):
+        try:
+            n = int(address.split(":", 1)[1])
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise UserError(f"--dask {address}: use local:N with N >= 1, or a scheduler address")
     try:
         if address.startswith("local:"):
-            try:
-                n = int(address.split(":", 1)[1])
-            except ValueError:
-                n = 0
-            if n < 1:
-                raise UserError(f"--dask {address}: use local:N with N >= 1, or a scheduler address")
             cluster = LocalCluster(
                 n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=40
             )
@@ -184,10 +186,8 @@ def dask_signatures(address: str, texts: list[str], k: int, num_perm: int, chunk
     except (OSError, TimeoutError) as e:
         raise UserError(f"--dask {address}: cannot reach the scheduler ({e})") from None
     try:
-        parts = [texts[i : i + chunk] for i in range(0, len(texts), chunk)]
-        futures = client.map(_signature_chunk, parts, k=k, num_perm=num_perm, pure=False)
-        done = client.gather(futures)
-        return np.concatenate(done) if done else np.zeros((0, num_perm), dtype=np.uint32)
+        futures = client.map(_signature_chunk, chunks, k=k, num_perm=num_perm, pure=False)
+        return client.gather(futures)
     finally:
         client.close()
         if cluster is not None:

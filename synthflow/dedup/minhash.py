@@ -119,8 +119,52 @@ def shingle(texts: Sequence[str], k: int = 5, normalized: bool = False) -> Shing
     return Shingled(np.concatenate([p.hashes for p in parts]), np.concatenate(offsets))
 
 
+def text_keys(texts: Sequence[str], normalized: bool = False) -> np.ndarray:
+    """[n, 2] uint64 per text: its word count and an order-sensitive hash of its word hashes.
+    Equal normalized texts (the same words in the same order) get equal keys; different ones
+    collide with probability about 2^-64. For exact dedup without building normalized strings."""
+    if not texts:
+        return np.zeros((0, 2), dtype=np.uint64)
+    return np.concatenate(
+        [_keys_of(*word_hashes(texts[s : s + SLICE], normalized)) for s in range(0, len(texts), SLICE)]
+    )
+
+
 def _shingle(texts: Sequence[str], k: int, normalized: bool) -> Shingled:
-    wh, woff = word_hashes(texts, normalized)
+    return _shingle_words(*word_hashes(texts, normalized), k)
+
+
+def _keys_of(wh: np.ndarray, woff: np.ndarray) -> np.ndarray:
+    counts = np.diff(woff)
+    out = np.zeros((counts.size, 2), dtype=np.uint64)
+    out[:, 0] = counts
+    if wh.size:
+        pos = np.arange(wh.size, dtype=np.uint64) - np.repeat(woff[:-1], counts).astype(np.uint64)
+        mixed = _splitmix(wh ^ _splitmix(pos + np.uint64(0x9E3779B97F4A7C15)))
+        nz = counts > 0
+        out[nz, 1] = np.add.reduceat(mixed, woff[:-1][nz])
+    return out
+
+
+def shingle_and_keys(
+    texts: Sequence[str], k: int = 5, normalized: bool = False
+) -> tuple[Shingled, np.ndarray]:
+    """``shingle`` and ``text_keys`` of the same texts, hashing each word once."""
+    parts, keys = [], []
+    for s in range(0, max(len(texts), 1), SLICE):
+        wh, woff = word_hashes(texts[s : s + SLICE], normalized)
+        parts.append(_shingle_words(wh, woff, k))
+        keys.append(_keys_of(wh, woff))
+    offsets = [parts[0].offsets]
+    base = parts[0].offsets[-1]
+    for p in parts[1:]:
+        offsets.append(p.offsets[1:] + base)
+        base += p.offsets[-1]
+    sh = Shingled(np.concatenate([p.hashes for p in parts]), np.concatenate(offsets))
+    return sh, np.concatenate(keys)[: len(texts)]
+
+
+def _shingle_words(wh: np.ndarray, woff: np.ndarray, k: int) -> Shingled:
     n_docs = len(woff) - 1
     counts = np.diff(woff)
     if wh.size == 0:
