@@ -31,6 +31,12 @@ def index_dir(ctx: Any) -> Path | None:
     return Path(ctx.out_root) / INDEX_DIR if ctx.out_root is not None else None
 
 
+def _read_keys(path: Path) -> list[tuple[str, str]]:
+    """(exact key, row id) lines of one exact-dedup index file; none when it does not exist."""
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return [(k, rid) for k, _, rid in (line.partition("\t") for line in lines)]
+
+
 class ExactParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     field: str | None = None
@@ -53,9 +59,8 @@ class ExactDedup(Filter):
         self.dir = d / "exact-v1" if d is not None and self.params.cross_run else None
         if self.dir is not None:
             legacy = d / "exact-v1.tsv"  # one file rewritten per run, before segments
-            for f in [legacy, *sorted(self.dir.glob("*.tsv"))] if self.dir.is_dir() else [legacy]:
-                for line in f.read_text().splitlines() if f.is_file() else []:
-                    k, _, rid = line.partition("\t")
+            for f in [legacy, *sorted(self.dir.glob("*.tsv"))]:
+                for k, rid in _read_keys(f):
                     self.seen.setdefault(k, rid)
 
     def _check(self, records: Sequence[Record], add: bool) -> StageResult:
@@ -86,11 +91,9 @@ class ExactDedup(Filter):
             return
         keep = {k: rid for k, rid in self.new.items() if rid in accepted}
         seg = self.dir / f"{self.ctx.run_id or 'run'}.tsv"
-        if seg.is_file():  # a resumed run that had published: its earlier rows stay
-            for line in seg.read_text().splitlines():
-                k, _, rid = line.partition("\t")
-                if rid in accepted:
-                    keep.setdefault(k, rid)
+        for k, rid in _read_keys(seg):  # a resumed run that had published: its earlier rows stay
+            if rid in accepted:
+                keep.setdefault(k, rid)
         if not keep:
             return
         with atomic_path(seg) as tmp:

@@ -265,12 +265,6 @@ class Run:
 
     def __init__(self, spec: RunSpec, lock: Any = None):
         self.spec = spec
-        self.recipe = spec.recipe
-        self.recipe_path = spec.recipe_path
-        self.run_id = spec.run_id
-        self.fingerprint = spec.fingerprint
-        self.resumed = spec.resumed
-        self.offset = spec.item_start  # first item index of this run's reserved range
         self.planned = 0  # items planned by this run
         self.discarded = 0  # items made ahead and discarded (the run reached n first)
         self.counts: Counter = Counter()
@@ -283,6 +277,18 @@ class Run:
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_lock": None}  # the run lock stays with the flow process
+
+    @property
+    def recipe(self) -> Recipe:
+        return self.spec.recipe
+
+    @property
+    def run_id(self) -> str:
+        return self.spec.run_id
+
+    @property
+    def fingerprint(self) -> str:
+        return self.spec.fingerprint
 
     @property
     def stages(self) -> Stages:
@@ -305,18 +311,16 @@ class Run:
         fp = recipe.fingerprint()
         root = Path(recipe.output.root)
         rid, resumed, lock = runlock.claim_run(root, recipe.name, fp, str(recipe_path), run_id)
+        stages = None
         try:
             stages = Stages(RunSpec(recipe, str(recipe_path), rid, fp, resumed=resumed))
-        except BaseException:  # bad input: nothing of this run is left behind
-            runlock.abandon_run(root, recipe.name, fp, rid, lock, keep_marker=resumed)
-            raise
-        try:
             # a later run of the same recipe continues the sample stream instead of redrawing it
             start = runlock.reserve_items(
                 root, recipe.name, fp, rid, recipe.budget, floor=previous_items(root, recipe.name, fp)
             )
-        except BaseException:
-            stages.close()
+        except BaseException:  # bad input: nothing of this run is left behind
+            if stages is not None:
+                stages.close()
             runlock.abandon_run(root, recipe.name, fp, rid, lock, keep_marker=resumed)
             raise
         spec = RunSpec(recipe, str(recipe_path), rid, fp, item_start=start, resumed=resumed)
@@ -338,11 +342,9 @@ class Run:
         if self.done():
             return []
         count = min(self.recipe.batch_size, self.recipe.budget - self.planned)
-        items = self.stages.generator.plan(self.offset + self.planned, count)
+        items = self.stages.generator.plan(self.spec.item_start + self.planned, count)
         self.planned += count
         return items
-
-    next_batch = next_items
 
     def unplan(self, items: list[Item]) -> None:
         """Items made ahead that the run did not need: the next run draws them again."""
@@ -406,12 +408,12 @@ class Run:
             "recipe": self.recipe.name,
             "run_id": self.run_id,
             "fingerprint": self.fingerprint,
-            "resumed": self.resumed,
+            "resumed": self.spec.resumed,
             "engine": e.name,
             "model": e.model_id,
             "counts": counts,
             "items_planned": self.planned,
-            "item_offset": self.offset,
+            "item_offset": self.spec.item_start,
             "items_discarded": self.discarded,
             "over_target": self.counts.get("over_target", 0),
             "top_rejects": [(s, r, c) for (s, r), c in reasons.most_common(8)],
@@ -445,9 +447,6 @@ class Run:
         )
         assert self.summary_final is not None
         return path, self.summary_final
-
-    def card_extra(self) -> str:
-        return self.stages.card_extra()
 
     def close(self) -> None:
         release_stages(self.spec)

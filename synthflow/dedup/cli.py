@@ -168,17 +168,17 @@ def dask_signatures(address: str, chunks: list[list[str]], k: int, num_perm: int
     except ImportError:
         raise UserError("--dask needs dask.distributed (pip install 'dask[distributed]')") from None
     cluster = None
-    if address.startswith("local:"):
-        try:
-            n = int(address.split(":", 1)[1])
-        except ValueError:
-            n = 0
-        if n < 1:
-            raise UserError(f"--dask {address}: use local:N with N >= 1, or a scheduler address")
+    local = address.removeprefix("local:") if address.startswith("local:") else None
+    if local is not None and not (local.isdigit() and int(local) >= 1):
+        raise UserError(f"--dask {address}: use local:N with N >= 1, or a scheduler address")
     try:
-        if address.startswith("local:"):
+        if local is not None:
             cluster = LocalCluster(
-                n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=40
+                n_workers=int(local),
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                silence_logs=40,
             )
             client = Client(cluster)
         else:
