@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from synthflow.engines.base import Request, Sampling
-from synthflow.engines.cache import CachedEngine, ResponseCache, cache_key
+import multiprocessing as mp
+import sqlite3
+
+import pytest
+
+from synthflow.engines.base import Completion, Request, Sampling
+from synthflow.engines.cache import CachedEngine, ResponseCache, _set_wal, cache_key
 from synthflow.engines.fake import FakeEngine
 
 SCRIPT = [{"match": "hello", "reply": "hi {i}"}, {"match": "", "reply": "other"}]
@@ -45,3 +50,49 @@ def test_key_covers_model_prompt_sampling_and_sample_index():
     assert cache_key("m", _req("x"), Sampling(temperature=0.1)) != base
     assert cache_key("m", _req("x"), Sampling(seed=1)) != base
     assert cache_key("m", _req("x"), Sampling()) == base
+
+
+class _BusyOnce:
+    """A connection whose journal-mode switch reports `database is locked` twice, as SQLite does
+    when another process is creating the same file (the busy handler is not called for it)."""
+
+    def __init__(self, fails: int):
+        self.fails = fails
+        self.calls: list[str] = []
+
+    def execute(self, sql: str):
+        self.calls.append(sql)
+        if sql == "PRAGMA journal_mode=WAL" and self.fails:
+            self.fails -= 1
+            raise sqlite3.OperationalError("database is locked")
+
+        class _Row:
+            def fetchone(self):
+                return ("delete",)
+
+        return _Row()
+
+
+def test_wal_switch_waits_out_a_concurrent_creator():
+    conn = _BusyOnce(fails=2)
+    _set_wal(conn)
+    assert conn.calls.count("PRAGMA journal_mode=WAL") == 3
+
+
+def test_wal_switch_gives_up_after_its_deadline():
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        _set_wal(_BusyOnce(fails=10**9), wait_s=0.05)
+
+
+def _open_and_write(path: str) -> str:
+    c = ResponseCache(path)
+    c.put_many("m", [(f"k{i}", Completion(text="x", finish_reason="stop")) for i in range(5)])
+    return "ok"
+
+
+def test_processes_creating_one_cache_at_once_all_open_it(tmp_path):
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(4) as pool:
+        for round_ in range(3):
+            path = str(tmp_path / f"c{round_}.sqlite3")
+            assert pool.map(_open_and_write, [path] * 8) == ["ok"] * 8

@@ -59,13 +59,33 @@ def logprob_key(model_id: str, token_ids: list[int]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+def _set_wal(conn: sqlite3.Connection, wait_s: float = 60.0) -> None:
+    """Switch to WAL, waiting out other processes that open the same new file at the same moment.
+
+    SQLite does not call the busy handler for a journal-mode change, so two processes creating one
+    cache at once can get ``database is locked`` at once; the switch is retried instead.
+    """
+    deadline = time.monotonic() + wait_s
+    delay = 0.005
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) and "busy" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.25)
+
+
 class ResponseCache:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=60)
-        self._conn.execute("PRAGMA journal_mode=WAL")
+        _set_wal(self._conn)
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute(SCHEMA)
         self._conn.execute(LOGPROB_SCHEMA)
