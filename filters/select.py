@@ -47,6 +47,7 @@ class Select(Filter):
     name = "select"
     stage = "accept"
     Params = SelectParams
+    shardable = False  # min_distance compares with every row kept so far, in order
     columns: ClassVar[dict[str, pa.DataType]] = {"select_nn_distance": pa.float64(), "cluster_id": pa.int64()}
 
     def __init__(self, params: Any = None, ctx: Any = None):

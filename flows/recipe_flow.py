@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import tempfile
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,6 +28,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import opaque
 
+from synthflow import shard as sharding
+from synthflow.errors import UserError
 from synthflow.generators.base import Item
 from synthflow.record import StageResult
 from synthflow.runner import FUNNEL, Overrides, Run, RunSpec, format_summary, stages_for
@@ -83,6 +88,84 @@ def write(spec: RunSpec, run: Run) -> dict[str, Any]:
     return summary
 
 
+SHARD_RETRIES = 2
+
+
+@task(name="shard", retries=SHARD_RETRIES, retry_delay_seconds=RETRY_DELAY_S, cache_policy=NO_CACHE)
+def run_shard(job: dict[str, Any], shard: int, work_pool: str | None = None) -> dict[str, Any]:
+    """One shard: a local process, or a flow run of the shard deployment on ``work_pool``. A shard
+    that dies (killed, crashed) fails this task and Prefect retries it; the new attempt resumes
+    from the batch it had claimed, mostly from the response cache."""
+    if work_pool:
+        from prefect.deployments import run_deployment
+
+        from flows.shard_flow import register
+
+        fr = run_deployment(register(work_pool), parameters={"job": job, "shard": shard}, timeout=None)
+        if fr.state is None or not fr.state.is_completed():
+            state = fr.state.name if fr.state else "unknown"
+            raise RuntimeError(
+                f"shard {shard}: flow run {fr.name} ended {state}: {fr.state and fr.state.message}"
+            )
+        return _report(job, shard)
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(job, f)
+    try:
+        p = subprocess.run(
+            [sys.executable, "-m", "synthflow.shard", f.name, str(shard)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    finally:
+        os.unlink(f.name)
+    if p.returncode != 0:
+        tail = [ln for ln in p.stderr.strip().splitlines() if ln.strip()][-1:] or [""]
+        raise RuntimeError(f"shard {shard} exited {p.returncode}: {tail[0][:300]}")
+    return _report(job, shard)
+
+
+def _report(job: dict[str, Any], shard: int) -> dict[str, Any]:
+    """What the shard wrote beside its batches (the output storage is shared by every host)."""
+    return json.loads((sharding.shard_dir(sharding.spec_from_job(job)) / f"shard-{shard}.json").read_text())
+
+
+@task(name="merge", cache_policy=NO_CACHE)
+def merge(run: Run, reports: list[dict[str, Any]]) -> None:
+    """The shards' batches into the ledger in batch order (the one-process run's rows)."""
+    sharding.merge(run, reports)
+
+
+def run_sharded(run: Run, shards: int, work_pool: str | None, redis_url: str | None) -> None:
+    """N shards at once, then one merge; a shard that keeps failing fails the run, unpublished."""
+    spec = run.spec
+    sharding.check_shardable(stages_for(spec))
+    if work_pool and not redis_url:
+        raise UserError("--work-pool: pass --redis URL, a Redis every worker host can reach")
+    with sharding.redis_for(redis_url) as url:
+        q = sharding.Queue(url, spec.run_id)
+        q.reset()
+        job = sharding.make_job(spec, shards, url)
+        futures = [run_shard.submit(job, k, work_pool) for k in range(shards)]
+        reports, failed = [], []
+        for k, fut in enumerate(futures):
+            try:
+                reports.append(fut.result())
+            except Exception as e:  # noqa: BLE001 - reported below, nothing is published
+                failed.append(f"shard {k}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+        q.reset()
+    if failed:
+        raise ShardFailed(
+            f"{len(failed)} of {shards} shards failed after {1 + SHARD_RETRIES} attempts; nothing was "
+            f"published ({'; '.join(failed)})"
+        )
+    merge(run, reports)
+
+
+class ShardFailed(UserError):
+    pass
+
+
 def _progress(run: Run) -> Any:
     if os.environ.get("SYNTHFLOW_PROGRESS", "1") == "0":
         return None
@@ -118,9 +201,14 @@ def run_recipe(
     max_items: int | None = None,
     sets: list[str] | None = None,
     seed_from_date: bool = False,
+    shards: int = 1,
+    work_pool: str | None = None,
+    redis: str | None = None,
 ) -> dict[str, Any]:
     """Run one recipe end to end and publish its dataset. ``seed_from_date`` (for schedules)
-    makes each day's run draw new samples, so a nightly deployment adds new rows."""
+    makes each day's run draw new samples, so a nightly deployment adds new rows. ``shards``
+    splits the run's batches over that many processes (``work_pool``: flow runs on that Prefect
+    work pool's workers), sharing the Redis at ``redis`` (default: a private local one)."""
     if seed_from_date and seed is None:
         seed = int(datetime.now(UTC).strftime("%Y%m%d"))
     ov = Overrides(
@@ -139,6 +227,11 @@ def run_recipe(
     bar = None
     pending = None
     try:
+        if shards > 1:
+            run_sharded(run, shards, work_pool, redis)
+            summary = write(spec, run)
+            sharding.cleanup(spec)
+            return _artifacts(run, summary)
         bar = _progress(run)
         run.seconds["prepare"] += prepare(spec)
         items = run.next_items()
@@ -170,6 +263,10 @@ def run_recipe(
         if pending is not None:  # a failure while a batch was made ahead: let it end first
             pending.wait()
         run.close()
+    return _artifacts(run, summary)
+
+
+def _artifacts(run: Run, summary: dict[str, Any]) -> dict[str, Any]:
     counts = summary["counts"]
     create_table_artifact(
         key=f"{run.recipe.name}-stage-counts".replace("_", "-"),

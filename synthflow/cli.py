@@ -68,11 +68,17 @@ def cmd_run(a: argparse.Namespace) -> int:
         max_items=a.max_items,
         sets=a.set,
     )
-    Run.check(a.recipe, ov)  # bad input fails here, before Prefect starts
+    if a.shards < 1:
+        raise UserError(f"--shards {a.shards}: give 1 or more")
+    if a.work_pool and a.shards < 2:
+        raise UserError("--work-pool: only for a sharded run (--shards 2 or more)")
+    Run.check(a.recipe, ov, shards=a.shards)  # bad input fails here, before Prefect starts
     _reap_orphan_prefect_servers()
     from flows.recipe_flow import run_recipe
 
-    summary = run_recipe(recipe=a.recipe, **dataclasses.asdict(ov))
+    summary = run_recipe(
+        recipe=a.recipe, **dataclasses.asdict(ov), shards=a.shards, work_pool=a.work_pool, redis=a.redis
+    )
     print(format_summary(summary))
     return 0
 
@@ -179,6 +185,23 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override any recipe field (VALUE is YAML), e.g. --set generator.options.self_consistency=4 "
         "or --set scoring.judge.sample=1 (repeatable)",
+    )
+    r.add_argument(
+        "--shards",
+        type=int,
+        default=1,
+        help="split the run's batches over N processes (or N workers with --work-pool); the merged "
+        "dataset equals the one-process run's (not for self_instruct or the select filter)",
+    )
+    r.add_argument(
+        "--work-pool",
+        help="run the shards as flow runs on this Prefect work pool (one worker per GPU host); "
+        "needs PREFECT_API_URL and --redis",
+    )
+    r.add_argument(
+        "--redis",
+        help="Redis URL the shards share for their batch queue, e.g. redis://HOST:6379/0 "
+        "(default: a private local redis-server)",
     )
     r.set_defaults(fn=cmd_run)
 

@@ -38,6 +38,9 @@ class Filter(ABC):
     Params: ClassVar[type[BaseModel]] = NoParams
     # columns this filter fills in record.fields (typed Parquet columns, like a generator's)
     columns: ClassVar[dict[str, pa.DataType]] = {}
+    # False when a row's verdict depends on the rows of earlier batches other than through admit
+    # (e.g. select's distance to the rows it kept): not usable in a sharded run
+    shardable: ClassVar[bool] = True
 
     def __init__(self, params: Any = None, ctx: FilterContext | None = None):
         self.params = (

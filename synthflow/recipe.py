@@ -41,6 +41,10 @@ class EngineConfig(_Strict):
     script: str | None = None
     delay_s: float = 0.0
     fail_call: int = Field(0, ge=0, description="fake engine: raise once on this call (1-based); 0 never")
+    kill_file: str | None = Field(
+        None,
+        description="fake engine: on call fail_call, SIGKILL the process instead, once (this file marks it)",
+    )
 
 
 class SamplingConfig(_Strict):

@@ -137,6 +137,7 @@ class Stages:
                 recipe=recipe, generator=self.generator, out_root=Path(recipe.output.root), run_id=spec.run_id
             )
             self.filters = build_filters(recipe, where, ctx, score_stage)
+            self.ctx = ctx
         except BaseException:
             self.engines.close()
             raise
@@ -273,6 +274,7 @@ class Run:
         self.rejects: list[Reject] = []
         self.started = time.time()
         self.summary_final: dict[str, Any] | None = None
+        self.shard_reports: list[dict[str, Any]] = []  # a sharded run: what each shard did
         self._lock = lock
 
     def __getstate__(self) -> dict[str, Any]:
@@ -296,11 +298,18 @@ class Run:
 
     # ---- opening ------------------------------------------------------------------------------
     @staticmethod
-    def check(recipe_path: str, overrides: Overrides | None = None) -> Recipe:
+    def check(recipe_path: str, overrides: Overrides | None = None, shards: int = 1) -> Recipe:
         """Validate recipe, seeds, generator, filters and engine reachability; no side effects."""
         recipe = load_recipe(recipe_path, (overrides or Overrides()).as_recipe_keys())
         spec = RunSpec(recipe, str(recipe_path), run_id="check", fingerprint=recipe.fingerprint())
-        Stages(spec).close()
+        st = Stages(spec)
+        try:
+            if shards > 1:
+                from synthflow.shard import check_shardable
+
+                check_shardable(st)
+        finally:
+            st.close()
         return recipe
 
     @classmethod
@@ -404,7 +413,15 @@ class Run:
         wall = time.time() - self.started
         pool = st.engines
         ready = (pool.ready_at - self.started) if pool.ready_at is not None else None
-        return {
+        hits, misses = e.hits, e.misses
+        prompt_tok, completion_tok, engine_s = e.prompt_tokens, e.completion_tokens, e.engine_seconds
+        for s in self.shard_reports:  # a sharded run: the shards' engines did the work
+            hits += s["cache"]["hits"]
+            misses += s["cache"]["misses"]
+            prompt_tok += s["tokens"]["prompt"]
+            completion_tok += s["tokens"]["completion"]
+            engine_s += s["engine_seconds"]
+        out = {
             "recipe": self.recipe.name,
             "run_id": self.run_id,
             "fingerprint": self.fingerprint,
@@ -418,12 +435,10 @@ class Run:
             "over_target": self.counts.get("over_target", 0),
             "top_rejects": [(s, r, c) for (s, r), c in reasons.most_common(8)],
             "rejects_by_stage": dict(Counter(j.stage for j in self.rejects)),
-            "cache": {"hits": e.hits, "misses": e.misses},
-            "tokens": {"prompt": e.prompt_tokens, "completion": e.completion_tokens},
-            "engine_seconds": round(e.engine_seconds, 2),
-            "output_tokens_per_s": round(e.completion_tokens / e.engine_seconds, 1)
-            if e.engine_seconds
-            else None,
+            "cache": {"hits": hits, "misses": misses},
+            "tokens": {"prompt": prompt_tok, "completion": completion_tok},
+            "engine_seconds": round(engine_s, 2),
+            "output_tokens_per_s": round(completion_tok / engine_s, 1) if engine_s else None,
             "stage_seconds": {k: round(v, 2) for k, v in self.seconds.items()},
             "generate_seconds": round(gen_s, 2),
             "wall_seconds": round(wall, 1),
@@ -438,6 +453,9 @@ class Run:
             "roles": pool.usage(),
             "scores": score_stats(self.accepted, self.rejects, st.writer.score_names),
         }
+        if self.shard_reports:
+            out["shards"] = self.shard_reports
+        return out
 
     def finish(self) -> tuple[Path, dict[str, Any]]:
         """Publish (in this process), then end the claim: the resume marker and the lock go."""
@@ -561,6 +579,11 @@ def format_summary(s: dict[str, Any]) -> str:
             f"(ready at {t['engine_ready_s']:g} s): {share:.0%}"
             f"; pipeline {'on' if s.get('pipeline') else 'off'}"
             + (f", {s['items_discarded']} items made ahead and discarded" if s.get("items_discarded") else "")
+        )
+    for sh in s.get("shards") or []:
+        lines.append(
+            f"  shard {sh['shard']} on {sh['host']}: {len(sh['batches'])} batches, "
+            f"{sh['cache']['misses']} generated, {sh['cache']['hits']} cached, engine {sh['engine_seconds']} s"
         )
     lines.append(f"  wall time: {s['wall_seconds']} s")
     return "\n".join(lines)

@@ -6,7 +6,8 @@ When the conversation ends with an assistant prefill that the reply starts with,
 The first matching rule answers; ``"scope": "all"`` matches the whole conversation
 (``<role> content`` lines) instead of the last user message; ``"finish_reason": "length"`` makes the
 reply look cut at max_tokens. ``delay_s`` sleeps per call so tests can kill a run mid-generation;
-``fail_call: N`` raises once, on the N-th call, so tests can make a task fail and be retried.
+``fail_call: N`` raises once, on the N-th call, so tests can make a task fail and be retried; with
+``kill_file`` it SIGKILLs its process on that call instead, once (the file marks that it happened).
 
 For token-level scorers it is a "copy model" over whitespace words: a token seen earlier in the
 sequence has logprob ``seen_logprob`` (-0.5), any other ``unseen_logprob`` (-3.0), so a test can
@@ -17,7 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,7 @@ class FakeEngine:
         model_id: str = "fake-model",
         delay_s: float = 0.0,
         fail_call: int = 0,
+        kill_file: str | None = None,
     ):
         if isinstance(script, (str, Path)):
             script = json.loads(Path(script).read_text())
@@ -50,6 +54,7 @@ class FakeEngine:
         self.model_id = model_id
         self.delay_s = delay_s
         self.fail_call = fail_call
+        self.kill_file = kill_file
         self.calls = 0
         self.prompts_seen = 0
         self.logprob_calls = 0
@@ -75,7 +80,11 @@ class FakeEngine:
 
     def generate(self, requests: list[Request], sampling: Sampling) -> list[Completion]:
         self.calls += 1
-        if self.calls == self.fail_call:
+        if self.calls == self.fail_call and self.kill_file:
+            if not os.path.exists(self.kill_file):  # once: the retry of the killed process goes on
+                Path(self.kill_file).write_text(str(os.getpid()))
+                os.kill(os.getpid(), signal.SIGKILL)
+        elif self.calls == self.fail_call:
             raise RuntimeError(f"fake engine: scripted failure on call {self.calls}")
         self.prompts_seen += len(requests)
         self.samplings.append(sampling)

@@ -61,6 +61,9 @@ class Generator(ABC):
     # attributes that ``generate`` changes (e.g. Self-Instruct's pool and rounds): checkpointed
     # before each batch, so a retried or discarded batch starts from the same state
     state_attrs: ClassVar[tuple[str, ...]] = ()
+    # False when a batch's prompts depend on the rows of earlier batches (Self-Instruct's pool):
+    # such a recipe cannot be split into shards that generate at the same time
+    shardable: ClassVar[bool] = True
 
     def __init__(self, recipe: Any, seeds: list[Seed]):
         self.recipe = recipe

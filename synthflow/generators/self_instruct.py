@@ -169,6 +169,7 @@ class SelfInstruct(Generator):
     # a list cut at max_tokens loses its last item (as the original discards it); the rest stands
     truncation_ok = frozenset({"instructions", "input_first", "output_first"})
     state_attrs = ("pool", "machine", "rounds", "classified")
+    shardable = False  # each round's prompts sample the pool the earlier rounds grew
 
     def __init__(self, recipe: Any, seeds: list[Seed]):
         super().__init__(recipe, seeds)

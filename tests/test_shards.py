@@ -1,0 +1,196 @@
+"""Sharded runs (issue 13): N shards take disjoint batches from a Redis queue, a merge admits them
+in batch order, and the published rows are the one-process run's rows."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from synthflow.store import completed_runs
+
+from .conftest import ROOT, fake_recipe, math_recipe, run_cli
+from .test_pipeline import _content, _reasons, _run
+
+
+def _recipe(tmp_path: Path, **kw) -> Path:
+    # n reached in the 2nd batch of 16; a dup-heavy script, so admission order matters
+    return math_recipe(tmp_path, n=6, batch_size=16, max_items=160, engine__delay_s=0.05, **kw)
+
+
+def _no_retry_delay(monkeypatch, retries: int | None = None):
+    import flows.recipe_flow as rf
+
+    opts = {"retry_delay_seconds": 0} | ({"retries": retries} if retries is not None else {})
+    monkeypatch.setattr(rf, "run_shard", rf.run_shard.with_options(**opts))
+    if retries is not None:
+        monkeypatch.setattr(rf, "SHARD_RETRIES", retries)
+    return rf
+
+
+def test_two_local_shards_publish_the_one_process_rows(tmp_path, prefect_harness, monkeypatch):
+    rf = _no_retry_delay(monkeypatch)
+    recipe = _recipe(tmp_path)
+    one = _run(rf.run_recipe, recipe, tmp_path / "one", tmp_path / "one.sqlite3", monkeypatch)
+    two = _run(rf.run_recipe, recipe, tmp_path / "two", tmp_path / "two.sqlite3", monkeypatch, shards=2)
+    a, b = Path(one["path"]), Path(two["path"])
+    assert _content(a) and _content(a) == _content(b)
+    assert _reasons(a) == _reasons(b)
+    assert two["counts"]["accepted"] == one["counts"]["accepted"] == 6
+    assert two["items_planned"] == one["items_planned"]
+    shards = two["shards"]
+    assert [s["shard"] for s in shards] == [0, 1]
+    batches = [i for s in shards for i in s["batches"]]
+    assert len(batches) == len(set(batches))  # no batch made twice
+    assert sum(s["cache"]["misses"] for s in shards) == two["cache"]["misses"] > 0
+    assert not list((tmp_path / "two").glob(".synthflow-staging/*.shards"))  # staged batches cleaned
+
+
+def test_a_killed_shard_is_retried_and_the_rows_are_the_same(tmp_path, prefect_harness, monkeypatch):
+    """One shard SIGKILLs itself on its 2nd engine call (mid-batch); Prefect retries its task, the new
+    process redoes the batch it had claimed, and the merged rows are still the one-process rows."""
+    rf = _no_retry_delay(monkeypatch)
+    marker = tmp_path / "killed"
+    clean = _recipe(tmp_path)
+    killing = math_recipe(
+        tmp_path,
+        name="killing.yaml",
+        n=6,
+        batch_size=16,
+        max_items=160,
+        engine__delay_s=0.05,
+        engine__fail_call=2,
+        engine__kill_file=str(marker),
+    )
+    one = _run(rf.run_recipe, clean, tmp_path / "one", tmp_path / "one.sqlite3", monkeypatch)
+    two = _run(rf.run_recipe, killing, tmp_path / "two", tmp_path / "two.sqlite3", monkeypatch, shards=2)
+    assert marker.is_file()  # a shard was killed
+    assert _content(Path(one["path"])) == _content(Path(two["path"]))
+
+
+def test_a_shard_that_keeps_failing_fails_the_run_and_publishes_nothing(
+    tmp_path, prefect_harness, monkeypatch
+):
+    from synthflow.errors import UserError
+
+    rf = _no_retry_delay(monkeypatch, retries=0)
+    recipe = _recipe(tmp_path, engine__fail_call=1)  # every shard process fails its first call
+    with pytest.raises(UserError, match=r"2 of 2 shards failed after 1 attempts; nothing was published"):
+        _run(rf.run_recipe, recipe, tmp_path / "out", tmp_path / "c.sqlite3", monkeypatch, shards=2)
+    assert completed_runs(tmp_path / "out") == []
+
+
+def test_shards_refuse_a_generator_that_builds_on_earlier_batches(tmp_path):
+    recipe = fake_recipe(tmp_path, "self_instruct", "fake_self_instruct.json")
+    p = run_cli("run", str(recipe), "--shards", "2", env={"SYNTHFLOW_PROGRESS": "0"})
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "self_instruct" in lines[0] and "without --shards" in lines[0]
+
+
+# ---- on Prefect workers -------------------------------------------------------------------------
+def _start_redis(tmp_path: Path) -> tuple[subprocess.Popen, str]:
+    import socket
+
+    import redis
+
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.fail("redis-server is not installed (make sysdeps installs it)")
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    proc = subprocess.Popen(
+        [
+            exe,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    r = redis.Redis.from_url(url)
+    for _ in range(200):
+        try:
+            r.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    return proc, url
+
+
+def test_two_shards_on_two_process_workers(tmp_path, prefect_harness, monkeypatch):
+    """A Prefect server on loopback (the harness), a process work pool with 2 workers, a real
+    redis-server: the shards run as flow runs on the workers and the merge gives the one-process rows."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    rf = _no_retry_delay(monkeypatch)
+    api = PREFECT_API_URL.value()
+    env = {**os.environ, "PREFECT_API_URL": api, "SYNTHFLOW_RESPONSE_CACHE": str(tmp_path / "two.sqlite3")}
+    prefect = [sys.executable, "-m", "prefect"]
+    pool = "synthflow-shards-test"
+    subprocess.run(
+        [*prefect, "work-pool", "create", pool, "--type", "process"], env=env, check=True, capture_output=True
+    )
+    redis_proc, url = _start_redis(tmp_path)
+    workers = [
+        subprocess.Popen(
+            [
+                *prefect,
+                "worker",
+                "start",
+                "--pool",
+                pool,
+                "--type",
+                "process",
+                "--limit",
+                "1",
+                "--name",
+                f"w{k}",
+            ],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for k in range(2)
+    ]
+    try:
+        recipe = _recipe(tmp_path)
+        one = _run(rf.run_recipe, recipe, tmp_path / "one", tmp_path / "one.sqlite3", monkeypatch)
+        monkeypatch.setenv("SYNTHFLOW_RESPONSE_CACHE", str(tmp_path / "two.sqlite3"))
+        two = rf.run_recipe(
+            recipe=str(recipe), out=str(tmp_path / "two"), shards=2, work_pool=pool, redis=url
+        )
+        assert _content(Path(one["path"])) == _content(Path(two["path"]))
+        assert [s["shard"] for s in two["shards"]] == [0, 1]
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs()
+            shard_runs = [r for r in runs if r.parameters.get("shard") in (0, 1) and "job" in r.parameters]
+            assert len(shard_runs) >= 2 and all(r.state.is_completed() for r in shard_runs)
+            assert len({r.work_pool_name for r in shard_runs}) == 1
+    finally:
+        for w in workers:
+            w.terminate()
+        for w in workers:
+            try:
+                w.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                w.kill()
+        redis_proc.terminate()
+        redis_proc.wait(timeout=10)
