@@ -352,9 +352,13 @@ def verify_template(records: Sequence[Record], executor: Any, p: VerifyParams) -
     return out
 
 
-def make_executor(p: VerifyParams) -> Any:
+def make_executor(p: VerifyParams, dask: str | None = None) -> Any:
     from synthflow.sandbox.forkserver import SandboxExecutor
 
+    if dask:  # the run's --dask: the same verdicts, computed on the cluster's workers
+        from synthflow.sandbox.dask_executor import DaskSandbox
+
+        return DaskSandbox(dask, mode=p.sandbox_mode, mem_mb=p.mem_mb, allow_weak=p.allow_weak)
     return SandboxExecutor(workers=p.workers, mode=p.sandbox_mode, mem_mb=p.mem_mb, allow_weak=p.allow_weak)
 
 
@@ -369,7 +373,7 @@ class Verify(Filter):
     def __init__(self, params: Any = None, ctx: Any = None):
         super().__init__(params, ctx)
         self.kind: Callable[..., list[Check]] = get("verifier", self.params.kind, "filters.verify.kind")
-        self.executor = make_executor(self.params)
+        self.executor = make_executor(self.params, getattr(self.ctx, "dask", None))
 
     def __call__(self, records: Sequence[Record]) -> StageResult:
         res = StageResult()

@@ -113,6 +113,12 @@ def run_shard(job: dict[str, Any], shard: int, work_pool: str | None = None) -> 
     try:
         p = subprocess.run(
             [sys.executable, "-m", "synthflow.shard", f.name, str(shard)],
+            # N engines on this host: each takes 1/N of the memory share and its own cores
+            env={
+                **os.environ,
+                "SYNTHFLOW_ENGINES_PER_HOST": str(job["shards"]),
+                "SYNTHFLOW_ENGINE_SLOT": str(shard),
+            },
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -204,11 +210,13 @@ def run_recipe(
     shards: int = 1,
     work_pool: str | None = None,
     redis: str | None = None,
+    dask: str | None = None,
 ) -> dict[str, Any]:
     """Run one recipe end to end and publish its dataset. ``seed_from_date`` (for schedules)
     makes each day's run draw new samples, so a nightly deployment adds new rows. ``shards``
     splits the run's batches over that many processes (``work_pool``: flow runs on that Prefect
-    work pool's workers), sharing the Redis at ``redis`` (default: a private local one)."""
+    work pool's workers), sharing the Redis at ``redis`` (default: a private local one). ``dask``
+    (an address or local:N) runs the verify step's sandboxes on a Dask cluster."""
     if seed_from_date and seed is None:
         seed = int(datetime.now(UTC).strftime("%Y%m%d"))
     ov = Overrides(
@@ -222,7 +230,7 @@ def run_recipe(
         max_items=max_items,
         sets=sets,
     )
-    run = Run.open(recipe, ov)  # validation, the run's claim and item range: in the flow process
+    run = Run.open(recipe, ov, dask=dask)  # validation, the run's claim and item range: in the flow process
     spec = run.spec
     bar = None
     pending = None

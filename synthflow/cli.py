@@ -77,7 +77,12 @@ def cmd_run(a: argparse.Namespace) -> int:
     from flows.recipe_flow import run_recipe
 
     summary = run_recipe(
-        recipe=a.recipe, **dataclasses.asdict(ov), shards=a.shards, work_pool=a.work_pool, redis=a.redis
+        recipe=a.recipe,
+        **dataclasses.asdict(ov),
+        shards=a.shards,
+        work_pool=a.work_pool,
+        redis=a.redis,
+        dask=a.dask,
     )
     print(format_summary(summary))
     return 0
@@ -202,6 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--redis",
         help="Redis URL the shards share for their batch queue, e.g. redis://HOST:6379/0 "
         "(default: a private local redis-server)",
+    )
+    r.add_argument(
+        "--dask",
+        metavar="ADDRESS|local:N",
+        help="run the verify step's programs on a Dask cluster (scheduler address, or local:N worker "
+        "processes), each worker in its own sandbox; the same verdicts",
     )
     r.set_defaults(fn=cmd_run)
 

@@ -26,6 +26,7 @@ class FilterContext:
     generator: Any = None
     out_root: Path | None = None
     run_id: str = ""
+    dask: str | None = None  # the run's --dask cluster (CPU stages fan out there), not a recipe field
 
     @property
     def text_field(self) -> str:

@@ -98,6 +98,7 @@ class RunSpec:
     fingerprint: str
     item_start: int = 0
     resumed: bool = False
+    dask: str | None = None  # --dask: the verify step's sandboxes run on this Dask cluster
 
 
 def build_filters(
@@ -134,7 +135,11 @@ class Stages:
         try:
             self.engine, score_stage = open_engines(recipe, where, self.engines)
             ctx = FilterContext(
-                recipe=recipe, generator=self.generator, out_root=Path(recipe.output.root), run_id=spec.run_id
+                recipe=recipe,
+                generator=self.generator,
+                out_root=Path(recipe.output.root),
+                run_id=spec.run_id,
+                dask=spec.dask,
             )
             self.filters = build_filters(recipe, where, ctx, score_stage)
             self.ctx = ctx
@@ -313,7 +318,13 @@ class Run:
         return recipe
 
     @classmethod
-    def open(cls, recipe_path: str, overrides: Overrides | None = None, run_id: str | None = None) -> Run:
+    def open(
+        cls,
+        recipe_path: str,
+        overrides: Overrides | None = None,
+        run_id: str | None = None,
+        dask: str | None = None,
+    ) -> Run:
         """Validate everything, then claim a run: resume an unfinished run of this recipe whose
         process is gone (its lock is free), else start a new one; reserve its item range."""
         recipe = load_recipe(recipe_path, (overrides or Overrides()).as_recipe_keys())
@@ -322,7 +333,7 @@ class Run:
         rid, resumed, lock = runlock.claim_run(root, recipe.name, fp, str(recipe_path), run_id)
         stages = None
         try:
-            stages = Stages(RunSpec(recipe, str(recipe_path), rid, fp, resumed=resumed))
+            stages = Stages(RunSpec(recipe, str(recipe_path), rid, fp, resumed=resumed, dask=dask))
             # a later run of the same recipe continues the sample stream instead of redrawing it
             start = runlock.reserve_items(
                 root, recipe.name, fp, rid, recipe.budget, floor=previous_items(root, recipe.name, fp)
@@ -332,7 +343,7 @@ class Run:
                 stages.close()
             runlock.abandon_run(root, recipe.name, fp, rid, lock, keep_marker=resumed)
             raise
-        spec = RunSpec(recipe, str(recipe_path), rid, fp, item_start=start, resumed=resumed)
+        spec = RunSpec(recipe, str(recipe_path), rid, fp, item_start=start, resumed=resumed, dask=dask)
         stages.spec = spec
         _STAGES[rid] = stages
         run = cls(spec, lock)

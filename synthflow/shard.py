@@ -111,6 +111,7 @@ def make_job(spec: RunSpec, shards: int, redis_url: str) -> dict[str, Any]:
         "item_start": spec.item_start,
         "shards": shards,
         "redis": redis_url,
+        "dask": spec.dask,
     }
 
 
@@ -124,7 +125,12 @@ def spec_from_job(job: dict[str, Any]) -> RunSpec:
             f"the run has {job['fingerprint']} (different seeds, model or scorer files on this host?)"
         )
     return RunSpec(
-        recipe, job["recipe_path"], job["run_id"], job["fingerprint"], item_start=job["item_start"]
+        recipe,
+        job["recipe_path"],
+        job["run_id"],
+        job["fingerprint"],
+        item_start=job["item_start"],
+        dask=job.get("dask"),
     )
 
 

@@ -163,35 +163,9 @@ def _signature_chunk(texts: list[str], k: int, num_perm: int) -> tuple[Any, Any]
 
 def dask_signatures(address: str, chunks: list[list[str]], k: int, num_perm: int) -> list[tuple[Any, Any]]:
     """``_signature_chunk`` of every chunk on a Dask cluster, in input order."""
-    try:
-        from distributed import Client, LocalCluster
-    except ImportError:
-        raise UserError("--dask needs dask.distributed (pip install 'dask[distributed]')") from None
-    cluster = None
-    local = address.removeprefix("local:") if address.startswith("local:") else None
-    if local is not None and not (local.isdigit() and int(local) >= 1):
-        raise UserError(f"--dask {address}: use local:N with N >= 1, or a scheduler address")
-    try:
-        if local is not None:
-            cluster = LocalCluster(
-                n_workers=int(local),
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address=None,
-                silence_logs=40,
-            )
-            client = Client(cluster)
-        else:
-            client = Client(address, timeout=15)
-    except (OSError, TimeoutError) as e:
-        raise UserError(f"--dask {address}: cannot reach the scheduler ({e})") from None
-    try:
-        futures = client.map(_signature_chunk, chunks, k=k, num_perm=num_perm, pure=False)
-        return client.gather(futures)
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+    from synthflow.daskrun import map_chunks
+
+    return map_chunks(address, _signature_chunk, chunks, k=k, num_perm=num_perm)
 
 
 def cmd_decontam(a: Any) -> int:

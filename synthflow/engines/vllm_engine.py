@@ -19,6 +19,10 @@ def _bind_all_cpus() -> None:
         cpus = sorted(os.sched_getaffinity(0))
     except AttributeError:
         return
+    # local shards: each engine of this host gets its own share of the cores, not all of them
+    n = max(1, int(os.environ.get("SYNTHFLOW_ENGINES_PER_HOST", "1") or 1))
+    if n > 1 and len(cpus) >= n:
+        cpus = cpus[int(os.environ.get("SYNTHFLOW_ENGINE_SLOT", "0")) % n :: n]
     if cpus:
         os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(c) for c in cpus)
 
@@ -77,6 +81,8 @@ class VLLMEngine:
         if util is None:
             # The CPU backend reserves this fraction of one NUMA node's memory; 0.92 fails there.
             util = 0.4 if on_cpu else 0.9
+            # local shards: N engines share this host's memory (or GPU)
+            util /= max(1, int(os.environ.get("SYNTHFLOW_ENGINES_PER_HOST", "1") or 1))
         eager = self.enforce_eager if self.enforce_eager is not None else on_cpu
         dtype = self.dtype
         if dtype == "auto" and on_cpu:

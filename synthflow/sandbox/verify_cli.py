@@ -73,7 +73,13 @@ def cmd_verify(a: Any) -> int:
     rows = read_jsonl(path)
     jobs = jobs_from(rows, a.format, a.completion_field, a.timeout, path)
     key = "task_id" if a.format == "humaneval" else "id"  # verdicts keep the input's id key
-    with SandboxExecutor(workers=a.workers, mode=a.sandbox, allow_weak=a.allow_weak_sandbox) as ex:
+    if a.dask:
+        from synthflow.sandbox.dask_executor import DaskSandbox
+
+        ex_cm: Any = DaskSandbox(a.dask, mode=a.sandbox, allow_weak=a.allow_weak_sandbox)
+    else:
+        ex_cm = SandboxExecutor(workers=a.workers, mode=a.sandbox, allow_weak=a.allow_weak_sandbox)
+    with ex_cm as ex:
         verdicts = ex.run([j for _, j in jobs])
         mode, weak = ex.mode, ex.weak
     passed = sum(v.passed for v in verdicts)
@@ -113,6 +119,12 @@ def add_parser(sub: Any) -> None:
         "--allow-weak-sandbox",
         action="store_true",
         help="run even where only a weak sandbox (unshare, fallback) works; the output says so",
+    )
+    v.add_argument(
+        "--dask",
+        metavar="ADDRESS|local:N",
+        help="run the programs on a Dask cluster (scheduler address, or local:N worker processes); "
+        "each worker runs its chunk in its own sandbox; same verdicts, in input order",
     )
     v.add_argument("--show-failures", action="store_true")
     v.set_defaults(fn=cmd_verify)

@@ -152,6 +152,39 @@ def _context(a: Any) -> Any:
     return ScoreContext(generator_engine=engine, where="--scorer")
 
 
+def _score_chunk(records: list[Record], spec: dict[str, dict[str, Any]]) -> list[tuple[dict, dict]]:
+    """On a Dask worker: the CPU scorers of ``spec`` over one chunk; scores and scorer columns back."""
+    from synthflow.recipe import EngineConfig
+    from synthflow.registry import validate_model
+    from synthflow.scoring import ScoreContext, ScoreStage, build_scorers
+
+    ctx = ScoreContext(generator_engine=validate_model(EngineConfig, {}, "--engine"), where="--scorer")
+    stage = ScoreStage(build_scorers(spec, ctx))
+    try:
+        stage(records)
+    finally:
+        stage.close()
+    return [(r.scores, {c: r.fields.get(c) for c in stage.columns}) for r in records]
+
+
+def score_on_dask(address: str, records: list[Record], stage: Any, spec: dict[str, dict[str, Any]]) -> None:
+    """``--dask``: chunks of rows to the cluster's workers, each scoring with its own copy of the
+    scorers; the scores land on the same records, in order. Only CPU scorers: an engine-backed one
+    (ifd, judge) batches on its engine instead."""
+    from synthflow.daskrun import map_chunks, split, workers_of
+
+    engine_backed = [s.name for s in stage.scorers if s.role]
+    if engine_backed:
+        raise UserError(
+            f"--dask: scorer {engine_backed[0]} runs on an engine; use --dask with CPU scorers only"
+        )
+    results = map_chunks(address, _score_chunk, split(records, 4 * workers_of(address)), spec=spec)
+    flat = [x for chunk in results for x in chunk]
+    for r, (scores, fields) in zip(records, flat, strict=True):
+        r.scores.update(scores)
+        r.fields.update(fields)
+
+
 def score_records(records: list[Record], stage: Any, batch_size: int, progress: bool) -> None:
     bar = None
     if progress:
@@ -218,7 +251,10 @@ def cmd_score(a: Any) -> int:
         else:
             table = read_inputs(a.inputs, (a.instruction_field, a.response_field))
             records = to_records(table, a.instruction_field, a.response_field)
-            score_records(records, stage, batch, progress)
+            if a.dask:
+                score_on_dask(a.dask, records, stage, spec)
+            else:
+                score_records(records, stage, batch, progress)
             out = Path(a.out) / "scored.parquet"
             with atomic_path(out) as tmp:
                 pq.write_table(with_scores(table, records, stage), tmp, compression="zstd")
@@ -247,7 +283,10 @@ def _rescore_run(run_dir: Path, stage: Any, a: Any, batch: int, progress: bool) 
     for f in files:
         table = read_inputs([str(f)], (a.instruction_field, a.response_field))
         recs = to_records(table, a.instruction_field, a.response_field)
-        score_records(recs, stage, batch, progress)
+        if a.dask:
+            score_on_dask(a.dask, recs, stage, _scoring_spec(a))
+        else:
+            score_records(recs, stage, batch, progress)
         new.append((f, with_scores(table, recs, stage)))
         all_records += recs
     for f, table in new:  # nothing is replaced until every file has scored
@@ -340,6 +379,12 @@ def add_parsers(sub: Any) -> None:
         "--batch-size",
         type=int,
         help="rows per scorer call (default: 256 with a model-backed scorer, else 8192)",
+    )
+    s.add_argument(
+        "--dask",
+        metavar="ADDRESS|local:N",
+        help="score on a Dask cluster (scheduler address, or local:N worker processes); CPU scorers "
+        "only (heuristics, sklearn:DIR); the same columns as without it",
     )
     s.set_defaults(fn=cmd_score)
 
