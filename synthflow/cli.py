@@ -161,7 +161,17 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
 
 # ---- parser --------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
+# commands whose parsers live in modules of their own: built only when needed, so that e.g.
+# `synthflow dedup` does not import the scoring and sandbox stacks before it starts
+_GROUPS = {
+    "verify": ("verify",),
+    "dedup": ("dedup", "decontam"),
+    "scoring": ("score", "train-scorer"),
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser, or (``command`` given, e.g. from argv) only the group that has it."""
     p = argparse.ArgumentParser(
         prog="synthflow",
         description="Generate verified, deduplicated, scored synthetic SFT data from declarative recipes.",
@@ -234,24 +244,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("recipes", nargs="*", help="recipe files (default: every recipes/*.yaml)")
     s.set_defaults(fn=cmd_serve)
 
-    from synthflow.sandbox.verify_cli import add_parser as add_verify
+    want = {g for g, cmds in _GROUPS.items() if command is None or command in cmds}
+    if "verify" in want:
+        from synthflow.sandbox.verify_cli import add_parser as add_verify
 
-    add_verify(sub)
+        add_verify(sub)
+    if "dedup" in want:
+        from synthflow.dedup.cli import add_parsers as add_dedup
 
-    from synthflow.dedup.cli import add_parsers as add_dedup
+        add_dedup(sub)
+    if "scoring" in want:
+        from synthflow.scoring.cli import add_parsers as add_scoring
 
-    add_dedup(sub)
-
-    from synthflow.scoring.cli import add_parsers as add_scoring
-
-    add_scoring(sub)
-
+        add_scoring(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    a = parser.parse_args(argv)
+    args = sys.argv[1:] if argv is None else argv
+    first = args[0] if args else None
+    grouped = any(first in cmds for cmds in _GROUPS.values())
+    parser = build_parser(first if grouped else None)
+    a = parser.parse_args(args)
     try:
         return a.fn(a)
     except UserError as e:

@@ -145,3 +145,39 @@ def test_dedup_cli_keeps_every_parquet_column(tmp_path):
     assert kept.schema.field("messages").type == t.schema.field("messages").type
     rej = pq.read_table(tmp_path / "o" / "rejects.parquet").to_pylist()
     assert [(r["id"], r["reject_reason"]) for r in rej] == [("b", "dedup:exact:a")]
+
+
+def test_arrow_buffers_hash_like_python_strings():
+    """`synthflow dedup` hashes an Arrow string column from its buffers; the shingles and exact
+    keys must be those of the string path (the flow's, and the cross-run index's)."""
+    import pyarrow as pa
+
+    from synthflow.dedup.minhash import shingle_and_keys
+
+    rng = random.Random(5)
+    alpha = "abcXYZ019_ .,;:!?\n\t-'\"()"
+    texts = ["".join(rng.choice(alpha) for _ in range(rng.randint(0, 80))) for _ in range(1500)]
+    texts += ["", "   ", "Hello, World", "a", "ab cd ef gh ij kl", "é accent, not ASCII", "END"]
+    for arr, ref in (
+        (pa.array(texts, pa.string()), texts),
+        (pa.array(texts, pa.large_string()), texts),
+        (pa.array(texts, pa.string()).slice(7, 900), texts[7:907]),  # an offset slice
+    ):
+        s1, k1 = shingle_and_keys(ref, 5)
+        s2, k2 = shingle_and_keys(arr, 5)
+        assert np.array_equal(s1.hashes, s2.hashes) and np.array_equal(s1.offsets, s2.offsets)
+        assert np.array_equal(k1, k2)
+    # texts glued without a separator between them stay separate words
+    s1, _ = shingle_and_keys(["ab", "cd"], 1)
+    s2, _ = shingle_and_keys(pa.array(["ab", "cd"]), 1)
+    assert np.array_equal(s1.hashes, s2.hashes) and s1.offsets.tolist() == [0, 1, 2]
+
+
+def test_exact_rows_name_the_first_row_across_chunks():
+    from synthflow.dedup.cli import ExactRows
+
+    er = ExactRows()
+    k = np.array([[3, 10], [3, 11], [3, 10], [4, 10]], dtype=np.uint64)  # (words, hash) per row
+    assert er.owners(k, 0).tolist() == [0, 1, 0, 3]  # row 2 repeats row 0; (4, 10) differs
+    k2 = np.array([[3, 11], [5, 7], [5, 7], [3, 10]], dtype=np.uint64)
+    assert er.owners(k2, 4).tolist() == [1, 5, 5, 0]

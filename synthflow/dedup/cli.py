@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -45,9 +46,10 @@ def _write(out: Path, kept: list[dict[str, Any]], rejects: list[dict[str, Any]])
             pq.write_table(table, tmp, compression="zstd")
 
 
-def _texts_of(table: pa.Table, field: str | None, where: str) -> list[str]:
+def _texts_of(table: pa.Table, field: str | None, where: str) -> pa.Array | list[str]:
     """The text of each row: ``field`` (default ``messages``, else ``text``); a conversation is its
-    turns' contents joined."""
+    turns' contents joined. A string column without nulls stays an Arrow array (hashed from its
+    buffers, no Python strings)."""
     names = table.column_names
     if field is None:
         field = "messages" if "messages" in names else "text"
@@ -55,22 +57,23 @@ def _texts_of(table: pa.Table, field: str | None, where: str) -> list[str]:
         raise UserError(f"{where}: no field {field!r} (fields: {', '.join(names[:12])})")
     col = table.column(field)
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-        return [v if v is not None else "" for v in col.to_pylist()]
+        arr = col.combine_chunks()
+        return arr if not arr.null_count else [v if v is not None else "" for v in arr.to_pylist()]
     out = []
     for i, v in enumerate(col.to_pylist()):
         out.append(_text({field: v}, field, f"{where} row {i + 1}"))
     return out
 
 
-def _load_table(inputs: list[str], field: str | None) -> tuple[pa.Table, list[str], list[str]]:
+def _load_table(inputs: list[str], field: str | None) -> tuple[pa.Table, pa.Array | list[str], list[str]]:
     """All inputs as one Arrow table (Parquet read as Arrow, JSONL through Python rows), the text
     of each row, and each row's key (its ``id``, else ``file:row``)."""
-    tables, texts, keys = [], [], []
+    tables, parts, keys = [], [], []
     for path in inputs:
         p = Path(path)
         if p.suffix == ".parquet" and p.is_file():
             try:
-                t = pq.read_table(p)
+                t = pq.ParquetFile(p).read()  # (read_table imports pyarrow.dataset and pandas: 0.5 s)
             except (pa.ArrowInvalid, OSError) as e:
                 raise UserError(f"{path}: not a readable Parquet file ({e})") from None
         else:
@@ -78,12 +81,18 @@ def _load_table(inputs: list[str], field: str | None) -> tuple[pa.Table, list[st
             t = pa.Table.from_pylist(rows) if rows else pa.table({})
         if t.num_rows == 0:
             continue
-        texts += _texts_of(t, field, path)
+        parts.append(_texts_of(t, field, path))
         ids = t.column("id").to_pylist() if "id" in t.column_names else [None] * t.num_rows
         keys += [str(v) if v else f"{p.name}:{i}" for i, v in enumerate(ids)]
         tables.append(t)
     if not tables:
         raise UserError("no input rows")
+    if len(parts) == 1:
+        texts = parts[0]
+    elif all(isinstance(x, pa.Array) and x.type == parts[0].type for x in parts):
+        texts = pa.concat_arrays(parts)
+    else:
+        texts = [s for x in parts for s in (x.to_pylist() if isinstance(x, pa.Array) else x)]
     try:
         table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
@@ -91,13 +100,26 @@ def _load_table(inputs: list[str], field: str | None) -> tuple[pa.Table, list[st
     return table, texts, keys
 
 
-def _write_tables(
-    out: Path, table: pa.Table, kept: list[int], rejected: list[int], reasons: list[str]
-) -> None:
-    rej = table.take(pa.array(rejected, pa.int64())).append_column(
-        "reject_reason", pa.array(reasons, pa.string())
+def _int64s(values: np.ndarray) -> pa.Array:
+    """An Arrow int64 array over numpy memory (``pa.array`` on Python objects imports pandas)."""
+    v = np.ascontiguousarray(values, dtype=np.int64)
+    return pa.Array.from_buffers(pa.int64(), len(v), [None, pa.py_buffer(v)])
+
+
+def _strings(values: list[str]) -> pa.Array:
+    data = [s.encode() for s in values]
+    offsets = np.zeros(len(data) + 1, dtype=np.int32)
+    np.cumsum([len(b) for b in data], out=offsets[1:])
+    return pa.Array.from_buffers(
+        pa.string(), len(data), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(data))]
     )
-    for name, t in (("kept.parquet", table.take(pa.array(kept, pa.int64()))), ("rejects.parquet", rej)):
+
+
+def _write_tables(
+    out: Path, table: pa.Table, kept: np.ndarray, rejected: np.ndarray, reasons: list[str]
+) -> None:
+    rej = table.take(_int64s(rejected)).append_column("reject_reason", _strings(reasons))
+    for name, t in (("kept.parquet", table.take(_int64s(kept))), ("rejects.parquet", rej)):
         with atomic_path(out / name) as tmp:
             pq.write_table(t, tmp, compression="zstd")
 
@@ -116,27 +138,25 @@ def cmd_dedup(a: Any) -> int:
     else:
         results = (_signature_chunk(c, a.shingle, a.num_perm) for _, c in chunks)
     reasons: dict[int, str] = {}
-    seen: dict[tuple[int, int], str] = {}
+    exact_rows = ExactRows()
     exact = 0
     for (start, _), (sigs, tkeys) in zip(chunks, results, strict=True):
-        survivors = []
-        for j, (n_words, h) in enumerate(tkeys.tolist()):
-            i = start + j
-            prev = seen.get((n_words, h))
-            if prev is not None:
-                reasons[i] = f"dedup:exact:{prev}"
-                exact += 1
-            else:
-                seen[(n_words, h)] = keys[i]
-                survivors.append(j)
-        matches = idx.check_and_add_sigs([keys[start + j] for j in survivors], sigs[survivors])
-        for j, m in zip(survivors, matches, strict=True):
+        owner = exact_rows.owners(tkeys, start)  # the first row with the same words, in input order
+        dups = np.flatnonzero(owner != np.arange(start, start + len(owner)))
+        for j, o in zip(dups.tolist(), owner[dups].tolist(), strict=True):
+            reasons[start + j] = f"dedup:exact:{keys[o]}"
+        exact += len(dups)
+        survivors = np.flatnonzero(owner == np.arange(start, start + len(owner)))
+        matches = idx.check_and_add_sigs([keys[start + j] for j in survivors.tolist()], sigs[survivors])
+        for j, m in zip(survivors.tolist(), matches, strict=True):
             if m is not None:
                 reasons[start + j] = f"dedup:near:{m.key}:jaccard={m.jaccard:.2f}"
     dt = time.perf_counter() - t0
-    kept = [i for i in range(len(texts)) if i not in reasons]
-    rejected = sorted(reasons)
-    _write_tables(Path(a.out), table, kept, rejected, [reasons[i] for i in rejected])
+    removed = np.zeros(len(texts), dtype=bool)
+    rejected = np.array(sorted(reasons), dtype=np.int64)
+    removed[rejected] = True
+    kept = np.flatnonzero(~removed)
+    _write_tables(Path(a.out), table, kept, rejected, [reasons[i] for i in rejected.tolist()])
     print(
         f"{len(texts)} rows: {len(kept)} kept, {exact} exact duplicates, {len(rejected) - exact} near duplicates"
     )
@@ -150,10 +170,36 @@ def cmd_dedup(a: Any) -> int:
     return 0
 
 
+class ExactRows:
+    """Exact dedup across chunks, in numpy: each row's key is its word count and word-hash sum
+    (``text_keys``); ``owners`` gives each row of a chunk the first row (global index) with its key."""
+
+    def __init__(self) -> None:
+        self.keys = np.zeros(0, dtype=np.uint64)  # sorted
+        self.rows = np.zeros(0, dtype=np.int64)
+
+    def owners(self, tkeys: np.ndarray, start: int) -> np.ndarray:
+        from synthflow.dedup.minhash import _splitmix
+
+        kk = tkeys[:, 1] ^ _splitmix(tkeys[:, 0].astype(np.uint64))  # one 64-bit key per row
+        uniq, first, inv = np.unique(kk, return_index=True, return_inverse=True)
+        pos = np.searchsorted(self.keys, uniq)
+        hit = pos < self.keys.size
+        hit[hit] = self.keys[pos[hit]] == uniq[hit]
+        owner_u = start + first
+        if self.rows.size:
+            owner_u = np.where(hit, self.rows[np.minimum(pos, self.rows.size - 1)], owner_u)
+        new_keys, new_rows = uniq[~hit], start + first[~hit]
+        allk = np.concatenate([self.keys, new_keys])
+        order = np.argsort(allk, kind="stable")
+        self.keys, self.rows = allk[order], np.concatenate([self.rows, new_rows])[order]
+        return owner_u[inv.ravel()]
+
+
 CHUNK = 20_000  # rows hashed and indexed at a time (bounded memory; the index decides in order)
 
 
-def _signature_chunk(texts: list[str], k: int, num_perm: int) -> tuple[Any, Any]:
+def _signature_chunk(texts: pa.Array | list[str], k: int, num_perm: int) -> tuple[Any, Any]:
     """MinHash signatures and exact-dedup keys of raw texts (words hashed once for both)."""
     from synthflow.dedup.minhash import MinHasher, shingle_and_keys
 

@@ -123,21 +123,22 @@ class LeanIndex:
                 grp = order[s:e]  # ascending row order (stable sort of row numbers)
                 for m in range(1, grp.size):
                     pairs.setdefault(int(grp[m]), []).extend(int(x) for x in grp[: min(m, MAX_GROUP)])
-        kept = np.zeros(n, dtype=bool)
-        out: list[Match | None] = []
-        for i in range(n):
-            m: Match | None = None
-            if matched[i]:
-                m = Match(self.keys[best_row[i]], float(best_j[i]))
-            cands = sorted(c for c in set(pairs.get(i, ())) if kept[c])
+        # a row without an earlier partner in the batch is decided by the index alone; the others
+        # in row order, since whether a partner was kept depends on the rows before it
+        out: list[Match | None] = [None] * n
+        for i in np.flatnonzero(matched).tolist():
+            out[i] = Match(self.keys[best_row[i]], float(best_j[i]))
+        kept = ~matched
+        for i in sorted(pairs):
+            m = out[i]
+            cands = sorted(c for c in set(pairs[i]) if kept[c])
             if cands:
                 js = (sigs[cands] == sigs[i]).mean(axis=1)
                 top = int(np.argmax(js))  # the most similar (the earliest of equals)
                 if js[top] >= thr and (m is None or js[top] > m.jaccard):
                     m = Match(str(keys[cands[top]]), float(js[top]))
-            if m is None:
-                kept[i] = True
-            out.append(m)
+            out[i] = m
+            kept[i] = m is None
         self._add(np.asarray(keys, dtype=object)[kept].tolist(), sigs[kept], bk[kept])
         return out
 

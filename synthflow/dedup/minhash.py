@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -102,6 +103,54 @@ def word_hashes(texts: Sequence[str], normalized: bool = False) -> tuple[np.ndar
     return wh, offsets
 
 
+# the byte map of _for_hashing on ASCII: letters lower-cased, digits and "_" kept, the rest a space
+_ASCII_LUT = np.array(
+    [ord(chr(c).lower()) if (chr(c).isalnum() or chr(c) == "_") else 32 for c in range(128)]
+    + list(range(128, 256)),
+    dtype=np.uint8,
+)
+
+
+_ASCII_TABLE = _ASCII_LUT.tobytes()  # for bytes.translate (one C pass, no numpy gather)
+
+
+def word_hashes_utf8(
+    data: np.ndarray, offsets: np.ndarray, mapped: tuple[np.ndarray, int] | None = None
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """``word_hashes`` straight from UTF-8 bytes and per-text byte offsets (an Arrow string column's
+    buffers), without Python strings; the same hashes. None when some text is not ASCII (those
+    take the ``normalize`` path). ``mapped``: (bytes ``base..`` of ``data`` already through the
+    ASCII map, ``base``)."""
+    n_docs = offsets.size - 1
+    if n_docs <= 0:
+        return np.zeros(0, np.uint64), np.zeros(1, np.int64)
+    raw = data[offsets[0] : offsets[-1]]
+    off = (offsets - offsets[0]).astype(np.int64)
+    if raw.size and int(raw.max()) >= 128:
+        return None
+    if raw.size == 0:
+        return np.zeros(0, np.uint64), np.zeros(n_docs + 1, np.int64)
+    if mapped is not None:
+        b = mapped[0][offsets[0] - mapped[1] : offsets[-1] - mapped[1]]
+    else:
+        b = _ASCII_LUT[raw]
+    is_word = b != 32
+    # a text's first byte starts a word even when the previous text ended in one
+    doc_start = np.zeros(b.size + 1, dtype=bool)
+    doc_start[off[:-1][off[:-1] < b.size]] = True
+    prev_word = np.concatenate(([False], is_word[:-1])) & ~doc_start[:-1]
+    next_word = np.concatenate((is_word[1:], [False])) & ~doc_start[1:]
+    starts = np.flatnonzero(is_word & ~prev_word)
+    ends = np.flatnonzero(is_word & ~next_word)
+    pw, ipw = _powers(b.size)
+    H = np.cumsum(b.astype(np.uint64) * pw, dtype=np.uint64)
+    before = np.where(starts > 0, H[np.maximum(starts - 1, 0)], np.uint64(0))
+    wh = _splitmix((H[ends] - before) * ipw[starts])
+    doc_of_word = np.searchsorted(off, starts, side="right") - 1
+    woff = np.searchsorted(doc_of_word, np.arange(n_docs + 1), side="left").astype(np.int64)
+    return wh, woff
+
+
 SLICE = 256  # documents per numpy pass: bigger temporaries cost more in page faults than they save
 
 
@@ -147,12 +196,28 @@ def _keys_of(wh: np.ndarray, woff: np.ndarray) -> np.ndarray:
 
 
 def shingle_and_keys(
-    texts: Sequence[str], k: int = 5, normalized: bool = False
+    texts: Sequence[str] | Any, k: int = 5, normalized: bool = False
 ) -> tuple[Shingled, np.ndarray]:
-    """``shingle`` and ``text_keys`` of the same texts, hashing each word once."""
+    """``shingle`` and ``text_keys`` of the same texts, hashing each word once. ``texts`` may be
+    an Arrow string array: ASCII slices are then hashed from its buffers directly."""
     parts, keys = [], []
+    utf8 = _arrow_utf8(texts) if not isinstance(texts, (list, tuple)) else None
+    mapped = None
+    if utf8 is not None and not normalized:
+        data, offs = utf8
+        lo, hi = int(offs[0]), int(offs[-1])
+        mapped = (np.frombuffer(data[lo:hi].tobytes().translate(_ASCII_TABLE), np.uint8), lo)
     for s in range(0, max(len(texts), 1), SLICE):
-        wh, woff = word_hashes(texts[s : s + SLICE], normalized)
+        got = None
+        if utf8 is not None and not normalized:
+            data, offs = utf8
+            got = word_hashes_utf8(data, offs[s : s + SLICE + 1], mapped)
+        if got is None:
+            part = texts[s : s + SLICE]
+            if utf8 is not None:
+                part = [v if v is not None else "" for v in part.to_pylist()]
+            got = word_hashes(part, normalized)
+        wh, woff = got
         parts.append(_shingle_words(wh, woff, k))
         keys.append(_keys_of(wh, woff))
     offsets = [parts[0].offsets]
@@ -162,6 +227,25 @@ def shingle_and_keys(
         base += p.offsets[-1]
     sh = Shingled(np.concatenate([p.hashes for p in parts]), np.concatenate(offsets))
     return sh, np.concatenate(keys)[: len(texts)]
+
+
+def _arrow_utf8(arr: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """The bytes and offsets of an Arrow string array without nulls, as numpy; else None."""
+    try:
+        import pyarrow as pa
+    except ImportError:
+        return None
+    if (
+        not isinstance(arr, pa.Array)
+        or arr.null_count
+        or not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type))
+    ):
+        return None
+    _, off_buf, data_buf = arr.buffers()
+    odt = np.int64 if pa.types.is_large_string(arr.type) else np.int32
+    offs = np.frombuffer(off_buf, dtype=odt)[arr.offset : arr.offset + len(arr) + 1].astype(np.int64)
+    data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+    return data, offs
 
 
 def _shingle_words(wh: np.ndarray, woff: np.ndarray, k: int) -> Shingled:
@@ -197,7 +281,7 @@ def _shingle_words(wh: np.ndarray, woff: np.ndarray, k: int) -> Shingled:
 class MinHasher:
     """K-permutation MinHash signatures (uint32) from shingle hashes."""
 
-    def __init__(self, num_perm: int = 128, seed: int = 1, chunk: int = 16384):
+    def __init__(self, num_perm: int = 128, seed: int = 1, chunk: int = 4096):
         rng = np.random.Generator(np.random.PCG64(seed))
         self.num_perm = num_perm
         self.seed = seed
@@ -219,6 +303,10 @@ class MinHasher:
         nonempty = np.flatnonzero(np.diff(sh.offsets) > 0)
         # permutations x shingles (transposed), a few documents at a time so the block stays in
         # cache; each document's minimum is a contiguous segment of every row
+        # one block buffer for the whole call: a fresh 8 MB temporary per block cost a page fault
+        # per 4 KB every time (about a third of the run in system time)
+        width = max(self.chunk, int(np.diff(sh.offsets).max()))
+        buf = np.empty((self.num_perm, width), dtype=np.uint32)
         d0 = 0
         while d0 < nonempty.size:
             d1 = d0 + 1
@@ -228,7 +316,8 @@ class MinHasher:
                 d1 += 1
             docs = nonempty[d0:d1]
             i, j = sh.offsets[docs[0]], sh.offsets[docs[-1] + 1]
-            h = a * x[None, i:j]
+            h = buf[:, : j - i]
+            np.multiply(a, x[None, i:j], out=h)
             h += b
             out[docs] = np.minimum.reduceat(h, sh.offsets[docs] - i, axis=1).T
             d0 = d1
