@@ -13,7 +13,9 @@ replaced), shuffled, in one Parquet file. Both sides run as their own process pi
   with pyarrow.
 
 Prints both times, the ratio (target >= 8x), and the quality of each: planted duplicates
-found, and originals removed (none should be).
+found, and originals removed (none should be). With ``--dask N`` it also runs
+`synthflow dedup --dask local:N` (not pinned: N worker processes) and checks that it keeps the
+same rows as the one-core run.
 
     .venv/bin/python bench/dedup_cli.py [--docs 60000]
 """
@@ -96,6 +98,7 @@ def kept_ids(path: Path) -> set[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--docs", type=int, default=60_000)
+    ap.add_argument("--dask", type=int, default=2, help="also time --dask local:N (0 skips)")
     args = ap.parse_args()
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -126,6 +129,18 @@ def main() -> None:
                 str(tmp / "base.parquet"),
             ],
         }
+        if args.dask:
+            env_cmds["synthflow dedup --dask"] = [
+                exe(),
+                "dedup",
+                str(src),
+                "--field",
+                "text",
+                "--out",
+                str(tmp / "dask"),
+                "--dask",
+                f"local:{args.dask}",
+            ]
         secs = {}
         for label, cmd in env_cmds.items():
             t0 = time.perf_counter()
@@ -134,6 +149,7 @@ def main() -> None:
             if p.returncode != 0:
                 sys.exit(f"{label} failed: {p.stderr[-2000:]}")
         ours, base = kept_ids(tmp / "ours" / "kept.parquet"), kept_ids(tmp / "base.parquet")
+        dask = kept_ids(tmp / "dask" / "kept.parquet") if args.dask else None
     originals = {k for k in keys if k.startswith("o")}
     for label, kept in (("synthflow dedup", ours), ("datasketch script", base)):
         print(
@@ -152,6 +168,12 @@ def main() -> None:
     print(
         f"kept sets: {len(ours & base)} in both, {len(ours - base)} only ours, {len(base - ours)} only baseline"
     )
+    if dask is not None:
+        print(
+            f"synthflow dedup --dask local:{args.dask}: {secs['synthflow dedup --dask']:.2f} s "
+            f"({secs['synthflow dedup'] / secs['synthflow dedup --dask']:.2f}x the one-core run); "
+            f"same kept set: {dask == ours}"
+        )
     r = secs["datasketch script"] / secs["synthflow dedup"]
     print(
         f"{len(keys)} docs, one core, end to end: synthflow dedup {secs['synthflow dedup']:.2f} s | "

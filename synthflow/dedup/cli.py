@@ -134,20 +134,22 @@ def cmd_dedup(a: Any) -> int:
     idx = LeanIndex(a.threshold, a.num_perm, a.shingle)
     chunks = [(s, texts[s : s + CHUNK]) for s in range(0, len(texts), CHUNK)]
     if a.dask:
-        results = dask_signatures(a.dask, [c for _, c in chunks], a.shingle, a.num_perm)
+        results = dask_signatures(a.dask, [c for _, c in chunks], a.shingle, a.num_perm, idx.bands, idx.rows)
     else:
-        results = (_signature_chunk(c, a.shingle, a.num_perm) for _, c in chunks)
+        results = (_signature_chunk(c, a.shingle, a.num_perm, idx.bands, idx.rows) for _, c in chunks)
     reasons: dict[int, str] = {}
     exact_rows = ExactRows()
     exact = 0
-    for (start, _), (sigs, tkeys) in zip(chunks, results, strict=True):
+    for (start, _), (sigs, tkeys, bk) in zip(chunks, results, strict=True):
         owner = exact_rows.owners(tkeys, start)  # the first row with the same words, in input order
         dups = np.flatnonzero(owner != np.arange(start, start + len(owner)))
         for j, o in zip(dups.tolist(), owner[dups].tolist(), strict=True):
             reasons[start + j] = f"dedup:exact:{keys[o]}"
         exact += len(dups)
         survivors = np.flatnonzero(owner == np.arange(start, start + len(owner)))
-        matches = idx.check_and_add_sigs([keys[start + j] for j in survivors.tolist()], sigs[survivors])
+        matches = idx.check_and_add_sigs(
+            [keys[start + j] for j in survivors.tolist()], sigs[survivors], bk[survivors]
+        )
         for j, m in zip(survivors.tolist(), matches, strict=True):
             if m is not None:
                 reasons[start + j] = f"dedup:near:{m.key}:jaccard={m.jaccard:.2f}"
@@ -199,19 +201,26 @@ class ExactRows:
 CHUNK = 20_000  # rows hashed and indexed at a time (bounded memory; the index decides in order)
 
 
-def _signature_chunk(texts: pa.Array | list[str], k: int, num_perm: int) -> tuple[Any, Any]:
-    """MinHash signatures and exact-dedup keys of raw texts (words hashed once for both)."""
+def _signature_chunk(
+    texts: pa.Array | list[str], k: int, num_perm: int, bands: int, rows: int
+) -> tuple[Any, Any, Any]:
+    """MinHash signatures, exact-dedup keys (words hashed once for both) and LSH band keys of raw
+    texts: everything per row; the index then decides in row order in one process."""
+    from synthflow.dedup.lean import band_keys
     from synthflow.dedup.minhash import MinHasher, shingle_and_keys
 
     sh, tkeys = shingle_and_keys(texts, k)
-    return MinHasher(num_perm).signatures(sh), tkeys
+    sigs = MinHasher(num_perm).signatures(sh)
+    return sigs, tkeys, band_keys(sigs, bands, rows)
 
 
-def dask_signatures(address: str, chunks: list[list[str]], k: int, num_perm: int) -> list[tuple[Any, Any]]:
+def dask_signatures(
+    address: str, chunks: list[list[str]], k: int, num_perm: int, bands: int, rows: int
+) -> list[tuple[Any, Any, Any]]:
     """``_signature_chunk`` of every chunk on a Dask cluster, in input order."""
     from synthflow.daskrun import map_chunks
 
-    return map_chunks(address, _signature_chunk, chunks, k=k, num_perm=num_perm)
+    return map_chunks(address, _signature_chunk, chunks, k=k, num_perm=num_perm, bands=bands, rows=rows)
 
 
 def cmd_decontam(a: Any) -> int:

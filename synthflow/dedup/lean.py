@@ -82,11 +82,15 @@ class LeanIndex:
         sigs = self.hasher.signatures(shingle(texts, self.shingle_k, normalized=normalized))
         return self.check_and_add_sigs(keys, sigs)
 
-    def check_and_add_sigs(self, keys: Sequence[str], sigs: np.ndarray) -> list[Match | None]:
+    def check_and_add_sigs(
+        self, keys: Sequence[str], sigs: np.ndarray, bk: np.ndarray | None = None
+    ) -> list[Match | None]:
+        """``bk``: the rows' band keys when computed elsewhere (e.g. on Dask workers)."""
         n = sigs.shape[0]
         if n == 0:
             return []
-        bk = band_keys(sigs, self.bands, self.rows)
+        if bk is None:
+            bk = band_keys(sigs, self.bands, self.rows)
         thr = self.threshold
         # 1. against the index: the best confirmed earlier row per query row
         best_j = np.full(n, -1.0)
