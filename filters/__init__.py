@@ -1,4 +1,4 @@
 """Built-in filters and scorers (verification, dedup, scoring, selection, thresholds); importing
 registers them."""
 
-from filters import clf, decontam, dedup, ifd, judge, quality, select, verify  # noqa: F401
+from filters import clf, decontam, dedup, ifd, judge, quality, select, sft, verify  # noqa: F401

@@ -99,6 +99,14 @@ class OutputConfig(_Strict):
     root: str = "out"
     shard_rows: int = Field(10_000, gt=0)
     test_fraction: float = Field(0.0, ge=0, lt=1)
+    target_tokenizer: str | None = Field(
+        None,
+        description="tokenizer (folder or HF id) whose chat template renders each row for n_tokens; "
+        "default: the generating model's (the embedded model's for endpoints)",
+    )
+    max_seq_len: int | None = Field(
+        None, gt=0, description="rows longer than this are sft:too_long (default: engine.max_model_len)"
+    )
 
 
 class Recipe(_Strict):
@@ -139,7 +147,9 @@ class Recipe(_Strict):
         from synthflow.scoring import validate_scorer
 
         d = self.model_dump(mode="json")
-        d.pop("output", None)
+        out = d.pop("output", None) or {}
+        if out.get("target_tokenizer") or out.get("max_seq_len"):  # they decide which rows pass
+            d["sft"] = [out.get("target_tokenizer"), out.get("max_seq_len")]
         d.pop("pipeline", None)  # how the run is scheduled, not what it makes
         parts = [validate_scorer(spec, p, f"scoring.{spec}") for spec, p in self.scoring.items()]
         d["scoring"] = [[cls.name, cls.fingerprint_part(params)] for cls, params in parts]

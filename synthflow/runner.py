@@ -112,6 +112,13 @@ def build_filters(
             params = cls_.validate_params(fc.params, f"{recipe_path}: field filters[{i}]")
             f = cls_(params, ctx)
             filters[f.bucket].append(f)
+        if not any(fc.name == "sft" for fc in recipe.filters):  # every run checks SFT fit, last
+            from filters.sft import SFTCheck, SFTParams
+
+            o = recipe.output
+            filters["accept"].append(
+                SFTCheck(SFTParams(tokenizer=o.target_tokenizer, max_seq_len=o.max_seq_len), ctx)
+            )
     except BaseException:
         for fs in filters.values():
             for f in fs:
@@ -223,7 +230,9 @@ class Stages:
                 f.finalize(run.accepted)
         summary = run.summary(self)
         self.writer.add(run.accepted, run.rejects)
-        path = self.writer.finalize(summary, self.generator.artifacts(), card_extra=self.card_extra())
+        path = self.writer.finalize(
+            summary, self.generator.artifacts(), card_extra=self.card_extra(run.accepted)
+        )
         accepted = {r.id for r in run.accepted}
         for fs in self.filters.values():
             for f in fs:
@@ -231,9 +240,14 @@ class Stages:
         run.summary_final = {**summary, "path": str(path)}
         return path
 
-    def card_extra(self) -> str:
+    def card_extra(self, accepted: list[Record] | None = None) -> str:
         doc = getattr(self.generator, "card_section", None)
-        return doc() if callable(doc) else ""
+        parts = [doc()] if callable(doc) else []
+        for f in self.filters["accept"]:
+            section = getattr(f, "card_section", None)
+            if callable(section):
+                parts.append(section(accepted or []))
+        return "\n".join(p for p in parts if p)
 
     def close(self) -> None:
         for fs in self.filters.values():
