@@ -54,8 +54,13 @@ class SFTCheck(Filter):
         p = Path(self.tokenizer_name).expanduser()
         looks_local = p.is_absolute() or self.tokenizer_name.startswith(".") or p.exists()
         if looks_local and not (p / "tokenizer_config.json").is_file():
+            hint = (
+                ""
+                if self.params.tokenizer
+                else " (run `synthflow prepare-model`, or set output.target_tokenizer)"
+            )
             raise UserError(
-                f"output.target_tokenizer: {p} is not a tokenizer folder (no tokenizer_config.json)"
+                f"output.target_tokenizer: {p} is not a tokenizer folder (no tokenizer_config.json){hint}"
             )
         self._tok: Any = None  # loaded on first use: importing transformers takes seconds
         self.lengths: list[int] = []

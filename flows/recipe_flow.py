@@ -21,10 +21,17 @@ import subprocess
 import sys
 import tempfile
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import opaque
 
@@ -241,6 +248,10 @@ def run_recipe(
             sharding.cleanup(spec)
             return _artifacts(run, summary)
         bar = _progress(run)
+        pct, line = run.progress()
+        progress_id = create_progress_artifact(
+            pct, key=f"{run.recipe.name}-progress".replace("_", "-"), description=line
+        )
         run.seconds["prepare"] += prepare(spec)
         items = run.next_items()
         pending = generate.submit(spec, items) if items else None
@@ -260,6 +271,8 @@ def run_recipe(
                 pending = None
             elif not run.recipe.pipeline and (items := run.next_items()):
                 pending = generate.submit(spec, items)
+            pct, line = run.progress()
+            update_progress_artifact(progress_id, pct, description=line)  # the Prefect UI's view
             if bar is not None:
                 bar.n = len(run.accepted)
                 bar.set_postfix(generated=run.counts["generated"], planned=run.planned, refresh=False)
@@ -276,6 +289,14 @@ def run_recipe(
 
 def _artifacts(run: Run, summary: dict[str, Any]) -> dict[str, Any]:
     counts = summary["counts"]
+    report = Path(summary.get("path", "")) / "report.html"
+    if report.is_file():
+        create_link_artifact(
+            key=f"{run.recipe.name}-report".replace("_", "-"),
+            link=report.resolve().as_uri(),
+            link_text=f"report.html of run {run.run_id}",
+            description="HTML report: funnel, scores, token lengths, coverage, dedup, cost, sample rows",
+        )
     create_table_artifact(
         key=f"{run.recipe.name}-stage-counts".replace("_", "-"),
         table=[{"stage": k, "rows": counts[k]} for k in FUNNEL],

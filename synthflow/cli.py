@@ -167,6 +167,7 @@ _GROUPS = {
     "verify": ("verify",),
     "dedup": ("dedup", "decontam"),
     "scoring": ("score", "train-scorer"),
+    "report": ("report",),
 }
 
 
@@ -257,6 +258,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         from synthflow.scoring.cli import add_parsers as add_scoring
 
         add_scoring(sub)
+    if "report" in want:
+        from synthflow.report import add_parser as add_report
+
+        add_report(sub)
     return p
 
 

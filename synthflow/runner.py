@@ -238,6 +238,7 @@ class Stages:
             for f in fs:
                 f.commit(accepted)
         run.summary_final = {**summary, "path": str(path)}
+        write_run_report(path)
         return path
 
     def card_extra(self, accepted: list[Record] | None = None) -> str:
@@ -412,6 +413,20 @@ class Run:
             self.counts["over_target"] += len(extra)
             self.rejects.extend(Reject(r, "accept", "over_target") for r in extra)
 
+    def progress(self) -> tuple[float, str]:
+        """Percent done (accepted of n) and one line a person can read during a long run."""
+        acc, n = len(self.accepted), self.recipe.n
+        gen = self.counts.get("generated", 0)
+        elapsed = time.time() - self.started
+        line = f"accepted {acc} of {n}; planned {self.planned} of {self.recipe.budget} items"
+        if gen:
+            line += f"; yield {acc / gen:.1%} of {gen} generated"
+        if acc and acc < n:
+            line += f"; ETA ~{elapsed / acc * (n - acc):.0f} s at this yield"
+        elif not acc and self.planned:
+            line += f"; at most ~{elapsed / self.planned * (self.recipe.budget - self.planned):.0f} s left (budget)"
+        return min(100.0, 100.0 * acc / n), line
+
     # in-process conveniences (tests, benches): a stage call plus its accounting
     def prepare(self) -> None:
         self.seconds["prepare"] += self.stages.prepare()
@@ -496,6 +511,23 @@ class Run:
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+
+
+def write_run_report(run_dir: Path) -> Path | None:
+    """``report.html`` beside the card. The data is published already: a report that fails is a
+    warning, never a lost run."""
+    import sys
+
+    from synthflow import report
+
+    try:
+        return report.write(run_dir / "report.html", report.run_report(run_dir))
+    except Exception as e:  # noqa: BLE001 - the run's data must not depend on its report
+        print(
+            f"synthflow: warning: {run_dir}/report.html not written ({type(e).__name__}: {e})",
+            file=sys.stderr,
+        )
+        return None
 
 
 def previous_items(root: Path, recipe: str, fingerprint: str) -> int:

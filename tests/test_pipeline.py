@@ -13,6 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from synthflow.model import default_model_dir
 from synthflow.record import StageResult
 from synthflow.runner import Run
 
@@ -208,7 +209,11 @@ def test_two_runs_started_together_both_publish(tmp_path):
         "delay_s": 0.3,
     }
     # 40 items = one sample of each of the 40 seeds: the scripted texts differ between the two ranges
-    recipe = math_recipe(tmp_path, n=2, batch_size=8, max_items=40, engine=engine)
+    # SYNTHFLOW_CACHE moves the cache home (no embedded model there): name its tokenizer instead
+    tok = str(default_model_dir())
+    recipe = math_recipe(
+        tmp_path, n=2, batch_size=8, max_items=40, engine=engine, output__target_tokenizer=tok
+    )
     out = tmp_path / "out"
     env = {
         "SYNTHFLOW_RESPONSE_CACHE": str(tmp_path / "shared.sqlite3"),

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from synthflow.model import default_model_dir
+
 from .conftest import DATA, math_recipe, run_cli, synthflow_exe
 
 
@@ -50,7 +52,11 @@ def _children(pid: int) -> list[int]:
 
 def test_kill_and_resume(tmp_path):
     engine = {"name": "fake", "script": str(DATA / "fake_math.json"), "delay_s": 0.4}
-    recipe = math_recipe(tmp_path, n=8, batch_size=8, max_items=160, engine=engine)
+    # the moved cache home has no embedded model: its tokenizer is named for the SFT check
+    tok = str(default_model_dir())
+    recipe = math_recipe(
+        tmp_path, n=8, batch_size=8, max_items=160, engine=engine, output__target_tokenizer=tok
+    )
     home = {"SYNTHFLOW_CACHE": str(tmp_path / "home")}
 
     ref = run_cli(

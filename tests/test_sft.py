@@ -79,3 +79,18 @@ def test_every_published_row_has_n_tokens_and_long_ones_are_rejects(tmp_path, pr
     assert json.loads((Path(t["path"]) / "summary.json").read_text())["filters"]["sft"]["too_long"] == len(
         too_long
     )
+
+
+def test_the_prefect_run_has_a_progress_artifact_updated_per_batch(tmp_path, prefect_harness, monkeypatch):
+    from prefect.client.orchestration import get_client
+
+    from flows.recipe_flow import run_recipe
+
+    recipe = math_recipe(tmp_path, n=6, batch_size=16, max_items=64)
+    s = _run(run_recipe, recipe, tmp_path / "out", tmp_path / "c.sqlite3", monkeypatch)
+    with get_client(sync_client=True) as client:
+        arts = [a for a in client.read_artifacts() if a.type == "progress" and a.key == "math-progress"]
+    assert arts, "no progress artifact"
+    latest = max(arts, key=lambda a: a.updated or a.created)
+    assert float(latest.data) == pytest.approx(100.0 * min(1.0, s["counts"]["accepted"] / 6))
+    assert f"accepted {s['counts']['accepted']} of 6" in latest.description

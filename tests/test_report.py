@@ -1,0 +1,63 @@
+"""The HTML run report (issue 14, part 1): every run writes a self-contained report.html; `synthflow
+report --recipe` draws a recipe's runs over time; bad input is one line and exit 2."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from .conftest import fake_recipe, math_recipe, run_cli
+from .test_pipeline import _run
+
+
+def _self_contained(text: str) -> None:
+    assert "<script" not in text.lower()
+    # no resource is fetched: no src= or href= to the network (SVG namespaces are not fetches)
+    assert not re.search(r"""(?:src|href)\s*=\s*["']https?:""", text)
+    assert len(text) < 5 * 2**20
+
+
+def test_every_run_writes_a_report_with_its_plots(tmp_path, prefect_harness, monkeypatch):
+    from flows.recipe_flow import run_recipe
+
+    recipe = math_recipe(tmp_path, n=6, batch_size=16, max_items=64)
+    s = _run(run_recipe, recipe, tmp_path / "out", tmp_path / "c.sqlite3", monkeypatch)
+    text = (Path(s["path"]) / "report.html").read_text()
+    _self_contained(text)
+    for title in ("Funnel and rejects", "Scores", "Token lengths", "Coverage", "Dedup and decontamination", "Cost",
+                  "Sample rows"):  # fmt: skip
+        assert f">{title}</h2>" in text
+    scored = [k for k, d in s["scores"].items() if d.get("scored")]
+    # the funnel, one histogram per score with values, and two token-length plots
+    assert text.count("<svg") == 1 + len(scored) + 2
+    assert "threshold" in text  # the recipe's thresholds are drawn on their scores
+    assert "engine seconds per accepted row" in text
+
+
+def test_skillmix_report_shows_skill_coverage(tmp_path, prefect_harness, monkeypatch):
+    from flows.recipe_flow import run_recipe
+
+    recipe = fake_recipe(tmp_path, "skillmix", "fake_skillmix.json", n=3, batch_size=4, max_items=8,
+                         scoring__judge__sample=1.0)  # fmt: skip
+    s = _run(run_recipe, recipe, tmp_path / "out", tmp_path / "c.sqlite3", monkeypatch)
+    text = (Path(s["path"]) / "report.html").read_text()
+    if s["counts"]["accepted"]:
+        assert "SkillMix: skills in accepted rows" in text
+
+
+def test_report_across_runs_and_bad_input(tmp_path, prefect_harness, monkeypatch):
+    from flows.recipe_flow import run_recipe
+
+    recipe = math_recipe(tmp_path, n=2, batch_size=8, max_items=16)
+    out = tmp_path / "out"
+    for _ in range(3):  # each run continues the sample stream: three runs, three points
+        _run(run_recipe, recipe, out, tmp_path / "c.sqlite3", monkeypatch)
+    p = run_cli("report", "--recipe", "math", "--root", str(out))
+    assert p.returncode == 0, p.stderr
+    text = (out / "math-report.html").read_text()
+    _self_contained(text)
+    assert text.count("<svg") == 4 and text.count("<tr>") == 1 + 3  # 4 trend plots; a table row per run
+    bad = run_cli("report", str(tmp_path))
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "_SUCCESS" in bad.stderr
+    unknown = run_cli("report", "--recipe", "nope", "--root", str(out))
+    assert unknown.returncode == 2 and "no finished runs" in unknown.stderr and "math" in unknown.stderr
