@@ -99,16 +99,14 @@ SHARD_RETRIES = 2
 
 
 @task(name="shard", retries=SHARD_RETRIES, retry_delay_seconds=RETRY_DELAY_S, cache_policy=NO_CACHE)
-def run_shard(job: dict[str, Any], shard: int, work_pool: str | None = None) -> dict[str, Any]:
-    """One shard: a local process, or a flow run of the shard deployment on ``work_pool``. A shard
+def run_shard(job: dict[str, Any], shard: int, deployment: str | None = None) -> dict[str, Any]:
+    """One shard: a local process, or a flow run of ``deployment`` on its work pool. A shard
     that dies (killed, crashed) fails this task and Prefect retries it; the new attempt resumes
     from the batch it had claimed, mostly from the response cache."""
-    if work_pool:
+    if deployment:
         from prefect.deployments import run_deployment
 
-        from flows.shard_flow import register
-
-        fr = run_deployment(register(work_pool), parameters={"job": job, "shard": shard}, timeout=None)
+        fr = run_deployment(deployment, parameters={"job": job, "shard": shard}, timeout=None)
         if fr.state is None or not fr.state.is_completed():
             state = fr.state.name if fr.state else "unknown"
             raise RuntimeError(
@@ -151,22 +149,38 @@ def merge(run: Run, reports: list[dict[str, Any]]) -> None:
 
 def run_sharded(run: Run, shards: int, work_pool: str | None, redis_url: str | None) -> None:
     """N shards at once, then one merge; a shard that keeps failing fails the run, unpublished."""
+    import secrets
+
+    from prefect.futures import as_completed
+
     spec = run.spec
     sharding.check_shardable(stages_for(spec))
     if work_pool and not redis_url:
         raise UserError("--work-pool: pass --redis URL, a Redis every worker host can reach")
+    # the generator's one-time set-up here, as in the one-process run: its artifacts (SkillMix's
+    # skills) belong to the published run, and the shards on this host find its answers cached
+    run.seconds["prepare"] += prepare(spec)
     with sharding.redis_for(redis_url) as url:
-        q = sharding.Queue(url, spec.run_id)
+        q = sharding.Queue(url, spec.run_id, attempt=secrets.token_hex(4))
         q.reset()
-        job = sharding.make_job(spec, shards, url)
-        futures = [run_shard.submit(job, k, work_pool) for k in range(shards)]
+        job = sharding.make_job(spec, shards, url, attempt=q.k.rsplit(":", 1)[1])
+        deployment = None
+        if work_pool:
+            from flows.shard_flow import register
+
+            deployment = register(work_pool)
+        futures = {run_shard.submit(job, k, deployment): k for k in range(shards)}
         reports, failed = [], []
-        for k, fut in enumerate(futures):
+        for fut in as_completed(list(futures)):
             try:
                 reports.append(fut.result())
             except Exception as e:  # noqa: BLE001 - reported below, nothing is published
-                failed.append(f"shard {k}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+                msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+                failed.append(f"shard {futures[fut]}: {msg}")
+                q.set_done()  # the run fails: the other shards stop after their current batch
         q.reset()
+        q.close()
+    failed.sort()
     if failed:
         raise ShardFailed(
             f"{len(failed)} of {shards} shards failed after {1 + SHARD_RETRIES} attempts; nothing was "
@@ -280,6 +294,7 @@ def run_recipe(
         if bar is not None:
             bar.close()
         summary = write(spec, run)
+        sharding.cleanup(spec)  # batches staged by an earlier, sharded attempt of this run
     finally:
         if pending is not None:  # a failure while a batch was made ahead: let it end first
             pending.wait()

@@ -7,6 +7,7 @@ The work itself is :func:`synthflow.shard.run_shard` (no Prefect there).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect import flow
@@ -23,6 +24,13 @@ def shard_flow(job: dict[str, Any], shard: int) -> dict[str, Any]:
 def register(work_pool: str) -> str:
     """Register (or update) the shard deployment on ``work_pool``; its workers run it from this
     checkout's path, so each host needs the repository at the same path."""
+    from prefect.deployments.runner import RunnerDeployment
+
+    root = Path(__file__).resolve().parent.parent
     name = f"shard-{work_pool}"
-    shard_flow.to_deployment(name=name).apply(work_pool_name=work_pool)
+    # an absolute entrypoint and the checkout as the path: the worker's flow-run process loads
+    # it from there, whatever the submitting process's working directory was
+    dep = RunnerDeployment.from_entrypoint(f"{root / 'flows' / 'shard_flow.py'}:shard_flow", name=name)
+    dep._path = str(root)
+    dep.apply(work_pool_name=work_pool)
     return f"synthflow-shard/{name}"

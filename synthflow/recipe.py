@@ -6,7 +6,7 @@ import difflib
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -35,6 +35,8 @@ class EngineConfig(_Strict):
     concurrency: int = Field(32, gt=0)
     timeout_s: float = Field(120.0, gt=0)
     max_retries: int = Field(4, ge=0)
+    # the report's cost: money per million tokens of an endpoint, e.g. {prompt: 0.15, completion: 0.6}
+    price_per_mtok: dict[Literal["prompt", "completion"], float] | None = None
     # structured outputs (JSON schema) where the generator declares one
     structured_outputs: bool = False
     # fake engine (tests only)
@@ -153,6 +155,7 @@ class Recipe(_Strict):
         d.pop("pipeline", None)  # how the run is scheduled, not what it makes
         if d["engine"].get("kill_file") is None:  # a test-only field: unset, it changes nothing
             d["engine"].pop("kill_file", None)
+        d["engine"].pop("price_per_mtok", None)  # what rows cost, not what they are
         parts = [validate_scorer(spec, p, f"scoring.{spec}") for spec, p in self.scoring.items()]
         d["scoring"] = [[cls.name, cls.fingerprint_part(params)] for cls, params in parts]
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]

@@ -52,6 +52,18 @@ class Batch:
     items: int
     results: dict[str, StageResult]
     shard: int
+    key: str = ""  # what the batch was made from (see batch_key): a stale file is not reused
+
+
+def batch_key(spec: RunSpec, items: list[Any]) -> str:
+    """The run's fingerprint and item range, and each item's seed id, index and seed content: a
+    resumed run whose seed files changed (paths are in the fingerprint, contents are not) makes
+    its batches again instead of reusing the old ones."""
+    import hashlib
+
+    payload = [spec.fingerprint, spec.item_start, spec.recipe.batch_size]
+    payload += [[it.seed.seed_id, it.index, it.seed.data] for it in items]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def process_batch(st: Stages, items: list[Any]) -> dict[str, StageResult]:
@@ -92,18 +104,21 @@ def save_batch(d: Path, b: Batch) -> None:
         tmp.write_bytes(pickle.dumps(b, protocol=pickle.HIGHEST_PROTOCOL))
 
 
-def load_batch(d: Path, index: int) -> Batch | None:
-    """A batch staged by a shard of this run (files are written by our own shards, atomically)."""
+def load_batch(d: Path, index: int, key: str | None = None) -> Batch | None:
+    """A batch staged by a shard of this run (files are written by our own shards, atomically);
+    None when there is none, or when ``key`` is given and the file was made from other items."""
     p = batch_path(d, index)
     if not p.is_file():
         return None
-    return pickle.loads(p.read_bytes())  # noqa: S301 - our own staging files
+    b = pickle.loads(p.read_bytes())  # noqa: S301 - our own staging files
+    return b if key is None or b.key == key else None
 
 
 # ---- the job a shard receives ---------------------------------------------------------------------
-def make_job(spec: RunSpec, shards: int, redis_url: str) -> dict[str, Any]:
+def make_job(spec: RunSpec, shards: int, redis_url: str, attempt: str = "") -> dict[str, Any]:
     """JSON parameters for a shard (a Prefect deployment's parameters must be JSON)."""
     return {
+        "attempt": attempt,
         "recipe": spec.recipe.model_dump(mode="json"),
         "recipe_path": spec.recipe_path,
         "run_id": spec.run_id,
@@ -139,7 +154,10 @@ class Queue:
     """Batch indices for the shards of one run, in Redis: ``next`` (INCR), the candidate count of
     each finished batch, the batch each shard is working on, and ``done``."""
 
-    def __init__(self, url: str, run_id: str):
+    # INCR and the shard's claim in one step: a shard killed between them loses no batch
+    _CLAIM = "local i = redis.call('INCR', KEYS[1]) - 1; redis.call('HSET', KEYS[2], ARGV[1], i); return i"
+
+    def __init__(self, url: str, run_id: str, attempt: str = ""):
         import redis
 
         self.url = url
@@ -148,15 +166,14 @@ class Queue:
             self.r.ping()
         except redis.RedisError as e:
             raise UserError(f"redis at {url}: {e}") from None
-        self.k = f"synthflow:shards:{run_id}"
+        # one queue per attempt of the parent: shards left over from a killed parent keep to theirs
+        self.k = f"synthflow:shards:{run_id}:{attempt}"
 
     def reset(self) -> None:
         self.r.delete(*(f"{self.k}:{x}" for x in ("next", "cands", "inflight", "done")))
 
     def claim(self, shard: int) -> int:
-        i = int(self.r.incr(f"{self.k}:next")) - 1
-        self.r.hset(f"{self.k}:inflight", str(shard), i)
-        return i
+        return int(self.r.eval(self._CLAIM, 2, f"{self.k}:next", f"{self.k}:inflight", str(shard)))
 
     def inflight(self, shard: int) -> int | None:
         v = self.r.hget(f"{self.k}:inflight", str(shard))
@@ -174,6 +191,9 @@ class Queue:
     def done(self) -> bool:
         return bool(self.r.exists(f"{self.k}:done"))
 
+    def close(self) -> None:
+        self.r.close()
+
 
 class Admission:
     """The merge's admission, replayed by a shard over the staged batches ``0..k`` without a gap:
@@ -187,21 +207,27 @@ class Admission:
 
         self.filters: list[Any] = []
         recipe = st.spec.recipe
-        for i, fc in enumerate(recipe.filters):
-            cls_ = registry.get("filter", fc.name, f"field filters[{i}].name")
-            if cls_.admit is Filter.admit:
-                continue
-            params = cls_.validate_params(fc.params, f"filters[{i}]")
-            if getattr(params, "redis", None) is not None:  # a replica must not write the shared index
-                params = params.model_copy(update={"redis": None})
-            self.filters.append(cls_(params, st.ctx))
+        try:
+            for i, fc in enumerate(recipe.filters):
+                cls_ = registry.get("filter", fc.name, f"field filters[{i}].name")
+                if cls_.admit is Filter.admit:
+                    continue
+                params = cls_.validate_params(fc.params, f"filters[{i}]")
+                if getattr(params, "redis", None) is not None:  # a replica must not write the shared index
+                    params = params.model_copy(update={"redis": None})
+                self.filters.append(cls_(params, st.ctx))
+        except BaseException:
+            self.close()
+            raise
         self.cursor = 0
         self.admitted = 0
 
     def advance(self, d: Path, staged: set[int]) -> int:
         while self.cursor in staged:
             b = load_batch(d, self.cursor)
-            kept = b.results["accept"].kept if b is not None else []
+            if b is None:  # listed but not visible yet (e.g. shared storage): look again later
+                break
+            kept = b.results["accept"].kept
             for f in self.filters:
                 kept = f.admit(kept).kept
             self.admitted += len(kept)
@@ -225,7 +251,7 @@ def batch_items(spec: RunSpec, st: Stages, index: int) -> list[Any]:
 def run_shard(job: dict[str, Any], shard: int) -> dict[str, Any]:
     """One shard: take batches from the queue until the run has enough candidates; stage each."""
     spec = spec_from_job(job)
-    q = Queue(job["redis"], spec.run_id)
+    q = Queue(job["redis"], spec.run_id, job.get("attempt", ""))
     d = shard_dir(spec)
     d.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -238,19 +264,20 @@ def run_shard(job: dict[str, Any], shard: int) -> dict[str, Any]:
         st.prepare()
         redo = q.inflight(shard)  # a restarted shard first finishes the batch it had claimed
         while True:
+            if q.done():
+                break
             if redo is not None:
                 i, redo = redo, None
-            elif q.done():
-                break
             else:
                 i = q.claim(shard)
-            b = load_batch(d, i)
+            items = batch_items(spec, st, i)
+            if not items:
+                q.r.hdel(f"{q.k}:inflight", str(shard))
+                break
+            key = batch_key(spec, items)
+            b = load_batch(d, i, key)
             if b is None:
-                items = batch_items(spec, st, i)
-                if not items:
-                    q.r.hdel(f"{q.k}:inflight", str(shard))
-                    break
-                b = Batch(i, len(items), process_batch(st, items), shard)
+                b = Batch(i, len(items), process_batch(st, items), shard, key)
                 save_batch(d, b)
             staged = q.finish(shard, i, len(b.results["accept"].kept))
             done.append(i)
@@ -271,6 +298,7 @@ def run_shard(job: dict[str, Any], shard: int) -> dict[str, Any]:
         if adm is not None:
             adm.close()
         st.close()
+        q.close()
     with atomic_path(d / f"shard-{shard}.json") as tmp:
         tmp.write_text(json.dumps(report))
     return report
@@ -284,16 +312,14 @@ def merge(run: Run, reports: list[dict[str, Any]]) -> None:
     d = shard_dir(spec)
     st = run.stages
     B = spec.recipe.batch_size
-    prepared = False
     while not run.reached_target():
         i = run.planned // B
         items = run.next_items()
         if not items:
             break
-        b = load_batch(d, i)
-        if b is None and not prepared:  # a batch no shard made: the parent makes it
-            run.prepare()
-            prepared = True
+        b = load_batch(d, i, batch_key(spec, items))
+        # a batch no shard staged (its shard died after claiming it): the parent, prepared
+        # before the shards started, makes it
         res = b.results if b is not None else process_batch(st, items)
         run.add_generated(res["generate"])
         for step in STEPS[1:]:

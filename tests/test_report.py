@@ -20,10 +20,13 @@ def _self_contained(text: str) -> None:
 def test_every_run_writes_a_report_with_its_plots(tmp_path, prefect_harness, monkeypatch):
     from flows.recipe_flow import run_recipe
 
-    recipe = math_recipe(tmp_path, n=6, batch_size=16, max_items=64)
+    price = {"prompt": 1.0, "completion": 2.0}  # per million tokens
+    recipe = math_recipe(tmp_path, n=6, batch_size=16, max_items=64, engine__price_per_mtok=price)
     s = _run(run_recipe, recipe, tmp_path / "out", tmp_path / "c.sqlite3", monkeypatch)
     text = (Path(s["path"]) / "report.html").read_text()
     _self_contained(text)
+    money = s["tokens"]["prompt"] / 1e6 * 1.0 + s["tokens"]["completion"] / 1e6 * 2.0
+    assert f"<td>cost (price_per_mtok)</td><td>{round(money, 4)}</td>" in text
     for title in ("Funnel and rejects", "Scores", "Token lengths", "Coverage", "Dedup and decontamination", "Cost",
                   "Sample rows"):  # fmt: skip
         assert f">{title}</h2>" in text
