@@ -280,3 +280,42 @@ def test_fork_exec_below_the_audit_hook_is_refused_by_seccomp(sandbox, tmp_path)
     v = run1(sandbox, code)
     assert v.status == "error" and v.exc_type == "PermissionError", v
     assert not target.exists()
+
+
+def test_server_imports_the_copy_this_process_runs(tmp_path):
+    """A Prefect worker runs a copy of the project in a temporary folder; the fork server must
+    import synthflow from that copy (the one bound into the sandbox), not from the checkout the
+    virtualenv's editable install points at (hidden under the sandbox's private /tmp)."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    import synthflow
+
+    copy = tmp_path / "copy"
+    shutil.copytree(
+        Path(synthflow.__file__).parent, copy / "synthflow", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    script = (
+        "import synthflow, sys\n"
+        "from synthflow.sandbox import Job\n"
+        "from synthflow.sandbox.forkserver import SandboxExecutor\n"
+        "ex = SandboxExecutor(workers=1)\n"
+        "code = 'def solution():\\n    import sys\\n    return sys.modules[\"synthflow\"].__file__'\n"
+        "v = ex.run([Job(code=code, call='solution()', timeout_s=5.0)])[0]\n"
+        "ex.close()\n"
+        "print(synthflow.__file__)\n"
+        "print(v.status, v.value)\n"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=copy,
+        env={**os.environ, "PYTHONPATH": str(copy)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    host, verdict = p.stdout.strip().splitlines()[-2:]
+    assert host == str(copy / "synthflow" / "__init__.py")
+    assert verdict == f"pass {host}"

@@ -78,15 +78,24 @@ def _bwrap_prefix() -> list[str]:
     return cmd
 
 
-def _needed_paths() -> set[Path]:
-    """What a sandboxed Python needs to see: the interpreter, the virtualenv and this project."""
+def _project_root() -> Path:
+    """The folder this process imported synthflow from (a Prefect worker may run a copy of the
+    project in a temporary folder, not the checkout the virtualenv's editable install points at)."""
     import synthflow
 
-    return {
-        Path(sys.base_prefix).resolve(),
-        Path(sys.prefix).resolve(),
-        Path(synthflow.__file__).resolve().parents[1],
-    }
+    return Path(synthflow.__file__).resolve().parents[1]
+
+
+# the server imports synthflow from the same folder as this process (and the one that is bound in)
+_SERVER_BOOT = (
+    "import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); "
+    "runpy.run_module('synthflow.sandbox.server', run_name='__main__', alter_sys=True)"
+)
+
+
+def _needed_paths() -> set[Path]:
+    """What a sandboxed Python needs to see: the interpreter, the virtualenv and this project."""
+    return {Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve(), _project_root()}
 
 
 def _expose_private_paths() -> list[str]:
@@ -183,7 +192,7 @@ class _Server:
         cfg = json.dumps({"uid": self.uid, "driver_uid": self.driver_uid, "mode": self.mode, "seccomp": True})
         env = dict(SERVER_ENV)  # the server starts with no secrets to leak (and -I ignores PYTHON*)
         self.proc = subprocess.Popen(
-            [*self.prefix, sys.executable, "-I", "-m", "synthflow.sandbox.server", cfg],
+            [*self.prefix, sys.executable, "-I", "-c", _SERVER_BOOT, str(_project_root()), cfg],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
