@@ -26,7 +26,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 
 STAMP := $(VENV)/.synthflow-$(EXTRA)-installed
 
-.PHONY: help setup venv model sysdeps dataset test test-fast lint format bench deploy serve clean
+.PHONY: help setup venv model sysdeps browser dataset test test-fast lint format bench deploy serve clean
 
 help:
 	@echo "make dataset RECIPE=math [N=..] [MODEL=..] [OUT=..]   generate a dataset (sets everything up)"
@@ -61,10 +61,18 @@ sysdeps:
 	  else echo "note: please install$$missing (sudo apt-get install$$missing); some features fall back"; fi; \
 	fi
 
+# Debian's chromium, for the test that opens a run report in a headless browser (make test only)
+browser:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing chromium"; apt-get install -y -q chromium >/dev/null 2>&1 || \
+	      (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null); \
+	  else echo "note: please install chromium (sudo apt-get install chromium); the report browser test fails without it"; fi; }
+
 dataset: venv model sysdeps
 	$(BIN)/synthflow run recipes/$(RECIPE).yaml $(if $(N),--n $(N)) $(if $(MODEL),--model $(MODEL)) $(if $(OUT),--out $(OUT)) $(ARGS)
 
-test: venv model sysdeps
+test: venv model sysdeps browser
 	$(BIN)/python -m pytest -q $(ARGS)
 
 test-fast: venv

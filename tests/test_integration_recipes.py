@@ -13,7 +13,9 @@ import pytest
 from synthflow import registry
 from synthflow.recipe import load_recipe
 
+from .browser import assert_drawn, render
 from .conftest import ROOT, run_cli
+from .test_report import expected_figures
 
 pytestmark = pytest.mark.slow
 
@@ -76,3 +78,5 @@ def test_recipe_on_embedded_model(recipe, tmp_path):
     assert len(duckdb.sql(q).fetchall()) == data.num_rows + rejects.num_rows
     card = (run_dir / "README.md").read_text()
     assert "machine-generated" in card
+    # the run's report draws every plot in a real browser (what `make dataset RECIPE=skillmix` writes)
+    assert_drawn(render(run_dir / "report.html"), expected_figures(run_dir))
