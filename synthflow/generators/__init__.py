@@ -2,6 +2,7 @@
 
 from synthflow.generators import (  # noqa: F401
     agentinstruct,
+    bonito,
     code_codet,
     math_pal,
     math_templates,
