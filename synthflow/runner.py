@@ -20,6 +20,7 @@ from synthflow.engines.pool import EnginePool
 from synthflow.errors import UserError
 from synthflow.filtering import FilterContext
 from synthflow.generators.base import Item
+from synthflow.personas import diversity
 from synthflow.recipe import Recipe, load_recipe
 from synthflow.record import Record, Reject, StageResult
 from synthflow.scoring import ScoreContext, ScoreStage, build_scorers
@@ -489,12 +490,27 @@ class Run:
                 "engine_busy_s": round(pool.busy_s, 2),
             },
             "generator": st.generator.summary(self.accepted),
+            "diversity": self.diversity(st),
             "filters": st.filter_summaries(),
             "roles": pool.usage(),
             "scores": score_stats(self.accepted, self.rejects, st.writer.score_names),
         }
         if self.shard_reports:
             out["shards"] = self.shard_reports
+        return out
+
+    def diversity(self, st: Stages) -> dict[str, Any]:
+        """Distinct-n of the generator's text field: over accepted rows, and over every row that got
+        past parsing (on one budget, the figure to compare runs with and without personas)."""
+        field = st.generator.text_field
+        parsed = [r for r in self.accepted] + [j.record for j in self.rejects if j.stage != "parse"]
+        out = {
+            "field": field,
+            "accepted": diversity([r.text_for(field) for r in self.accepted]),
+            "parsed": diversity([t for r in parsed if (t := r.text_for(field).strip())]),
+        }
+        if st.generator.personas:
+            out["distinct_personas"] = len({r.fields.get("persona") for r in self.accepted} - {None})
         return out
 
     def finish(self) -> tuple[Path, dict[str, Any]]:

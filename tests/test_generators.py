@@ -33,7 +33,7 @@ def make(tmp_path: Path, recipe: str, script: str, **options):
 def test_golden_prompts(name):
     recipe = next(
         p
-        for p in (ROOT / "recipes").glob("*.yaml")
+        for p in sorted((ROOT / "recipes").glob("*.yaml"))
         if yaml.safe_load(p.read_text())["generator"]["name"] == name
     )
     r = load_recipe(recipe)

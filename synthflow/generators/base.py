@@ -18,6 +18,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
 from synthflow.engines.base import Completion, Request, Sampling
+from synthflow.personas import load_personas, persona_for
 from synthflow.prompts import Prompt, load_prompt
 from synthflow.record import Record, Reject, StageResult, stable_id
 from synthflow.registry import validate_model
@@ -64,14 +65,22 @@ class Generator(ABC):
     # False when a batch's prompts depend on the rows of earlier batches (Self-Instruct's pool):
     # such a recipe cannot be split into shards that generate at the same time
     shardable: ClassVar[bool] = True
+    # generators with a ``personas`` option: the template each such role switches to when personas
+    # are on (unless the recipe names another one for the role)
+    persona_prompts: ClassVar[dict[str, str]] = {}
 
     def __init__(self, recipe: Any, seeds: list[Seed]):
         self.recipe = recipe
         self.seeds = seeds
         self.opts: Any = self.validate_options(recipe.generator.options, "generator.options")
+        persona_file = getattr(self.opts, "personas", None)
+        self.personas: list[str] = load_personas(persona_file) if persona_file else []
+        chosen = dict(recipe.generator.prompts)
+        for role, tmpl in self.persona_prompts.items():
+            if self.personas and chosen.get(role, self.prompts[role]) == self.prompts[role]:
+                chosen[role] = tmpl
         self.templates: dict[str, Prompt] = {
-            role: load_prompt(recipe.generator.prompts.get(role, default))
-            for role, default in self.prompts.items()
+            role: load_prompt(chosen.get(role, default)) for role, default in self.prompts.items()
         }
         rng = random.Random(f"{recipe.seed}:{recipe.name}")
         self._order = list(range(len(seeds)))
@@ -90,6 +99,10 @@ class Generator(ABC):
         return [Item(i, self.seeds[self._order[i % s]], i // s) for i in range(start, start + count)]
 
     # ---- helpers ----------------------------------------------------------------------------
+    def persona(self, item: Item) -> str | None:
+        """The persona item ``item`` draws (None when the recipe uses none)."""
+        return persona_for(self.personas, self.recipe.seed, item.index) if self.personas else None
+
     def sampling_for(self, role: str, base: Sampling) -> Sampling:
         """The sampling of one step: the recipe's, then the step's default, then the recipe's override."""
         over = {**self.step_sampling.get(role, {}), **(self.recipe.generator.sampling.get(role) or {})}

@@ -90,12 +90,17 @@ class MathOptions(BaseModel):
         le=16,
         description="k more programs per problem, written without its answer in view; they vote (math_pot)",
     )
+    personas: str | None = Field(
+        None,
+        description="persona file (builtin:personas.jsonl): each problem is one a drawn persona would pose",
+    )
 
 
 @register("generator", "math_pal")
 class MathPAL(Generator):
     name = "math_pal"
     prompts: ClassVar[dict[str, str]] = {"generate": "math/pal.jinja2", "solve": "math/pal_solve.jinja2"}
+    persona_prompts: ClassVar[dict[str, str]] = {"generate": "math/pal_persona.jinja2"}
     Options = MathOptions
     columns: ClassVar[dict[str, pa.DataType]] = {
         "problem": pa.string(),
@@ -105,6 +110,7 @@ class MathPAL(Generator):
         "sc_votes": pa.list_(pa.string()),
         "sc_majority": pa.string(),
         "sc_agreement": pa.float64(),
+        "persona": pa.string(),
     }
     schemas: ClassVar[dict[str, dict[str, Any]]] = {
         "generate": {
@@ -135,7 +141,10 @@ class MathPAL(Generator):
     def context(self, item: Item) -> dict[str, Any]:
         # a shipped/user topic, or for a raw document chunk its opening words
         topic = item.seed.data.get("topic") or " ".join(item.seed.text.split()[:25])
-        return {"examples": self.examples_for(item.index), "topic": topic}
+        ctx = {"examples": self.examples_for(item.index), "topic": topic}
+        if self.personas:
+            ctx["persona"] = self.persona(item)
+        return ctx
 
     def render_examples(self) -> list[list[dict[str, str]]]:
         it = self.plan(0, 1)[0]
@@ -165,10 +174,11 @@ class MathPAL(Generator):
         for it, req, comp in zip(items, reqs, comps, strict=True):
             rec = self.new_record(it, "generate", comp, engine, sampling)
             rec.raw = req.prefill + comp.text
+            rec.fields = {"persona": self.persona(it)}  # rejects keep it too
             fields = parse_or_reject(rec, self.parse, rec.raw, out)
             if fields is None:
                 continue
-            rec.fields = fields
+            rec.fields = {**fields, "persona": self.persona(it)}
             rec.messages = pal_messages(fields)
             out.kept.append(rec)
         if self.opts.self_consistency and out.kept:

@@ -136,6 +136,7 @@ class SelfInstructOptions(BaseModel):
     max_instances: int = Field(5, ge=1)
     classify_examples: int = Field(6, ge=0)
     instance_examples: int = Field(2, ge=0)
+    personas: str | None = None  # persona file (builtin:personas.jsonl): tasks a drawn persona would ask
 
 
 @register("generator", "self_instruct")
@@ -147,6 +148,7 @@ class SelfInstruct(Generator):
         "input_first": "self_instruct/instances_input_first.jinja2",
         "output_first": "self_instruct/instances_output_first.jinja2",
     }
+    persona_prompts: ClassVar[dict[str, str]] = {"instructions": "self_instruct/instructions_persona.jinja2"}
     Options = SelfInstructOptions
     columns: ClassVar[dict[str, pa.DataType]] = {
         "instruction": pa.string(),
@@ -158,6 +160,7 @@ class SelfInstruct(Generator):
         "si_rouge_l": pa.float64(),
         "si_is_classification": pa.bool_(),
         "si_instance": pa.int64(),
+        "persona": pa.string(),
     }
     text_field = "instruction+input"
     # the original's decoding: new instructions sampled; the yes/no and the instances greedy
@@ -194,6 +197,10 @@ class SelfInstruct(Generator):
         rng.shuffle(pairs)  # machine instructions are not always last
         return [k for k, _ in pairs], [t for _, t in pairs]
 
+    def render_instructions(self, item: Item, tasks: list[str]) -> list[dict[str, str]]:
+        extra = {"persona": self.persona(item)} if self.personas else {}
+        return self.templates["instructions"].render(tasks=tasks, num_new=self.opts.new_per_prompt, **extra)
+
     def _examples(self, key: str, n: int, classification: bool | None = None) -> list[dict[str, Any]]:
         rng = random.Random(f"{self.recipe.seed}:{key}")
         pool = [
@@ -218,7 +225,7 @@ class SelfInstruct(Generator):
         _, tasks = self.in_context(it)
         ins = self.human[0].data["instruction"]
         return [
-            self.templates["instructions"].render(tasks=tasks, num_new=self.opts.new_per_prompt),
+            self.render_instructions(it, tasks),
             self.templates["classify"].render(
                 examples=self._classify_examples(self.opts.classify_examples), instruction=ins
             ),
@@ -235,11 +242,7 @@ class SelfInstruct(Generator):
         # 1. new instructions, one prompt per item
         ctx = [self.in_context(it) for it in items]
         reqs = [
-            self.request(
-                "instructions",
-                self.templates["instructions"].render(tasks=t, num_new=o.new_per_prompt),
-                it.sample,
-            )
+            self.request("instructions", self.render_instructions(it, t), it.sample)
             for it, (_, t) in zip(items, ctx, strict=True)
         ]
         comps = self.call(engine, "instructions", reqs, sampling)
@@ -257,7 +260,8 @@ class SelfInstruct(Generator):
                 rec = self.new_record(it, "instructions", comp, engine, sampling)
                 rec.id = stable_id(rec.id, j)
                 rec.raw = ins
-                rec.fields = {"instruction": ins, "si_round": rnd, "si_in_context": ids}
+                rec.fields = {"instruction": ins, "si_round": rnd, "si_in_context": ids,
+                              "persona": self.persona(it)}  # fmt: skip
                 problem = instruction_problem(ins, o.min_words, o.max_words)
                 if problem:
                     out.rejects.append(Reject(rec, "generate", f"filter:{problem}"))
