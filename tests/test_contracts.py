@@ -22,7 +22,10 @@ def test_every_prompt_has_a_version_and_a_generator():
         t
         for kind in ("generator", "scorer")
         for g in registry.names(kind)
-        for t in registry.get(kind, g).prompts.values()
+        for t in [
+            *registry.get(kind, g).prompts.values(),
+            *getattr(registry.get(kind, g), "persona_prompts", {}).values(),
+        ]
     }
     for n in names:
         p = load_prompt(n)
