@@ -201,10 +201,29 @@ def _progress(run: Run) -> Any:
     return tqdm(total=run.recipe.n, desc=f"{run.recipe.name}: accepted", unit="row", dynamic_ncols=True)
 
 
+@task(name="revise", retries=GENERATE_RETRIES, retry_delay_seconds=RETRY_DELAY_S, cache_policy=NO_CACHE)
+def revise(spec: RunSpec, batch: StageResult, rnd: int) -> StageResult:
+    return stages_for(spec).revise(batch.rejects, rnd)
+
+
 def check_batch(run: Run, generated: StageResult) -> None:
-    """verify -> dedup -> score -> accept for one generated batch; the flow keeps the ledger."""
+    """verify -> dedup -> score -> accept for one generated batch; the flow keeps the ledger. With
+    the recipe's ``revise``, rows rejected for a fixable reason are revised and take the same path
+    again, for up to ``revise.rounds`` rounds."""
+    rejects = _check(run, generated)
+    cfg = run.recipe.revise
+    for rnd in range(1, (cfg.rounds if cfg else 0) + 1):
+        revised = revise(run.spec, opaque(StageResult(rejects=rejects)), rnd)
+        run.add_revised(revised)
+        if not revised.kept:
+            break
+        rejects = _check(run, revised)
+
+
+def _check(run: Run, batch: StageResult) -> list:
+    """One pass of the checks; returns the rejects it made (the candidates for a revision)."""
     spec = run.spec
-    v = verify(spec, opaque(generated))
+    v = verify(spec, opaque(batch))
     run.add_stage("verify", v)
     d = dedup(spec, opaque(v))
     run.add_stage("dedup", d)
@@ -213,6 +232,7 @@ def check_batch(run: Run, generated: StageResult) -> None:
     kept, admitted = accept(spec, opaque(s))
     run.add_stage("accept", kept)
     run.add_admitted(admitted)
+    return [*v.rejects, *s.rejects, *kept.rejects]
 
 
 @flow(name="synthflow-recipe", log_prints=True)

@@ -111,6 +111,17 @@ class OutputConfig(_Strict):
     )
 
 
+class ReviseConfig(_Strict):
+    """CoachLM-style revision: rows rejected for a fixable reason are rewritten and checked again."""
+
+    rounds: int = Field(
+        1, ge=1, le=3, description="revision rounds (a revised row that fails again may be revised again)"
+    )
+    # reject reasons (prefixes) worth a revision: a low judge score, a shirking answer, a failed check
+    reasons: list[str] = Field(default_factory=lambda: ["quality:judge", "shirker:", "verify:"], min_length=1)
+    prompt: str | None = Field(None, description="revision template (default: the generator's)")
+
+
 class Recipe(_Strict):
     name: str
     description: str = ""
@@ -128,6 +139,7 @@ class Recipe(_Strict):
     # the score step: registered scorer -> its params, in order (``sklearn:DIR`` passes DIR)
     scoring: dict[str, dict[str, Any] | None] = Field(default_factory=lambda: {"heuristics": {}})
     output: OutputConfig = Field(default_factory=OutputConfig)
+    revise: ReviseConfig | None = None
     pipeline: bool = Field(
         True, description="generate the next batch while the previous one is verified, deduped and scored"
     )
@@ -153,6 +165,8 @@ class Recipe(_Strict):
         if out.get("target_tokenizer") or out.get("max_seq_len"):  # they decide which rows pass
             d["sft"] = [out.get("target_tokenizer"), out.get("max_seq_len")]
         d.pop("pipeline", None)  # how the run is scheduled, not what it makes
+        if d.get("revise") is None:  # unset, it changes nothing (earlier runs keep their fingerprint)
+            d.pop("revise", None)
         if d["engine"].get("kill_file") is None:  # a test-only field: unset, it changes nothing
             d["engine"].pop("kill_file", None)
         d["engine"].pop("price_per_mtok", None)  # what rows cost, not what they are

@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from synthflow import registry, runlock
+from synthflow import revise as revising
 from synthflow.engines.base import Sampling
 from synthflow.engines.cache import CachedEngine
 from synthflow.engines.pool import EnginePool
 from synthflow.errors import UserError
 from synthflow.filtering import FilterContext
-from synthflow.generators.base import Item
+from synthflow.generators.base import Generator, Item
 from synthflow.personas import diversity
 from synthflow.recipe import Recipe, load_recipe
 from synthflow.record import Record, Reject, StageResult
@@ -155,6 +156,14 @@ class Stages:
             self.engines.close()
             raise
         columns = dict(self.generator.columns)
+        if recipe.revise is not None:
+            g = self.generator
+            if g.response_field is None and type(g).apply_revision is Generator.apply_revision:
+                self.engines.close()
+                raise UserError(
+                    f"{where}: revise: generator {g.name} has no answer to revise; remove `revise`"
+                )
+            columns.update(revising.COLUMNS)
         for fs in self.filters.values():
             for f in fs:
                 columns.update(f.columns)
@@ -208,6 +217,15 @@ class Stages:
         if bucket == "verify":
             for r in out.kept:
                 self.generator.refresh(r)
+        out.seconds = time.perf_counter() - t0
+        return out
+
+    def revise(self, rejects: list[Reject], rnd: int) -> StageResult:
+        """One CoachLM revision round over a batch's rejects (the fixable ones)."""
+        t0 = time.perf_counter()
+        out = revising.revise(
+            self.generator, self.engine, self.sampling, rejects, rnd, self.spec.recipe.revise
+        )
         out.seconds = time.perf_counter() - t0
         return out
 
@@ -296,6 +314,7 @@ class Run:
         self.started = time.time()
         self.summary_final: dict[str, Any] | None = None
         self.shard_reports: list[dict[str, Any]] = []  # a sharded run: what each shard did
+        self.revision_tried: Counter = Counter()  # revisions asked for, per reason head
         self._lock = lock
 
     def __getstate__(self) -> dict[str, Any]:
@@ -395,6 +414,13 @@ class Run:
         self.rejects.extend(res.rejects)
         return res.kept
 
+    def add_revised(self, res: StageResult) -> list[Record]:
+        """A revision round: each revision is a generated row of its own (data or a reject)."""
+        self.seconds["revise"] += res.seconds
+        for r in [*res.kept, *(j.record for j in res.rejects)]:
+            self.revision_tried[revising.head(r.fields["revision_reason"])] += 1
+        return self.add_generated(StageResult(kept=res.kept, rejects=res.rejects))
+
     def add_stage(self, bucket: str, res: StageResult) -> list[Record]:
         self.seconds[bucket] += res.seconds
         self.counts[_BUCKET_COUNT[bucket]] += len(res.kept)
@@ -442,6 +468,11 @@ class Run:
 
     def accept(self, records: list[Record]) -> None:
         self.add_admitted(self.stages.admit(records))
+
+    def revise(self, rejects: list[Reject], rnd: int) -> list[Record]:
+        res = self.stages.revise(rejects, rnd)
+        add = self.add_revised(res)
+        return add
 
     # ---- finishing ----------------------------------------------------------------------------
     def summary(self, stages: Stages | None = None) -> dict[str, Any]:
@@ -491,6 +522,9 @@ class Run:
             },
             "generator": st.generator.summary(self.accepted),
             "diversity": self.diversity(st),
+            "revision": revising.summary(self.accepted, self.revision_tried, self.recipe.revise.rounds)
+            if self.recipe.revise
+            else None,
             "filters": st.filter_summaries(),
             "roles": pool.usage(),
             "scores": score_stats(self.accepted, self.rejects, st.writer.score_names),

@@ -77,6 +77,8 @@ def process_batch(st: Stages, items: list[Any]) -> dict[str, StageResult]:
 
 def check_shardable(st: Stages) -> None:
     gen = st.generator
+    if st.spec.recipe.revise is not None:
+        raise UserError("--shards: recipes with `revise` run in one process for now; run it without --shards")
     if not gen.shardable:
         raise UserError(
             f"--shards: generator {gen.name} makes each batch from the rows of earlier batches; "

@@ -154,6 +154,7 @@ class AgentInstruct(Generator):
         "ai_answerable": pa.bool_(),
     }
     text_field = "instruction"
+    response_field = "response"
 
     def choose(self, item: Item) -> tuple[str, str, str]:
         """(skill, transformation, instruction type), drawn with a seed from the item index; code

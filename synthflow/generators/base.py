@@ -68,6 +68,10 @@ class Generator(ABC):
     # generators with a ``personas`` option: the template each such role switches to when personas
     # are on (unless the recipe names another one for the role)
     persona_prompts: ClassVar[dict[str, str]] = {}
+    # CoachLM-style revision (recipe ``revise``): the template, and the field that holds the
+    # assistant's answer (None: this generator's rows cannot be revised)
+    revise_prompt: ClassVar[str] = "revise/coach.jinja2"
+    response_field: ClassVar[str | None] = None
 
     def __init__(self, recipe: Any, seeds: list[Seed]):
         self.recipe = recipe
@@ -186,6 +190,26 @@ class Generator(ABC):
 
     def refresh(self, rec: Record) -> None:
         """Called after verification (which may change fields, e.g. CodeT's chosen solution)."""
+
+    def revision_context(self, rec: Record) -> dict[str, Any]:
+        """Template variables of a revision: the pair as the model will be trained on it."""
+        user = "\n\n".join(m["content"] for m in rec.messages if m["role"] == "user")
+        answer = next((m["content"] for m in reversed(rec.messages) if m["role"] == "assistant"), "")
+        return {"instruction": user, "response": answer}
+
+    def apply_revision(self, rec: Record, text: str) -> None:
+        """Put a revision into the row (its fields and messages), or raise ParseError."""
+        resp = text.strip()
+        if not resp:
+            raise ParseError("empty")
+        if resp == self.revision_context(rec)["response"].strip():
+            raise ParseError("unchanged")
+        assert self.response_field is not None
+        rec.fields[self.response_field] = resp
+        rec.messages = [*rec.messages[:-1], {"role": "assistant", "content": resp}]
+
+    def after_revision(self, recs: list[Record], engine: Any, sampling: Sampling) -> None:
+        """Once per revision round, over the revised rows (e.g. new self-consistency samples)."""
 
     def prepare(self, engine: Any, sampling: Sampling) -> None:
         """Once per run, before the first batch (e.g. SkillMix's skill extraction)."""

@@ -253,6 +253,22 @@ class Bonito(Generator):
             out.kept.append(rec)
         return out
 
+    response_field = "response"
+
+    def apply_revision(self, rec: Any, text: str) -> None:
+        """A revised answer passes the same grounded checks as a generated one."""
+        answer = text.strip()
+        if not answer:
+            raise ParseError("empty")
+        f = rec.fields
+        try:
+            extra = check_answer(TASK_TYPES[f["task_type"]], f["bonito_passage"], f["instruction"], answer,
+                                 self.opts.max_span_words)  # fmt: skip
+        except ValueError as e:
+            raise ParseError(f"bonito:{e}") from None
+        f.update(response=answer, **extra)
+        rec.messages = [rec.messages[0], {"role": "assistant", "content": f["response"]}]
+
     def summary(self, accepted: list[Any]) -> dict[str, Any]:
         labels: dict[str, Counter] = {}
         for r in accepted:

@@ -206,6 +206,29 @@ class MathPAL(Generator):
                 code = None  # a sample that does not compile still counts: as a vote against
             r.fields["sc_programs"].append(code)
 
+    # ---- revision: the checker's reason and error in view, a new program (and answer) ------------
+    revise_prompt = "revise/math.jinja2"
+    response_field = "program"
+
+    def revision_context(self, rec: Any) -> dict[str, Any]:
+        f = rec.fields
+        return {
+            "problem": f.get("problem", ""),
+            "program": f.get("program", ""),
+            "answer": f.get("answer", ""),
+        }
+
+    def apply_revision(self, rec: Any, text: str) -> None:
+        got = self.parse(text)
+        if got["program"].strip() == (rec.fields.get("program") or "").strip():
+            raise ParseError("unchanged")
+        rec.fields.update(got, sc_programs=[], sc_votes=None, sc_majority=None, sc_agreement=None)
+        rec.messages = pal_messages(got)
+
+    def after_revision(self, recs: list[Any], engine: Any, sampling: Sampling) -> None:
+        if self.opts.self_consistency and recs:  # revised problems get their own votes
+            self._sample_programs(recs, engine, sampling)
+
     def summary(self, accepted: list[Any]) -> dict[str, Any]:
         k = self.opts.self_consistency
         if not k:

@@ -163,6 +163,7 @@ class SelfInstruct(Generator):
         "persona": pa.string(),
     }
     text_field = "instruction+input"
+    response_field = "output"
     # the original's decoding: new instructions sampled; the yes/no and the instances greedy
     step_sampling: ClassVar[dict[str, dict[str, Any]]] = {
         "classify": {"temperature": 0.0, "max_tokens": 8},

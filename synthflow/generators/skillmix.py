@@ -118,6 +118,7 @@ class SkillMix(Generator):
         }
     }
     text_field = "instruction"
+    response_field = "response"
     step_sampling: ClassVar[dict[str, dict[str, Any]]] = {"respond": {"max_tokens": 512}}
 
     def __init__(self, recipe: Any, seeds: list[Seed]):

@@ -1,0 +1,83 @@
+"""CoachLM-style revision (issue 15): rows rejected for a fixable reason are rewritten and go
+through verification, dedup, scoring and the thresholds again; a revision is never trusted."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from .conftest import DATA, math_recipe
+from .test_pipeline import _run
+
+FIXED = (
+    "Problem: A garden has 5 rows of 9 tulips and 15 are picked. How many tulips remain now?\nProgram:\n"
+    "```python\ndef solution():\n    rows = 5\n    per_row = 9\n    picked = 15\n    return rows * per_row - picked\n"
+    "```\nAnswer: 30"
+)
+# a revision that only states its answer: it must fail verification again, not pass for being revised
+STATED = "Problem: Mia saves money. How many dollars?\nProgram:\n```python\ndef solution():\n    return 41\n```\nAnswer: 41"
+
+
+def _script(tmp_path):
+    rules = json.loads((DATA / "fake_math.json").read_text())
+    rules = [
+        {"match": "garden[\\s\\S]*Checker's reason: verify:", "reply": FIXED},
+        {"match": "Mia saves[\\s\\S]*Checker's reason: verify:", "reply": STATED},
+        *rules,
+    ]
+    p = tmp_path / "script.json"
+    p.write_text(json.dumps(rules))
+    return p
+
+
+def _rows(run_dir, sub):
+    return [r for f in sorted((run_dir / sub).glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+
+
+def test_revision_rescues_a_failed_row_and_rechecks_it(tmp_path, prefect_harness, monkeypatch):
+    from flows.recipe_flow import run_recipe
+
+    recipe = math_recipe(tmp_path, n=50, batch_size=16, max_items=32, revise={"rounds": 2},
+                         engine__script=str(_script(tmp_path)))  # fmt: skip
+    s = _run(run_recipe, recipe, tmp_path / "out", tmp_path / "c.sqlite3", monkeypatch)
+    run_dir = Path(s["path"])
+    data, rej = _rows(run_dir, "data"), _rows(run_dir, "rejects")
+    by_id = {r["id"]: r for r in data + rej}
+    revised = [r for r in data if r["revised_from"]]
+    assert revised, "no row was rescued"
+    for r in revised:
+        orig = by_id[r["revised_from"]]
+        assert orig["reject_stage"] == "verify" and orig["reject_reason"].startswith("verify:")
+        assert r["revision_round"] == 1 and r["revision_reason"] == orig["reject_reason"]
+        assert json.loads(r["revision_original"])[0]["content"] == orig["problem"]
+        assert r["program"] != orig["program"] and "rows * per_row - picked" in r["program"]
+        assert r["verify_status"] == "pass"  # verified again, in the sandbox
+        assert r["score_ifd"] is not None  # and scored again
+        assert r["revision_prompt"] == "revise/math.jinja2@1"
+    # a revision that only states its answer is verified again and rejected as trivial; the second
+    # round's revision of it changes nothing and is rejected as unchanged
+    stated = [r for r in rej if r["revised_from"] and "return 41" in (r["program"] or "")]
+    assert {
+        (r["reject_stage"], r["reject_reason"].split(":")[1]) for r in stated if r["revision_round"] == 1
+    } == {("verify", "trivial_program")}
+    assert any(r["reject_reason"] == "revise:unchanged" and r["revision_round"] == 2 for r in rej)
+    rv = s["revision"]
+    assert rv["rescued_rows"] == len(revised) and set(rv["rescued"]) == {
+        revised[0]["revision_reason"].split(" ")[0]
+    }
+    assert sum(rv["tried"].values()) >= len(revised) + len(stated)
+    # the ledger: every generated row (revisions included) is data or a reject
+    assert len(data) + len(rej) == s["counts"]["generated"]
+
+
+def test_without_revise_nothing_is_revised(tmp_path, prefect_harness, monkeypatch):
+    from flows.recipe_flow import run_recipe
+
+    recipe = math_recipe(tmp_path, n=50, batch_size=16, max_items=16, engine__script=str(_script(tmp_path)))
+    s = _run(run_recipe, recipe, tmp_path / "out", tmp_path / "c.sqlite3", monkeypatch)
+    assert s["revision"] is None
+    assert (
+        "revised_from" not in pq.read_table(next((Path(s["path"]) / "data").glob("*.parquet"))).column_names
+    )
