@@ -143,6 +143,9 @@ class Stages:
         self.engines = EnginePool()
         try:
             self.engine, score_stage = open_engines(recipe, where, self.engines)
+            bind = getattr(self.generator, "bind_engines", None)
+            if bind is not None:  # generators with engines of their own (Ensemble-Instruct's members)
+                bind(self.engines, where)
             ctx = FilterContext(
                 recipe=recipe,
                 generator=self.generator,

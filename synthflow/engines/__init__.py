@@ -57,4 +57,9 @@ def make_fake(cfg: Any) -> Any:
         raise UserError("field engine.script: the fake engine (tests only) needs a script file")
     if not os.path.isfile(cfg.script):
         raise UserError(f"{cfg.script}: fake engine script not found")
-    return FakeEngine(cfg.script, delay_s=cfg.delay_s, fail_call=cfg.fail_call, kill_file=cfg.kill_file)
+    model_id = (
+        cfg.model if cfg.model not in ("", "default") else "fake-model"
+    )  # a named fake is its own model
+    return FakeEngine(
+        cfg.script, model_id=model_id, delay_s=cfg.delay_s, fail_call=cfg.fail_call, kill_file=cfg.kill_file
+    )

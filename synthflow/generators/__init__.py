@@ -4,6 +4,7 @@ from synthflow.generators import (  # noqa: F401
     agentinstruct,
     bonito,
     code_codet,
+    ensemble,
     math_pal,
     math_templates,
     self_instruct,
