@@ -130,6 +130,10 @@ def test_extractive_answers_must_be_spans_of_the_passage():
     ]:
         with pytest.raises(ValueError, match=why):
             check_answer(tt, PASSAGE, q, answer, 20)
+    for task, answer, why in [("Sentiment Classification", "positive", "task_too_short"),
+                              ("The Water Cycle title", "the water cycle Title", "answer_is_task")]:  # fmt: skip
+        with pytest.raises(ValueError, match=why):
+            check_answer(TASK_TYPES["title_generation"], PASSAGE, task, answer, 20)
     with pytest.raises(ValueError, match="question_gives_answer"):
         check_answer(tt, PASSAGE, "Was Ada Quince the first librarian?", "Ada Quince", 20)
     assert find_span("a b c", "b") == 2 and find_span("abc", "b") is None

@@ -8,7 +8,8 @@ prompted with the task type's rule. Each item draws the next task type of the re
 robin, so the types come out even), and one engine call per batch writes ``Task:`` and ``Answer:``.
 
 Answers are checked against the passage, not against the model's own say-so
-(``verify`` rejects, ``bonito:<why>``):
+(``verify`` rejects, ``bonito:<why>``). Every task has 3+ words and its answer is not the task
+repeated; then, by type:
 
 - extractive QA: the answer must be a span of the passage (whole words, case and spacing aside), of
   1..``max_span_words`` words, and the question must not already contain it;
@@ -127,6 +128,10 @@ def find_span(passage: str, answer: str) -> int | None:
 def check_answer(tt: TaskType, passage: str, task: str, answer: str, max_span_words: int) -> dict[str, Any]:
     """The grounded checks of one task type: the row's extra fields, or ValueError(reason)."""
     first = (words(answer) or [""])[0]
+    if len(words(task)) < 3:  # a heading ("Sentiment Classification"), not a task
+        raise ValueError("task_too_short")
+    if words(answer) == words(task):
+        raise ValueError("answer_is_task")
     if tt.check == "span":
         n = len(words(answer))
         if n > max_span_words:
