@@ -95,6 +95,11 @@ def kept_ids(path: Path) -> set[str]:
     return set(pq.read_table(path, columns=["id"]).column("id").to_pylist())
 
 
+def dedup_cmd(src: Path, out: Path) -> list[str]:
+    """The user's command: ``synthflow dedup SRC --field text --out OUT``."""
+    return [exe(), "dedup", str(src), "--field", "text", "--out", str(out)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--docs", type=int, default=60_000)
@@ -111,16 +116,7 @@ def main() -> None:
         script = tmp / "baseline.py"
         script.write_text(BASELINE)
         env_cmds = {
-            "synthflow dedup": [
-                *pinned(),
-                exe(),
-                "dedup",
-                str(src),
-                "--field",
-                "text",
-                "--out",
-                str(tmp / "ours"),
-            ],
+            "synthflow dedup": [*pinned(), *dedup_cmd(src, tmp / "ours")],
             "datasketch script": [
                 *pinned(),
                 sys.executable,
@@ -131,13 +127,7 @@ def main() -> None:
         }
         if args.dask:
             env_cmds["synthflow dedup --dask"] = [
-                exe(),
-                "dedup",
-                str(src),
-                "--field",
-                "text",
-                "--out",
-                str(tmp / "dask"),
+                *dedup_cmd(src, tmp / "dask"),
                 "--dask",
                 f"local:{args.dask}",
             ]

@@ -4,10 +4,6 @@ Redis-shared indexes, and the streaming dedup filter."""
 from __future__ import annotations
 
 import random
-import shutil
-import socket
-import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -132,45 +128,6 @@ def test_persisted_index_round_trip(tmp_path):
     hits = b.query(docs)
     assert [h.key for h in hits] == [f"d{i}" for i in range(20)]
     assert not list(tmp_path.glob("*.tmp"))
-
-
-@pytest.fixture
-def redis_server(tmp_path):
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.fail("redis-server is not installed (make sysdeps installs it)")
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    proc = subprocess.Popen(
-        [
-            exe,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp_path),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    import redis
-
-    r = redis.Redis(host="127.0.0.1", port=port)
-    for _ in range(100):
-        try:
-            r.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    yield {"host": "127.0.0.1", "port": port}
-    proc.terminate()
-    proc.wait(timeout=10)
 
 
 def test_redis_index_is_shared_between_workers(redis_server):

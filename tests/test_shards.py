@@ -4,10 +4,8 @@ in batch order, and the published rows are the one-process run's rows."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -95,46 +93,7 @@ def test_shards_refuse_a_generator_that_builds_on_earlier_batches(tmp_path):
 
 
 # ---- on Prefect workers -------------------------------------------------------------------------
-def _start_redis(tmp_path: Path) -> tuple[subprocess.Popen, str]:
-    import socket
-
-    import redis
-
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.fail("redis-server is not installed (make sysdeps installs it)")
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    proc = subprocess.Popen(
-        [
-            exe,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp_path),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    r = redis.Redis.from_url(url)
-    for _ in range(200):
-        try:
-            r.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    return proc, url
-
-
-def test_two_shards_on_two_process_workers(tmp_path, prefect_harness, monkeypatch):
+def test_two_shards_on_two_process_workers(tmp_path, prefect_harness, monkeypatch, redis_server):
     """A Prefect server on loopback (the harness), a process work pool with 2 workers, a real
     redis-server: the shards run as flow runs on the workers and the merge gives the one-process rows."""
     from prefect.client.orchestration import get_client
@@ -148,7 +107,7 @@ def test_two_shards_on_two_process_workers(tmp_path, prefect_harness, monkeypatc
     subprocess.run(
         [*prefect, "work-pool", "create", pool, "--type", "process"], env=env, check=True, capture_output=True
     )
-    redis_proc, url = _start_redis(tmp_path)
+    url = f"redis://{redis_server['host']}:{redis_server['port']}/0"
     workers = [
         subprocess.Popen(
             [
@@ -193,8 +152,6 @@ def test_two_shards_on_two_process_workers(tmp_path, prefect_harness, monkeypatc
                 w.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 w.kill()
-        redis_proc.terminate()
-        redis_proc.wait(timeout=10)
 
 
 def test_a_staged_batch_made_from_other_items_is_not_reused(tmp_path):
