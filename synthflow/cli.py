@@ -88,6 +88,56 @@ def cmd_run(a: argparse.Namespace) -> int:
     return 0
 
 
+# ---- target ----------------------------------------------------------------------------------------
+def cmd_target(a: argparse.Namespace) -> int:
+    """Evaluate a student per skill, then generate for its weakest skills, ``--rounds`` times."""
+    _prefect_env()
+    from synthflow.engines.pool import EnginePool
+    from synthflow.recipe import EngineConfig
+    from synthflow.runner import Overrides, Run
+    from synthflow.target import load_eval, run_target
+
+    rows = load_eval(a.eval)
+    if a.rounds < 1:
+        raise UserError(f"--rounds {a.rounds}: give 1 or more")
+    ov = Overrides(n=a.n, out=a.out, max_items=a.max_items)
+    recipe = Run.check(a.recipe, ov)  # a bad recipe fails before the student is loaded
+    if recipe.generator.name != "skillmix":
+        raise UserError(
+            f"--recipe {a.recipe}: synthflow target weights SkillMix skills; give a skillmix recipe"
+        )
+    if a.student_url:
+        cfg = EngineConfig(name="openai", base_url=a.student_url, model=a.student)
+    else:
+        cfg = EngineConfig(name="vllm", model=a.student, max_model_len=2048)
+    _reap_orphan_prefect_servers()
+    from flows.recipe_flow import run_recipe
+
+    class Student:  # the student's engine lives only while it answers (the generation loads its own)
+        def generate(self, reqs: list[Any], sampling: Any) -> list[Any]:
+            pool = EnginePool()
+            try:
+                eng = pool.add("student", cfg, where="--student")
+                if cfg.name == "openai":
+                    eng.engine.preflight()  # a down endpoint: one line, exit 2
+                return eng.generate(reqs, sampling)
+            finally:
+                pool.close()
+
+    def generate(recipe_path: str, sets: list[str]) -> dict[str, Any]:
+        return run_recipe(recipe=recipe_path, **{**dataclasses.asdict(ov), "sets": [*(a.set or []), *sets]})
+
+    from datetime import UTC, datetime
+
+    out = Path(
+        a.target_out
+        or Path(a.out or recipe.output.root) / "target" / datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    )
+    run_target(Student(), rows, a.recipe, a.rounds, out, generate)
+    print(f"wrote {out / 'target.json'}")
+    return 0
+
+
 # ---- query ---------------------------------------------------------------------------------------
 def connect(root: str) -> Any:
     """A DuckDB connection with views ``examples`` and ``rejects`` over every finished run under ``root``."""
@@ -226,6 +276,38 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         "processes), each worker in its own sandbox; the same verdicts",
     )
     r.set_defaults(fn=cmd_run)
+
+    t = sub.add_parser(
+        "target",
+        help="evaluate a student per skill, then generate more for its weakest skills (SkillMix)",
+        description="Each round: the student answers a skill-tagged evaluation set (graded by math-verify "
+        "or exact match), per-skill accuracy is printed and saved, and the recipe runs with the "
+        "evaluation's skills weighted by (1 - accuracy). Training the student is up to you.",
+    )
+    t.add_argument(
+        "--eval",
+        required=True,
+        help="JSONL with skill, question, answer per line (example: builtin:skill_eval.jsonl)",
+    )
+    t.add_argument("--recipe", default="skillmix", help="a SkillMix recipe (default: recipes/skillmix.yaml)")
+    t.add_argument(
+        "--student",
+        default="default",
+        help="student model: 'default' (embedded), a folder or HF id, or a served name with --student-url",
+    )
+    t.add_argument("--student-url", help="OpenAI-compatible base URL of the student")
+    t.add_argument("--rounds", type=int, default=2, help="evaluate-and-generate rounds (default 2)")
+    t.add_argument("--n", type=int, help="accepted rows per round's generation (overrides the recipe)")
+    t.add_argument("--max-items", type=int, help="generation budget per round")
+    t.add_argument("--out", help="output root of the generation runs (default: the recipe's)")
+    t.add_argument(
+        "--target-out",
+        help="folder for target.json and the per-round skill files (default OUT/target/<time>)",
+    )
+    t.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="recipe override, as for run (repeatable)"
+    )
+    t.set_defaults(fn=cmd_target)
 
     q = sub.add_parser("query", help="DuckDB SQL over all finished runs (views: examples, rejects)")
     q.add_argument("sql")

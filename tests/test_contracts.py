@@ -32,6 +32,9 @@ def test_every_prompt_has_a_version_and_a_generator():
             ),
         ]
     }
+    from synthflow.target import PROMPTS as TARGET_PROMPTS
+
+    used |= set(TARGET_PROMPTS)  # synthflow target's student prompt
     for n in names:
         p = load_prompt(n)
         assert p.version and len(p.sha) == 8

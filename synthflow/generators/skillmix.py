@@ -78,6 +78,21 @@ def merge_counts(lists: list[list[str]], limit: int, seed: str) -> list[dict[str
     return [{"name": k, "count": c[k]} for k in names[:limit]]
 
 
+def weighted_sample(rng: random.Random, items: list[str], weights: list[float], k: int) -> list[str]:
+    """``k`` distinct items, each draw in proportion to the weights of those left."""
+    items, weights = list(items), [max(0.0, float(x)) for x in weights]
+    out = []
+    for _ in range(min(k, len(items))):
+        i = (
+            rng.choices(range(len(items)), weights=weights)[0]
+            if sum(weights) > 0
+            else rng.randrange(len(items))
+        )
+        out.append(items.pop(i))
+        weights.pop(i)
+    return out
+
+
 class SkillMixOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     k: int = Field(2, ge=1, le=5, description="skills combined per example")
@@ -86,6 +101,9 @@ class SkillMixOptions(BaseModel):
     max_query_types: int = Field(12, ge=1)
     list_size: int = Field(10, ge=2, description="items asked for per domain")
     skills_file: str | None = Field(None, description="reuse a saved skills.json instead of extracting")
+    skill_weights: dict[str, float] | None = Field(
+        None, description="draw skills in proportion to these weights (synthflow target: the weakest first)"
+    )
     examples: str = Field("builtin:skillmix_examples.jsonl", description="worked pairs shown as few-shot")
     few_shot: int = Field(2, ge=0, le=8, description="example pairs per prompt")
     example_sets: int = Field(
@@ -196,7 +214,14 @@ class SkillMix(Generator):
     def mix(self, item: Item) -> tuple[list[str], str, str]:
         seed = f"{self.recipe.seed}:mix:{item.index}"
         rng = random.Random(seed)
-        skills = sorted(rng.sample([s["name"] for s in self.skills], self.opts.k))
+        names = [s["name"] for s in self.skills]
+        w = self.opts.skill_weights
+        if w:
+            skills = sorted(
+                weighted_sample(rng, names, [w.get(n, min(w.values())) for n in names], self.opts.k)
+            )
+        else:
+            skills = sorted(rng.sample(names, self.opts.k))
         return skills, rng.choice([q["name"] for q in self.query_types]), seed
 
     def examples_for(self, index: int) -> list[dict[str, Any]]:

@@ -1,0 +1,93 @@
+"""Weakness-targeted generation (issue 15): per-skill accuracy of a student, and generation weights
+that move towards the skills it fails."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from synthflow.engines.fake import FakeEngine
+from synthflow.errors import UserError
+from synthflow.target import final_answer, grade, load_eval, run_target, weights
+
+from .conftest import fake_recipe
+from .test_pipeline import _run
+
+EVAL = [
+    {"skill": "arithmetic", "question": "What is 7 times 8?", "answer": "56"},
+    {"skill": "arithmetic", "question": "What is 12 plus 30?", "answer": "42"},
+    {"skill": "geography", "question": "What is the capital of France?", "answer": "Paris"},
+    {"skill": "geography", "question": "What is the capital of Japan?", "answer": "Tokyo"},
+]
+# the student gets arithmetic right and geography wrong
+STUDENT = [
+    {"match": "7 times 8", "reply": "7 x 8 = 56\nAnswer: 56"},
+    {"match": "12 plus 30", "reply": "Answer: 42."},
+    {"match": "capital of", "reply": "I think it is a big city.\nAnswer: London"},
+]
+
+
+def test_grading_takes_the_final_answer_only():
+    assert grade("Answer: 56", "56") and grade("so 56.0 in all\nAnswer: 56.0", "56")
+    assert grade("Answer: paris.", "Paris") and grade("**Answer:** The Paris", "Paris")
+    assert not grade("Maybe Paris or London or Tokyo\nAnswer: London", "Paris")  # a list is not an answer
+    assert not grade("56 57 58", "56") and not grade("", "56") and not grade("Answer: ", "Paris")
+    assert final_answer("a\nAnswer: 1\nmore\nAnswer: 2") == "2"
+
+
+def test_weights_move_towards_the_failing_skill(tmp_path):
+    seen = []
+
+    def generate(recipe, sets):
+        seen.append(sets)
+        return {"path": None, "counts": {"accepted": 0}}
+
+    res = run_target(FakeEngine(STUDENT), EVAL, "skillmix", 2, tmp_path, generate, log=lambda *a: None)
+    r1, r2 = res["rounds"]
+    assert r1["accuracy"]["arithmetic"]["accuracy"] == 1.0 and r1["accuracy"]["geography"]["accuracy"] == 0.0
+    assert r1["weights"]["geography"] > 0.9 > 0.05 > r1["weights"]["arithmetic"] > 0
+    assert r2["weights"] == r1["weights"]  # the same student: round 2 follows round 1's weaknesses
+    w = json.loads(seen[0][1].split("=", 1)[1])
+    assert seen[0][1].startswith("generator.options.skill_weights=") and w == r1["weights"]
+    skills = json.loads(Path(seen[0][0].split("=", 1)[1]).read_text())
+    assert [s["name"] for s in skills["skills"]] == ["arithmetic", "geography"]
+    assert json.loads((tmp_path / "target.json").read_text())["rounds"][1]["round"] == 2
+    assert weights({"a": {"accuracy": 1.0}, "b": {"accuracy": 1.0}}) == {"a": 0.5, "b": 0.5}
+
+
+def test_generation_draws_the_weak_skill_more(tmp_path, prefect_harness, monkeypatch):
+    """The whole loop with a scripted student and a scripted SkillMix run: the skills drawn for the
+    generated rows follow the weights."""
+    from flows.recipe_flow import run_recipe
+
+    eval_rows = EVAL + [
+        {"skill": s, "question": f"What is the capital of {c}?", "answer": c.upper()}
+        for s, c in (("history", "Peru"), ("cooking", "Chad"), ("music", "Mali"))
+    ]
+    eval_rows[0]["skill"] = eval_rows[1]["skill"] = "arithmetic"
+    recipe = fake_recipe(tmp_path, "skillmix", "fake_skillmix.json", n=60, batch_size=30, max_items=60)
+
+    def generate(path, sets):
+        return _run(run_recipe, recipe, tmp_path / "out", tmp_path / "c.sqlite3", monkeypatch, sets=sets)
+
+    res = run_target(
+        FakeEngine(STUDENT), eval_rows, str(recipe), 1, tmp_path / "t", generate, log=lambda *a: None
+    )
+    (r,) = res["rounds"]
+    drawn = r["skills_drawn"]
+    assert r["weights"]["arithmetic"] < min(v for k, v in r["weights"].items() if k != "arithmetic")
+    assert sum(drawn.values()) == 2 * 60  # k skills per generated row
+    assert drawn.get("arithmetic", 0) < min(drawn[k] for k in ("geography", "history", "cooking", "music"))
+
+
+def test_bad_eval_file_is_one_line(tmp_path):
+    p = tmp_path / "e.jsonl"
+    for content, why in [('{"skill": "a", "question": "q"}\n', "missing answer"), ("nope\n", "not a JSON line"),
+                         ("", "no rows")]:  # fmt: skip
+        p.write_text(content)
+        with pytest.raises(UserError, match=why):
+            load_eval(str(p))
+    with pytest.raises(UserError, match="not found"):
+        load_eval(str(tmp_path / "missing.jsonl"))
