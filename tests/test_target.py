@@ -34,6 +34,8 @@ def test_grading_takes_the_final_answer_only():
     assert grade("Answer: paris.", "Paris") and grade("**Answer:** The Paris", "Paris")
     assert not grade("Maybe Paris or London or Tokyo\nAnswer: London", "Paris")  # a list is not an answer
     assert not grade("56 57 58", "56") and not grade("", "56") and not grade("Answer: ", "Paris")
+    assert not grade("Answer: 57 or 56", "56") and not grade("Answer: 56 or 57", "56")  # hedging
+    assert grade("Answer: 5,000 grams", "5000") and grade("Answer: $40", "40")
     assert final_answer("a\nAnswer: 1\nmore\nAnswer: 2") == "2"
 
 
