@@ -127,3 +127,13 @@ def test_report_across_runs_and_bad_input(tmp_path, prefect_harness, monkeypatch
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "_SUCCESS" in bad.stderr
     unknown = run_cli("report", "--recipe", "nope", "--root", str(out))
     assert unknown.returncode == 2 and "no finished runs" in unknown.stderr and "math" in unknown.stderr
+
+
+def test_reject_examples_are_escaped_once():
+    from synthflow.report import run_sections
+
+    rej = [{"reject_stage": "parse", "reject_reason": "parse:no_answer", "raw": "a bicycle's <tyre>"}]
+    funnel = dict(run_sections({"summary": {}, "data": [], "rejects": rej, "recipe": {}}))[
+        "Funnel and rejects"
+    ]
+    assert "a bicycle&#x27;s &lt;tyre&gt;" in funnel and "&amp;" not in funnel
