@@ -472,11 +472,6 @@ class Run:
     def accept(self, records: list[Record]) -> None:
         self.add_admitted(self.stages.admit(records))
 
-    def revise(self, rejects: list[Reject], rnd: int) -> list[Record]:
-        res = self.stages.revise(rejects, rnd)
-        add = self.add_revised(res)
-        return add
-
     # ---- finishing ----------------------------------------------------------------------------
     def summary(self, stages: Stages | None = None) -> dict[str, Any]:
         st = stages or self.stages

@@ -35,6 +35,7 @@ from synthflow.generators.base import Generator, Item, ParseError, parse_or_reje
 from synthflow.record import Reject, StageResult
 from synthflow.registry import did_you_mean, register
 from synthflow.seeds import Seed
+from synthflow.text import words
 
 
 @dataclass(frozen=True)
@@ -91,10 +92,6 @@ _TASK_LINE = re.compile(r"^\s*\**\s*Task\s*\**\s*:", re.M | re.I)
 
 def squash(text: str) -> str:
     return " ".join(text.split())
-
-
-def words(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
 
 
 def parse_task(text: str) -> tuple[str, str]:

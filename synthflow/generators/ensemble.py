@@ -18,6 +18,7 @@ rest by agreeing with each other.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections import Counter
 from typing import Any, ClassVar, Literal
@@ -28,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from synthflow.engines.base import Sampling
 from synthflow.errors import UserError
 from synthflow.generators.base import Generator, Item, add_usage
+from synthflow.mathcheck import equivalent
 from synthflow.record import Reject, StageResult
 from synthflow.registry import register
 
@@ -159,8 +161,6 @@ class Ensemble(Generator):
                 if j == i or not ok[j]:
                     continue
                 if self.opts.mode == "math":
-                    from synthflow.mathcheck import equivalent
-
                     total += float(equivalent(final_answer(outputs[i]), final_answer(outputs[j])))
                 else:
                     total += self._rouge.score(outputs[j], outputs[i])["rougeL"].fmeasure
@@ -169,11 +169,8 @@ class Ensemble(Generator):
 
     # ---- the work ---------------------------------------------------------------------------------
     def generate(self, items: list[Item], engine: Any, sampling: Sampling) -> StageResult:
-        if not self.members:  # no pool bound (unit use): every member is the given engine
-            self.members = [(m.label or f"member{i}", engine, {k: v for k, v in (("temperature", m.temperature), ("seed", m.seed)) if v is not None})
-                            for i, m in enumerate(self.opts.members)]  # fmt: skip
-        import dataclasses
-
+        if not self.members:
+            raise RuntimeError("ensemble: bind_engines(pool, where) must run before generate")
         tmpl = self.templates[self.role]
         prompts = [tmpl.render(**self.context(it)) for it in items]
         per_member = []
