@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -94,11 +95,21 @@ def synthflow_exe() -> str:
 def run_cli(
     *args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 600
 ) -> subprocess.CompletedProcess:
+    """The CLI in a process group of its own: on a timeout the whole group is killed, so the vLLM
+    engine processes it started do not outlive it (orphans slowed every later real-model test)."""
     e = dict(os.environ)
     e.update(env or {})
-    return subprocess.run(
-        [synthflow_exe(), *args], capture_output=True, text=True, env=e, cwd=cwd, timeout=timeout
-    )
+    cmd = [synthflow_exe(), *args]
+    with subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e, cwd=cwd, start_new_session=True
+    ) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
