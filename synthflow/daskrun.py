@@ -7,14 +7,37 @@ it afterwards; anything else is a scheduler address (``tcp://host:8786``).
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from synthflow.errors import UserError
 
 
+def _restore_environ(before: dict[str, str]) -> None:
+    """Undo what starting workers wrote into this process's environment: distributed's Nanny sets
+    OMP_NUM_THREADS=1 (and MKL/OpenBLAS) in ``os.environ`` before it spawns a worker and never puts
+    it back, so a vLLM engine started later in this process (or any child) ran on one thread."""
+    for key in set(os.environ) | set(before):
+        if os.environ.get(key) != before.get(key):
+            if key in before:
+                os.environ[key] = before[key]
+            else:
+                del os.environ[key]
+
+
 @contextlib.contextmanager
 def client_for(address: str) -> Iterator[Any]:
+    before = dict(os.environ)
+    try:
+        with _client_for(address) as client:
+            yield client
+    finally:
+        _restore_environ(before)
+
+
+@contextlib.contextmanager
+def _client_for(address: str) -> Iterator[Any]:
     try:
         from distributed import Client, LocalCluster
     except ImportError:
