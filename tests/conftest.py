@@ -38,17 +38,17 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 
 # thread counts a child inherits: a test (or the code it runs) that leaves one set in this process
 # slows every later real-model test (distributed's Nanny left OMP_NUM_THREADS=1: vLLM on one core)
-_THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "PYTHONHASHSEED")
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "PYTHONHASHSEED")
 
 
 @pytest.fixture(autouse=True)
 def _isolated_env(tmp_path, monkeypatch):
-    before = {k: os.environ.get(k) for k in _THREAD_ENV}
+    before = {k: os.environ.get(k) for k in THREAD_ENV}
     monkeypatch.setenv("SYNTHFLOW_RESPONSE_CACHE", str(tmp_path / "responses.sqlite3"))
     monkeypatch.setenv("SYNTHFLOW_PROGRESS", "0")
     monkeypatch.chdir(tmp_path)
     yield
-    after = {k: os.environ.get(k) for k in _THREAD_ENV}
+    after = {k: os.environ.get(k) for k in THREAD_ENV}
     assert after == before, f"the test left the environment changed: {before} -> {after}"
 
 

@@ -5,11 +5,12 @@ gives, in input order."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from .conftest import math_recipe, run_cli
+from .conftest import THREAD_ENV, math_recipe, run_cli
 from .test_pipeline import _content, _run
 
 PROGRAMS = [
@@ -104,18 +105,15 @@ def test_score_on_dask_refuses_an_engine_scorer(tmp_path):
 
 
 def test_flow_verify_step_on_dask_publishes_the_same_rows(tmp_path, prefect_harness, monkeypatch):
-    import os
-
     from flows.recipe_flow import run_recipe
 
     # distributed's Nanny writes OMP_NUM_THREADS=1 into this process's environment before it
     # spawns a worker; left there, every vLLM engine started after the step ran on one thread
-    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        monkeypatch.delenv(key, raising=False)
+    before = {k: os.environ.get(k) for k in THREAD_ENV}
 
     recipe = math_recipe(tmp_path, n=6, batch_size=16, max_items=64)
     one = _run(run_recipe, recipe, tmp_path / "one", tmp_path / "one.sqlite3", monkeypatch)
     two = _run(run_recipe, recipe, tmp_path / "two", tmp_path / "two.sqlite3", monkeypatch, dask="local:2")
     assert _content(Path(one["path"])) and _content(Path(one["path"])) == _content(Path(two["path"]))
     assert two["filters"]["verify"]["sandbox"] == one["filters"]["verify"]["sandbox"]
-    assert not {"OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"} & set(os.environ)
+    assert {k: os.environ.get(k) for k in THREAD_ENV} == before
