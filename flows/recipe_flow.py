@@ -202,26 +202,30 @@ def _progress(run: Run) -> Any:
 
 
 @task(name="revise", retries=GENERATE_RETRIES, retry_delay_seconds=RETRY_DELAY_S, cache_policy=NO_CACHE)
-def revise(spec: RunSpec, batch: StageResult, rnd: int) -> StageResult:
-    return stages_for(spec).revise(batch.rejects, rnd)
+def revise(spec: RunSpec, verified: StageResult, scored: StageResult, accepted: Any, rnd: int) -> StageResult:
+    """The rejects of one pass (verify, score, accept), revised; it takes those tasks' results, so
+    the Prefect graph shows revision downstream of the checks that rejected the rows."""
+    kept = accepted[0]
+    return stages_for(spec).revise([*verified.rejects, *scored.rejects, *kept.rejects], rnd)
 
 
 def check_batch(run: Run, generated: StageResult) -> None:
     """verify -> dedup -> score -> accept for one generated batch; the flow keeps the ledger. With
     the recipe's ``revise``, rows rejected for a fixable reason are revised and take the same path
     again, for up to ``revise.rounds`` rounds."""
-    rejects = _check(run, generated)
+    passed = _check(run, generated)
     cfg = run.recipe.revise
     for rnd in range(1, (cfg.rounds if cfg else 0) + 1):
-        revised = revise(run.spec, opaque(StageResult(rejects=rejects)), rnd)
+        revised = revise(run.spec, *(opaque(x) for x in passed), rnd)
         run.add_revised(revised)
         if not revised.kept:
             break
-        rejects = _check(run, revised)
+        passed = _check(run, revised)
 
 
-def _check(run: Run, batch: StageResult) -> list:
-    """One pass of the checks; returns the rejects it made (the candidates for a revision)."""
+def _check(run: Run, batch: StageResult) -> tuple[StageResult, StageResult, Any]:
+    """One pass of the checks; returns the verify, score and accept results (their rejects are the
+    candidates for a revision)."""
     spec = run.spec
     v = verify(spec, opaque(batch))
     run.add_stage("verify", v)
@@ -229,10 +233,11 @@ def _check(run: Run, batch: StageResult) -> list:
     run.add_stage("dedup", d)
     s = score(spec, opaque(d))
     run.add_stage("score", s)
-    kept, admitted = accept(spec, opaque(s))
+    accepted = accept(spec, opaque(s))
+    kept, admitted = accepted
     run.add_stage("accept", kept)
     run.add_admitted(admitted)
-    return [*v.rejects, *s.rejects, *kept.rejects]
+    return v, s, accepted
 
 
 @flow(name="synthflow-recipe", log_prints=True)

@@ -158,17 +158,11 @@ def test_spec_and_ledger_pickle(tmp_path):
         run.close()
 
 
-def test_tasks_take_data_and_the_graph_follows_the_data(tmp_path, prefect_harness):
-    """Each stage task's input is the previous stage's result: generate -> verify -> dedup ->
-    score -> accept, read back from the Prefect API."""
+def task_upstreams() -> dict[str, set[str]]:
+    """For the newest flow run: each task name -> the names of the tasks whose results it took."""
     import asyncio
 
     from prefect.client.orchestration import get_client
-
-    from flows.recipe_flow import run_recipe
-
-    s = run_recipe(recipe=str(math_recipe(tmp_path, n=2, batch_size=16, max_items=32)))
-    assert s["counts"]["accepted"] == 2
 
     async def graph():
         async with get_client() as c:
@@ -182,6 +176,17 @@ def test_tasks_take_data_and_the_graph_follows_the_data(tmp_path, prefect_harnes
     for r in runs:
         ups = {by_id[i.id].name.rsplit("-", 1)[0] for v in r.task_inputs.values() for i in v if i.id in by_id}
         upstream.setdefault(r.name.rsplit("-", 1)[0], set()).update(ups)
+    return upstream
+
+
+def test_tasks_take_data_and_the_graph_follows_the_data(tmp_path, prefect_harness):
+    """Each stage task's input is the previous stage's result: generate -> verify -> dedup ->
+    score -> accept, read back from the Prefect API."""
+    from flows.recipe_flow import run_recipe
+
+    s = run_recipe(recipe=str(math_recipe(tmp_path, n=2, batch_size=16, max_items=32)))
+    assert s["counts"]["accepted"] == 2
+    upstream = task_upstreams()
     assert upstream["verify"] == {"generate"}
     assert upstream["dedup"] == {"verify"}
     assert upstream["score"] == {"dedup"}

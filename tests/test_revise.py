@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from .conftest import DATA, math_recipe
-from .test_pipeline import _run
+from .test_pipeline import _run, task_upstreams
 
 FIXED = (
     "Problem: A garden has 5 rows of 9 tulips and 15 are picked. How many tulips remain now?\nProgram:\n"
@@ -70,6 +70,10 @@ def test_revision_rescues_a_failed_row_and_rechecks_it(tmp_path, prefect_harness
     assert sum(rv["tried"].values()) >= len(revised) + len(stated)
     # the ledger: every generated row (revisions included) is data or a reject
     assert len(data) + len(rej) == s["counts"]["generated"]
+    # the Prefect graph: revision takes the checks' results, and the revised rows are checked again
+    up = task_upstreams()
+    assert {"verify", "score", "accept"} <= up["revise"] and "generate" not in up["revise"]
+    assert up["verify"] == {"generate", "revise"}
 
 
 def test_without_revise_nothing_is_revised(tmp_path, prefect_harness, monkeypatch):
