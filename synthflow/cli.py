@@ -113,16 +113,29 @@ def cmd_target(a: argparse.Namespace) -> int:
     _reap_orphan_prefect_servers()
     from flows.recipe_flow import run_recipe
 
-    class Student:  # the student's engine lives only while it answers (the generation loads its own)
+    class Loaded:  # an engine that lives while it answers and grades; the generation loads its own
+        def __init__(self, role: str, cfg: Any, where: str):
+            self.role, self.cfg, self.where, self.pool, self.eng = role, cfg, where, None, None
+
         def generate(self, reqs: list[Any], sampling: Any) -> list[Any]:
-            pool = EnginePool()
-            try:
-                eng = pool.add("student", cfg, where="--student")
-                if cfg.name == "openai":
-                    eng.engine.preflight()  # a down endpoint: one line, exit 2
-                return eng.generate(reqs, sampling)
-            finally:
-                pool.close()
+            if self.eng is None:
+                self.pool = EnginePool()
+                self.eng = self.pool.add(self.role, self.cfg, where=self.where)
+                if self.cfg.name == "openai":
+                    self.eng.engine.preflight()  # a down endpoint: one line, exit 2
+            return self.eng.generate(reqs, sampling)
+
+        def close(self) -> None:
+            if self.pool is not None:
+                self.pool.close()
+            self.pool = self.eng = None
+
+    student = Loaded("student", cfg, "--student")
+    judge = None  # the student grades free-text answers against their references unless told
+    if a.judge_url:
+        judge = Loaded("judge", EngineConfig(name="openai", base_url=a.judge_url, model=a.judge), "--judge")
+    elif a.judge != "student":
+        judge = Loaded("judge", EngineConfig(name="vllm", model=a.judge, max_model_len=2048), "--judge")
 
     def generate(recipe_path: str, sets: list[str]) -> dict[str, Any]:
         return run_recipe(recipe=recipe_path, **{**dataclasses.asdict(ov), "sets": [*(a.set or []), *sets]})
@@ -133,7 +146,13 @@ def cmd_target(a: argparse.Namespace) -> int:
         a.target_out
         or Path(a.out or recipe.output.root) / "target" / datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     )
-    run_target(Student(), rows, a.recipe, a.rounds, out, generate)
+    try:
+        run_target(student, rows, a.recipe, a.rounds, out, generate, judge=judge, grader=a.grader,
+                   judge_min=a.judge_min)  # fmt: skip
+    finally:
+        for e in (student, judge):
+            if e is not None:
+                e.close()
     print(f"wrote {out / 'target.json'}")
     return 0
 
@@ -281,13 +300,33 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         "target",
         help="evaluate a student per skill, then generate more for its weakest skills (SkillMix)",
         description="Each round: the student answers a skill-tagged evaluation set (graded by math-verify "
-        "or exact match), per-skill accuracy is printed and saved, and the recipe runs with the "
-        "evaluation's skills weighted by (1 - accuracy). Training the student is up to you.",
+        "for numbers, exact match for short answers, a reference-guided judge for free text), "
+        "per-skill accuracy is printed and saved, and the recipe runs with the evaluation's skills "
+        "weighted by (1 - accuracy). Training the student is up to you.",
     )
     t.add_argument(
         "--eval",
         required=True,
-        help="JSONL with skill, question, answer per line (example: builtin:skill_eval.jsonl)",
+        help="JSONL with skill (or skills), question, answer per line (example: "
+        "builtin:skill_eval.jsonl), or the folder of a finished SkillMix run (its skills, "
+        "instructions and responses)",
+    )
+    t.add_argument(
+        "--grader",
+        choices=["auto", "math", "exact", "judge"],
+        default="auto",
+        help="how answers are graded (default auto: math-verify for a numeric reference, exact match "
+        "for one of at most 6 words, else the judge)",
+    )
+    t.add_argument(
+        "--judge",
+        default="student",
+        help="the reference-guided judge's model: 'student' (default: the student's engine), "
+        "'default' (embedded), a folder or HF id, or a served name with --judge-url",
+    )
+    t.add_argument("--judge-url", help="OpenAI-compatible base URL of the judge")
+    t.add_argument(
+        "--judge-min", type=float, default=7.0, help="judge score (1-10) from which an answer is right"
     )
     t.add_argument("--recipe", default="skillmix", help="a SkillMix recipe (default: recipes/skillmix.yaml)")
     t.add_argument(

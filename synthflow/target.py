@@ -2,11 +2,17 @@
 a student model on a skill-tagged set, then generate more data for the skills it fails.
 
 Each round: the student (any engine; the embedded model by default) answers every question of the
-evaluation set in one engine call; answers are graded by math-verify when the reference is a number
-or expression, else by normalized exact match (the student's last ``Answer:`` line, so a long answer
-that merely contains the reference does not pass); per-skill accuracy is written; then a generation
-run of the recipe (SkillMix) starts with the evaluation's skills as its skill list and skill
-weights ``(1 - accuracy) + floor``, normalized, so the weakest skills are drawn most.
+evaluation set in one engine call; answers are graded by math-verify when the reference is a number,
+by normalized exact match when it is a short phrase (the student's last ``Answer:`` line, so a long
+answer that merely contains the reference does not pass), and by a reference-guided judge
+(``prompts/target/grade.jinja2``, one engine call) when it is free text, e.g. the responses of an
+earlier run; per-skill accuracy is written; then a generation run of the recipe (SkillMix) starts
+with the evaluation's skills as its skill list and skill weights ``(1 - accuracy) + floor``,
+normalized, so the weakest skills are drawn most.
+
+The evaluation set is a JSONL file (``skill`` or ``skills``, ``question``, ``answer``) or the folder
+of a finished run whose rows carry skills (a SkillMix run: ``skills``, ``instruction``,
+``response``); a question with several skills counts for each of them.
 
 Training the student is out of scope: with the same student, each round's evaluation repeats the
 last one, and its weights follow that round's weaknesses.
@@ -18,7 +24,7 @@ import json
 import re
 import string
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +32,10 @@ from synthflow.engines.base import Request, Sampling
 from synthflow.errors import UserError
 from synthflow.prompts import load_prompt
 
-PROMPTS = ("target/answer.jinja2",)
+PROMPTS = ("target/answer.jinja2", "target/grade.jinja2")
+GRADERS = ("auto", "math", "exact", "judge")
+JUDGE_MIN = 7.0  # the reference-guided judge's score (1-10) from which an answer counts as right
+SHORT_WORDS = 6  # a reference of at most this many words is graded by exact match under "auto"
 FLOOR = 0.05  # every skill keeps some weight: a skill the student passes is not forgotten
 QUERY_TYPES = [
     "question",
@@ -36,13 +45,18 @@ QUERY_TYPES = [
 ]
 
 
-def load_eval(path: str) -> list[dict[str, str]]:
-    """``builtin:skill_eval.jsonl`` is a 30-question example set (6 skills) shipped with synthflow."""
+def load_eval(path: str) -> list[dict[str, Any]]:
+    """Evaluation rows ``{"skills": [...], "question", "answer"}`` from a JSONL file or a run folder.
+    ``builtin:skill_eval.jsonl`` is a 30-question example set (6 skills) shipped with synthflow."""
     from synthflow.seeds import resolve_path
 
     p = resolve_path(path)
+    if p.is_dir():
+        return eval_from_run(p)
     if not p.is_file():
-        raise UserError(f"--eval: {path} not found (a JSONL file with skill, question, answer)")
+        raise UserError(
+            f"--eval: {path} not found (a JSONL file with skill, question, answer, or a run folder)"
+        )
     rows = []
     for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -51,17 +65,62 @@ def load_eval(path: str) -> list[dict[str, str]]:
             r = json.loads(line)
         except ValueError:
             raise UserError(f"{p}:{n}: not a JSON line") from None
+        if isinstance(r, dict) and "skill" not in r and "skills" in r:
+            r = {**r, "skill": r["skills"]}
         missing = [
-            k for k in ("skill", "question", "answer") if not isinstance(r, dict) or r.get(k) in (None, "")
+            k
+            for k in ("skill", "question", "answer")
+            if not isinstance(r, dict) or r.get(k) in (None, "", [])
         ]
         if missing:
             raise UserError(f"{p}:{n}: missing {', '.join(missing)}")
         rows.append(
-            {"skill": str(r["skill"]).strip(), "question": str(r["question"]), "answer": str(r["answer"])}
+            {"skills": _skills(r["skill"]), "question": str(r["question"]), "answer": str(r["answer"])}
         )
     if not rows:
         raise UserError(f"{p}: no rows")
     return rows
+
+
+def _skills(v: Any) -> list[str]:
+    items = v if isinstance(v, list) else [v]
+    return list(dict.fromkeys(str(x).strip() for x in items if str(x).strip()))
+
+
+def eval_from_run(run_dir: Path) -> list[dict[str, Any]]:
+    """The accepted rows of a finished run as evaluation rows: its skills, its prompt as the question
+    and its response as the reference (graded by the judge when it is free text)."""
+    import duckdb
+
+    if not (run_dir / "_SUCCESS").exists():
+        raise UserError(f"--eval {run_dir}: not a finished run (no _SUCCESS)")
+    files = [str(f) for f in sorted((run_dir / "data").glob("*.parquet"))]
+    if not files:
+        raise UserError(f"--eval {run_dir}: the run has no data/*.parquet rows")
+    rel = duckdb.sql(f"SELECT * FROM read_parquet({files!r}, union_by_name=true)")
+    cols = set(rel.columns)
+    pick = {
+        "skill": next((c for c in ("skills", "skill") if c in cols), None),
+        "question": next((c for c in ("instruction", "problem", "question") if c in cols), None),
+        "answer": next((c for c in ("response", "answer", "output") if c in cols), None),
+    }
+    missing = [k for k, c in pick.items() if c is None]
+    if missing:
+        raise UserError(
+            f"--eval {run_dir}: its rows have no {' / '.join(missing)} column (give a SkillMix run's folder)"
+        )
+    rows = []
+    for sk, q, a in rel.select(", ".join(f'"{pick[k]}"' for k in ("skill", "question", "answer"))).fetchall():
+        skills = _skills(sk or [])
+        if skills and q and a:
+            rows.append({"skills": skills, "question": str(q), "answer": str(a)})
+    if not rows:
+        raise UserError(f"--eval {run_dir}: no row has skills, a question and an answer")
+    return rows
+
+
+def row_skills(r: dict[str, Any]) -> list[str]:
+    return r.get("skills") or _skills(r["skill"])
 
 
 _ANSWER = re.compile(r"^\s*\**\s*(?:final\s+)?answer\s*\**\s*[:：]\s*\**\s*(.+?)\s*\**\s*$", re.I | re.M)
@@ -101,21 +160,79 @@ def grade(prediction: str, reference: str) -> bool:
     return bool(got) and _norm(got) == _norm(reference)
 
 
+def grader_for(reference: str, mode: str = "auto") -> str:
+    """``math`` for a numeric reference, ``exact`` for a short phrase, else ``judge``."""
+    if mode != "auto":
+        return mode
+    if _numeric(reference):
+        return "math"
+    return "exact" if len(reference.split()) <= SHORT_WORDS else "judge"
+
+
+def judge_requests(items: list[tuple[dict[str, Any], str]], max_chars: int = 4000) -> list[Any]:
+    from filters.judge import JUDGE_SCHEMA
+
+    tmpl = load_prompt(PROMPTS[1])
+    return [
+        Request(
+            messages=tmpl.render(
+                question=r["question"][:max_chars],
+                reference=r["answer"][:max_chars],
+                answer=answer[:max_chars],
+            ),  # fmt: skip
+            json_schema=JUDGE_SCHEMA,
+        )
+        for r, answer in items
+    ]
+
+
 def evaluate(
-    engine: Any, rows: list[dict[str, str]], sampling: Sampling
-) -> tuple[dict[str, dict[str, Any]], list[bool]]:
-    """Per-skill accuracy of the student, in one engine call for all questions."""
+    engine: Any,
+    rows: list[dict[str, Any]],
+    sampling: Sampling,
+    judge: Any = None,
+    grader: str = "auto",
+    judge_min: float = JUDGE_MIN,
+) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """Per-skill accuracy of the student, in one engine call for all questions (and one judge call
+    for the free-text references). Returns it and one graded entry per question."""
+    from filters.judge import injection, parse_judgment
+
     tmpl = load_prompt(PROMPTS[0])
     reqs = [Request(messages=tmpl.render(question=r["question"])) for r in rows]
     comps = engine.generate(reqs, sampling)
-    ok = [grade(c.text, r["answer"]) for r, c in zip(rows, comps, strict=True)]
+    graded: list[dict[str, Any]] = []
+    to_judge: list[int] = []
+    for r, c in zip(rows, comps, strict=True):
+        how = grader_for(r["answer"], grader)
+        g = {"skills": row_skills(r), "question": r["question"], "reference": r["answer"],
+             "student": c.text, "grader": how, "correct": False, "judge_score": None, "why": None}  # fmt: skip
+        if c.finish_reason == "length":
+            g["why"] = "truncated"  # a cut-off answer is not right, whatever its prefix says
+        elif how == "judge":
+            if not c.text.strip():
+                g["why"] = "empty"
+            elif injection(c.text):
+                g["why"] = "injection_suspected"  # an answer that addresses the grader is wrong
+            else:
+                to_judge.append(len(graded))
+        else:
+            g["correct"] = grade(c.text, r["answer"])
+        graded.append(g)
+    if to_judge:
+        jreqs = judge_requests([(rows[i], comps[i].text) for i in to_judge])
+        jsamp = Sampling(temperature=0.0, top_p=1.0, max_tokens=256, seed=sampling.seed)
+        for i, req, jc in zip(to_judge, jreqs, (judge or engine).generate(jreqs, jsamp), strict=True):
+            score, _, err = parse_judgment(req.prefill + jc.text, jc.finish_reason)
+            graded[i].update(judge_score=score, why=err, correct=score is not None and score >= judge_min)
     per: dict[str, dict[str, Any]] = defaultdict(lambda: {"n": 0, "correct": 0})
-    for r, good in zip(rows, ok, strict=True):
-        per[r["skill"]]["n"] += 1
-        per[r["skill"]]["correct"] += int(good)
+    for g in graded:
+        for sk in g["skills"]:
+            per[sk]["n"] += 1
+            per[sk]["correct"] += int(g["correct"])
     for d in per.values():
         d["accuracy"] = round(d["correct"] / d["n"], 4)
-    return dict(sorted(per.items())), ok
+    return dict(sorted(per.items())), graded
 
 
 def weights(accuracy: dict[str, dict[str, Any]]) -> dict[str, float]:
@@ -162,35 +279,48 @@ def table(accuracy: dict[str, dict[str, Any]], w: dict[str, float]) -> str:
 
 def run_target(
     student: Any,
-    rows: list[dict[str, str]],
+    rows: list[dict[str, Any]],
     recipe: str,
     rounds: int,
     out: Path,
     generate: Any,
     sampling: Sampling | None = None,
     log: Any = print,
+    judge: Any = None,
+    grader: str = "auto",
+    judge_min: float = JUDGE_MIN,
 ) -> dict[str, Any]:
     """``rounds`` of evaluate -> weights -> generate. ``generate(recipe, sets)`` runs the recipe with
-    ``--set`` overrides and returns its summary. Writes ``target.json`` (and one skills file per
-    round) under ``out`` and returns it."""
+    ``--set`` overrides and returns its summary. Writes ``target.json`` (and per round a skills file
+    and ``eval-round<N>.jsonl``, every graded answer) under ``out`` and returns it. The student (and
+    the judge) are closed, if they can be, before each generation, which loads its own engine."""
     out.mkdir(parents=True, exist_ok=True)
     sampling = sampling or Sampling(temperature=0.0, top_p=1.0, max_tokens=256)
     history = []
     for rnd in range(1, rounds + 1):
         t0 = time.perf_counter()
-        acc, _ = evaluate(student, rows, sampling)
+        acc, graded = evaluate(student, rows, sampling, judge=judge, grader=grader, judge_min=judge_min)
+        for e in (student, judge):
+            if hasattr(e, "close"):
+                e.close()
         w = weights(acc)
+        by = dict(sorted(Counter(g["grader"] for g in graded).items()))
         log(
-            f"round {rnd}: student accuracy per skill ({len(rows)} questions, {time.perf_counter() - t0:.1f} s)"
+            f"round {rnd}: student accuracy per skill ({len(rows)} questions graded by "
+            f"{', '.join(f'{k} {v}' for k, v in by.items())}; {time.perf_counter() - t0:.1f} s)"
         )
         log(table(acc, w))
+        ev = out / f"eval-round{rnd}.jsonl"
+        ev.write_text("".join(json.dumps(g) + "\n" for g in graded))
         sk = skills_file(out / f"skills-round{rnd}.json", acc)
         sets = [f"generator.options.skills_file={sk}", f"generator.options.skill_weights={json.dumps(w)}"]
         summary = generate(recipe, sets)
         drawn = skills_drawn(Path(summary["path"])) if summary.get("path") else {}
-        history.append({"round": rnd, "accuracy": acc, "weights": w, "run": summary.get("path"),
+        history.append({"round": rnd, "accuracy": acc, "weights": w, "graders": by, "run": summary.get("path"),
                         "accepted": (summary.get("counts") or {}).get("accepted"), "skills_drawn": drawn})  # fmt: skip
         log(f"round {rnd}: generated with these weights: {summary.get('path')}")
+        if drawn:
+            log("  skills drawn: " + ", ".join(f"{k} {v}" for k, v in drawn.items()))
     result = {"recipe": recipe, "eval_rows": len(rows), "rounds": history}
     tmp = out / "target.json.tmp"
     tmp.write_text(json.dumps(result, indent=1, default=str))
