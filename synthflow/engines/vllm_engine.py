@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import time
+from pathlib import Path
 from typing import Any
 
 from synthflow.engines.base import Completion, Request, Sampling, share_seconds
@@ -25,6 +27,17 @@ def _bind_all_cpus() -> None:
         cpus = cpus[int(os.environ.get("SYNTHFLOW_ENGINE_SLOT", "0")) % n :: n]
     if cpus:
         os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(c) for c in cpus)
+
+
+def cpu_dtype() -> str:
+    """The dtype for vLLM's CPU backend on this CPU: bf16 where the CPU has AVX-512 (bf16 kernels;
+    330 output tok/s for the embedded model on 2 cores), else float32. On an AVX2-only CPU (AMD
+    EPYC here) bf16 is emulated: 21 tok/s against 94 tok/s in float32 (32 prompts, 128 tokens)."""
+    try:
+        flags = set(re.findall(r"^flags\s*:(.*)$", Path("/proc/cpuinfo").read_text(), re.M)[0].split())
+    except (OSError, IndexError):
+        return "bfloat16"  # not Linux x86: leave vLLM's CPU default
+    return "bfloat16" if flags & {"avx512f", "avx512_bf16", "amx_bf16"} else "float32"
 
 
 class VLLMEngine:
@@ -86,7 +99,7 @@ class VLLMEngine:
         eager = self.enforce_eager if self.enforce_eager is not None else on_cpu
         dtype = self.dtype
         if dtype == "auto" and on_cpu:
-            dtype = "bfloat16"
+            dtype = cpu_dtype()
         t0 = time.perf_counter()
         try:
             self.llm = vllm.LLM(
