@@ -46,11 +46,11 @@ STEPS = ("generate", "verify", "dedup", "score", "accept")
 
 @dataclass
 class Batch:
-    """One batch's five stage results, as a shard staged them."""
+    """One batch's five stage results (and its revision passes), as a shard staged them."""
 
     index: int
     items: int
-    results: dict[str, StageResult]
+    results: dict[str, Any]
     shard: int
     key: str = ""  # what the batch was made from (see batch_key): a stale file is not reused
 
@@ -66,19 +66,42 @@ def batch_key(spec: RunSpec, items: list[Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def process_batch(st: Stages, items: list[Any]) -> dict[str, StageResult]:
-    """generate -> verify -> dedup -> score -> accept for one batch (no admission, no accounting)."""
-    out = {"generate": st.generate(items)}
-    prev = out["generate"]
+def process_batch(st: Stages, items: list[Any]) -> dict[str, Any]:
+    """generate -> verify -> dedup -> score -> accept for one batch (no admission, no accounting);
+    with the recipe's ``revise``, then the revision rounds as the one-process flow runs them: the
+    rejects of a pass (verify, score, accept) are revised and the revisions checked again, each
+    round a ``{"revise": ..., "verify": ..., ...}`` pass under ``"revisions"``."""
+    out: dict[str, Any] = _checks(st, st.generate(items), "generate")
+    cfg = st.spec.recipe.revise
+    last, passes = out, []
+    for rnd in range(1, (cfg.rounds if cfg else 0) + 1):
+        rejects = [*last["verify"].rejects, *last["score"].rejects, *last["accept"].rejects]
+        revised = st.revise(rejects, rnd)
+        if not revised.kept:
+            passes.append({"revise": revised})
+            break
+        last = _checks(st, revised, "revise")
+        passes.append(last)
+    if passes:
+        out["revisions"] = passes
+    return out
+
+
+def _checks(st: Stages, first: StageResult, name: str) -> dict[str, StageResult]:
+    out = {name: first}
+    prev = first
     for step in STEPS[1:]:
         prev = out[step] = st.apply(step, prev.kept)
     return out
 
 
+def accepted_passes(results: dict[str, Any]) -> list[StageResult]:
+    """The accept results of a staged batch, in the order the one-process run admits them."""
+    return [results["accept"], *(p["accept"] for p in results.get("revisions", []) if "accept" in p)]
+
+
 def check_shardable(st: Stages) -> None:
     gen = st.generator
-    if st.spec.recipe.revise is not None:
-        raise UserError("--shards: recipes with `revise` run in one process for now; run it without --shards")
     if not gen.shardable:
         raise UserError(
             f"--shards: generator {gen.name} makes each batch from the rows of earlier batches; "
@@ -229,10 +252,11 @@ class Admission:
             b = load_batch(d, self.cursor)
             if b is None:  # listed but not visible yet (e.g. shared storage): look again later
                 break
-            kept = b.results["accept"].kept
-            for f in self.filters:
-                kept = f.admit(kept).kept
-            self.admitted += len(kept)
+            for acc in accepted_passes(b.results):
+                kept = acc.kept
+                for f in self.filters:
+                    kept = f.admit(kept).kept
+                self.admitted += len(kept)
             self.cursor += 1
         return self.admitted
 
@@ -281,7 +305,7 @@ def run_shard(job: dict[str, Any], shard: int) -> dict[str, Any]:
             if b is None:
                 b = Batch(i, len(items), process_batch(st, items), shard, key)
                 save_batch(d, b)
-            staged = q.finish(shard, i, len(b.results["accept"].kept))
+            staged = q.finish(shard, i, sum(len(a.kept) for a in accepted_passes(b.results)))
             done.append(i)
             if adm.advance(d, staged) >= spec.recipe.n:
                 q.set_done()
@@ -327,6 +351,12 @@ def merge(run: Run, reports: list[dict[str, Any]]) -> None:
         for step in STEPS[1:]:
             run.add_stage(step, res[step])
         run.add_admitted(st.admit(res["accept"].kept))
+        for p in res.get("revisions", []):
+            run.add_revised(p["revise"])
+            if "accept" in p:
+                for step in STEPS[1:]:
+                    run.add_stage(step, p[step])
+                run.add_admitted(st.admit(p["accept"].kept))
     for p in sorted(d.glob("batch-*.pkl")):
         i = int(p.stem.split("-")[1])
         if i * B >= run.planned:

@@ -84,6 +84,29 @@ def test_a_shard_that_keeps_failing_fails_the_run_and_publishes_nothing(
     assert completed_runs(tmp_path / "out") == []
 
 
+def test_revision_in_two_shards_publishes_the_one_process_rows(tmp_path, prefect_harness, monkeypatch):
+    """A recipe with `revise`: each shard revises its batches' rejects and checks the revisions; the
+    merge admits each batch's passes in the one-process run's order."""
+    from .test_revise import _script
+
+    rf = _no_retry_delay(monkeypatch)
+    recipe = math_recipe(tmp_path, n=50, batch_size=16, max_items=32, revise={"rounds": 2},
+                         engine__script=str(_script(tmp_path)))  # fmt: skip
+    one = _run(rf.run_recipe, recipe, tmp_path / "one", tmp_path / "one.sqlite3", monkeypatch)
+    two = _run(rf.run_recipe, recipe, tmp_path / "two", tmp_path / "two.sqlite3", monkeypatch, shards=2)
+    a, b = Path(one["path"]), Path(two["path"])
+    assert one["revision"]["rescued_rows"] > 0
+    # ids (and so revised_from, and the row a duplicate is of) are per run; the rest is the same
+    assert _no_ids(_content(a)) == _no_ids(_content(b)) and _reasons(a) == _reasons(b)
+    assert two["revision"] == one["revision"] and two["counts"] == one["counts"]
+
+
+def _no_ids(rows: list[str]) -> list[str]:
+    import json
+
+    return sorted(json.dumps({k: v for k, v in json.loads(r).items() if k != "revised_from"}) for r in rows)
+
+
 def test_shards_refuse_a_generator_that_builds_on_earlier_batches(tmp_path):
     recipe = fake_recipe(tmp_path, "self_instruct", "fake_self_instruct.json")
     p = run_cli("run", str(recipe), "--shards", "2", env={"SYNTHFLOW_PROGRESS": "0"})
