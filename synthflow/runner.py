@@ -485,6 +485,14 @@ class Run:
         ready = (pool.ready_at - self.started) if pool.ready_at is not None else None
         hits, misses = e.hits, e.misses
         prompt_tok, completion_tok, engine_s = e.prompt_tokens, e.completion_tokens, e.engine_seconds
+        for g in st.generator.generation_engines():  # e.g. ensemble members: their own roles
+            if g is not e:
+                hits, misses = hits + g.hits, misses + g.misses
+                prompt_tok, completion_tok = (
+                    prompt_tok + g.prompt_tokens,
+                    completion_tok + g.completion_tokens,
+                )
+                engine_s += g.engine_seconds
         for s in self.shard_reports:  # a sharded run: the shards' engines did the work
             hits += s["cache"]["hits"]
             misses += s["cache"]["misses"]

@@ -177,3 +177,9 @@ def test_an_endpoint_and_a_local_engine_in_one_run(tmp_path, prefect_harness, mo
     rows = pq.read_table(next((Path(s["path"]) / "data").glob("*.parquet"))).to_pylist()
     assert rows and all(r["ens_engines"][1] == "served" and r["ens_outputs"][1] == SKY2 for r in rows)
     assert s["roles"]["ensemble_1"]["misses"] == 2 and s["roles"]["ensemble_0"]["misses"] == 2
+    # the run's totals (and the report's cost per row) count the members' engine work
+    roles = [s["roles"][f"ensemble_{i}"] for i in (0, 1)]
+    assert (
+        s["cache"]["misses"] == 4
+        and s["tokens"]["completion"] == sum(u["completion_tokens"] for u in roles) > 0
+    )

@@ -222,6 +222,11 @@ class Generator(ABC):
         """Files to save with the run (name -> JSON-able object)."""
         return {}
 
+    def generation_engines(self) -> list[Any]:
+        """Engines (by role) that generate rows besides the recipe's engine, e.g. ensemble members:
+        the run's token and engine-time totals include them."""
+        return []
+
 
 def step_entry(role: str, comp: Completion, s: Sampling) -> dict[str, Any]:
     return {
