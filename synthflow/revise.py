@@ -89,14 +89,21 @@ def revise(gen: Any, engine: Any, sampling: Any, rejects: list[Reject], rnd: int
     return out
 
 
-def summary(accepted: list[Record], tried: Counter, rounds: int) -> dict[str, Any]:
-    """Rows revision rescued, per reason head (``verify:answer_mismatch``, ``quality:judge``, ...)."""
+def summary(accepted: list[Record], tried: Counter, rounds: int, rejects: Any = ()) -> dict[str, Any]:
+    """Rows revision rescued, per reason head (``verify:answer_mismatch``, ``quality:judge``, ...),
+    and revisions that passed every check but came after the run had its ``n`` rows."""
     rescued = Counter(head(r.fields["revision_reason"]) for r in accepted if r.fields.get("revised_from"))
+    late = Counter(
+        head(j.record.fields["revision_reason"])
+        for j in rejects
+        if j.reason == "over_target" and j.record.fields.get("revised_from")
+    )
     return {
         "rounds": rounds,
         "tried": dict(tried),
         "rescued": dict(rescued),
         "rescued_rows": sum(rescued.values()),
+        "passed_over_target": dict(late),
     }
 
 

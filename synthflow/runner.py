@@ -528,7 +528,9 @@ class Run:
             },
             "generator": st.generator.summary(self.accepted),
             "diversity": self.diversity(st),
-            "revision": revising.summary(self.accepted, self.revision_tried, self.recipe.revise.rounds)
+            "revision": revising.summary(
+                self.accepted, self.revision_tried, self.recipe.revise.rounds, self.rejects
+            )
             if self.recipe.revise
             else None,
             "filters": st.filter_summaries(),
@@ -683,6 +685,26 @@ def format_summary(s: dict[str, Any]) -> str:
     for k, v in (s.get("generator") or {}).items():
         if not isinstance(v, (dict, list)):  # full tables stay in summary.json
             lines.append(f"  {k}: {v}")
+    rv = s.get("revision")
+    if rv:
+        per = ", ".join(f"{k} {v}" for k, v in sorted(rv["rescued"].items())) or "none"
+        late = sum((rv.get("passed_over_target") or {}).values())
+        lines.append(
+            f"  revision: {sum(rv['tried'].values())} tried, {rv['rescued_rows']} rescued ({per})"
+            + (f"; {late} more passed every check after the target was reached" if late else "")
+        )
+    dv = s.get("diversity") or {}
+    if (dv.get("parsed") or {}).get("rows"):
+        p = dv["parsed"]
+        lines.append(
+            f"  diversity of {dv['field']} over {p['rows']} parsed rows: distinct-1/2/3 "
+            f"{p['distinct_1']} / {p['distinct_2']} / {p['distinct_3']}"
+            + (
+                f"; {dv['distinct_personas']} personas among accepted rows"
+                if "distinct_personas" in dv
+                else ""
+            )
+        )
     t = s.get("timing") or {}
     if t.get("engine_ready_s") is not None:
         after = t["wall_s"] - t["engine_ready_s"]

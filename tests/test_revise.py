@@ -85,3 +85,31 @@ def test_without_revise_nothing_is_revised(tmp_path, prefect_harness, monkeypatc
     assert (
         "revised_from" not in pq.read_table(next((Path(s["path"]) / "data").glob("*.parquet"))).column_names
     )
+
+
+def test_summary_counts_rescues_and_revisions_that_came_too_late():
+    from collections import Counter
+
+    from synthflow import revise as revising
+    from synthflow.record import Record, Reject
+    from synthflow.runner import format_summary
+
+    def rec(i, reason=None):
+        f = {"revised_from": f"orig{i}", "revision_reason": reason} if reason else {}
+        return Record(id=f"r{i}", recipe="x", generator="g", seed_id="s", fields=f)
+
+    accepted = [rec(1, "quality:judge<5 (3)"), rec(2)]
+    rejects = [Reject(rec(3, "shirker:evasive"), "accept", "over_target"), Reject(rec(4), "accept", "over_target"),
+               Reject(rec(5, "quality:judge<5 (2)"), "accept", "quality:judge<5 (2)")]  # fmt: skip
+    s = revising.summary(accepted, Counter({"quality:judge": 2, "shirker:evasive": 1}), 1, rejects)
+    assert s["rescued"] == {"quality:judge": 1} and s["rescued_rows"] == 1
+    assert s["passed_over_target"] == {"shirker:evasive": 1}
+    from synthflow.runner import FUNNEL
+
+    base = {"recipe": "x", "run_id": "r", "engine": "fake", "model": "m", "counts": dict.fromkeys(FUNNEL, 0),
+            "cache": {"hits": 0, "misses": 0}, "tokens": {"prompt": 0, "completion": 0}, "engine_seconds": 0,
+            "top_rejects": [], "wall_seconds": 1.0}  # fmt: skip
+    text = format_summary({**base, "revision": s})
+    assert (
+        "revision: 3 tried, 1 rescued (quality:judge 1); 1 more passed every check after the target" in text
+    )
