@@ -149,15 +149,61 @@ def _numeric(s: str) -> bool:
     return bool(re.fullmatch(r"\s*[-+]?\$?\s*[\d,]*\.?\d+(\s*/\s*\d+)?\s*%?\s*", s))
 
 
+_HEDGE = re.compile(r"\b(?:or|not|no|never|nor|maybe|perhaps|probably|possibly)\b|n't\b|\?", re.I)
+# a stated result at the end of the last sentence: "... is Paris.", "... = 14 days", "is equal to 500 grams"
+_COPULA = re.compile(r"=|\bis\b|\bare\b|\bwas\b|\bequals\b|:", re.I)
+_STATED_NUMBER = re.compile(
+    r"^(?:equal to |equivalent to |about |approximately )?\$?\s*(?P<n>[-+]?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?)"
+    r"\s*%?(?:\s+[a-z]+){0,3}$",
+    re.I,
+)
+
+
+def _stated(sentence: str) -> str | None:
+    """What the sentence's last copula states, up to its end ("The capital of Japan is Tokyo." ->
+    "Tokyo"); None without one."""
+    ms = list(_COPULA.finditer(sentence))
+    if not ms:
+        return None
+    value = sentence[ms[-1].end() :].strip().rstrip(".!").strip().strip("\"'*").strip()
+    return re.sub(r"^(?:the|a|an)\s+", "", value, flags=re.I) or None
+
+
+def _last_sentence(text: str) -> str:
+    lines = [x for x in text.strip().splitlines() if x.strip()]
+    if not lines:
+        return ""
+    parts = [p for p in re.split(r"(?<=[.!?])\s+", lines[-1].strip()) if p.strip()]
+    return parts[-1].strip() if parts else ""
+
+
 def grade(prediction: str, reference: str) -> bool:
+    """Right when the student's final answer is the reference. The final answer is its last
+    ``Answer:`` line; without one, the last line when it states exactly one number, or the value the
+    last sentence states ("The capital of France is Paris.", "2 * 7 = 14 days"). A hedge or a
+    negation there ("Paris or Rome", "not 56") is wrong, and so is a list ("Paris, Rome and Oslo")."""
+    explicit = bool(_ANSWER.findall(prediction))
     got = final_answer(prediction)
     if _numeric(reference):
         from synthflow.mathcheck import equivalent
 
         # exactly one number: "57 or 56" hedges between answers and is wrong whichever comes first
         nums = _NUMBERS.findall(got)
-        return len(nums) == 1 and equivalent(nums[0].replace(",", ""), reference)
-    return bool(got) and _norm(got) == _norm(reference)
+        if len(nums) == 1 and not (not explicit and _HEDGE.search(got)):
+            return equivalent(nums[0].replace(",", ""), reference)
+        if explicit:
+            return False
+        sent = _last_sentence(prediction)
+        value = _stated(sent) if not _HEDGE.search(sent) else None
+        m = _STATED_NUMBER.match(value) if value else None
+        return bool(m) and equivalent(m.group("n").replace(",", ""), reference)
+    if not got:
+        return False
+    if _norm(got) == _norm(reference) or explicit:
+        return _norm(got) == _norm(reference) and not _HEDGE.search(got)
+    sent = _last_sentence(prediction)
+    value = _stated(sent) if not _HEDGE.search(sent) else None
+    return bool(value) and _norm(value) == _norm(reference)
 
 
 def grader_for(reference: str, mode: str = "auto") -> str:

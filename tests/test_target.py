@@ -38,6 +38,19 @@ def test_grading_takes_the_final_answer_only():
     assert not grade("Answer: 57 or 56", "56") and not grade("Answer: 56 or 57", "56")  # hedging
     assert grade("Answer: 5,000 grams", "5000") and grade("Answer: $40", "40")
     assert final_answer("a\nAnswer: 1\nmore\nAnswer: 2") == "2"
+    # without an Answer: line, what the last sentence states (as the embedded model writes)
+    assert grade("The capital of France is Paris.", "Paris") and grade("The opposite of up is down.", "down")
+    assert grade("2 weeks is equal to 2 * 7 days = 14 days", "14") and grade(
+        "So it is equal to 500 grams.", "500"
+    )
+    assert not grade("The capitals are Paris, Rome and Oslo.", "Oslo")  # a list
+    assert not grade("It is Rome or Paris.", "Paris") and not grade("The capital is not Paris.", "Paris")
+    assert not grade("The answer is 56 or 57.", "57") and not grade("It is not 56.", "56")
+    assert not grade("Is it Paris?", "Paris") and not grade("The opposite of win is lose or lose.", "lose")
+    assert not grade("15 * 4 is 60, which is a fundamental property of arithmetic.", "60")
+    assert not grade("The answer is correct.", "42") and not grade(
+        "Paris is lovely. The answer is Rome.", "Paris"
+    )
 
 
 def test_weights_move_towards_the_failing_skill(tmp_path):
