@@ -31,6 +31,7 @@ from typing import Any
 from synthflow.engines.base import Request, Sampling
 from synthflow.errors import UserError
 from synthflow.prompts import load_prompt
+from synthflow.text import words
 
 PROMPTS = ("target/answer.jinja2", "target/grade.jinja2")
 GRADERS = ("auto", "math", "exact", "judge")
@@ -135,10 +136,11 @@ def final_answer(text: str) -> str:
     return lines[-1].strip() if lines else ""
 
 
-def _norm(s: str) -> str:
+def _norm(s: str, articles: bool = True) -> str:
     s = s.lower().strip()
-    s = "".join(c for c in s if c not in string.punctuation)
-    s = re.sub(r"\b(a|an|the)\b", " ", s)
+    s = "".join(c for c in s if c not in string.punctuation and c not in "“”‘’«»")
+    if articles:
+        s = re.sub(r"\b(a|an|the)\b", " ", s)
     return " ".join(s.split())
 
 
@@ -149,14 +151,33 @@ def _numeric(s: str) -> bool:
     return bool(re.fullmatch(r"\s*[-+]?\$?\s*[\d,]*\.?\d+(\s*/\s*\d+)?\s*%?\s*", s))
 
 
-_HEDGE = re.compile(r"\b(?:or|not|no|never|nor|maybe|perhaps|probably|possibly)\b|n't\b|\?", re.I)
-# a stated result at the end of the last sentence: "... is Paris.", "... = 14 days", "is equal to 500 grams"
-_COPULA = re.compile(r"=|\bis\b|\bare\b|\bwas\b|\bequals\b|:", re.I)
-_STATED_NUMBER = re.compile(
-    r"^(?:equal to |equivalent to |about |approximately )?\$?\s*(?P<n>[-+]?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?)"
-    r"\s*%?(?:\s+[a-z]+){0,3}$",
+_HEDGE = re.compile(
+    r"\b(?:or|not|no|never|nor|none|maybe|perhaps|probably|possibly|unsure|guess|doubt|unlikely|wrong|"
+    r"incorrect|false|except|but|than|wait|actually|approx)\b|\bat (?:least|most)\b|n't\b|[?≠]",
     re.I,
 )
+# a stated result at the end of the last sentence: "... is Paris.", "... = 14 days", "is equal to 500 grams"
+_COPULA = re.compile(r"=|\bis\b|\bare\b|\bwas\b|\bequals\b|:", re.I)
+_NUM = r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s*/\s*\d+)?"
+# a bare number, with at most 3 unit words ("14 days", "$40", "5,000 grams"); not a bound, a scale
+# or an expression ("56 thousand", "56 squared", "56 + x")
+_BARE_NUMBER = re.compile(
+    rf"^(?:equal to |equivalent to |about )?\$?\s*(?P<n>{_NUM})\s*%?"
+    r"(?:\s+(?!(?:thousand|million|billion|trillion|k|squared|cubed|times|plus|minus|more|less)\b)[a-z]+){0,3}"
+    r"\s*[.!]?$",
+    re.I,
+)
+_BULLET = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+")
+
+
+def _clean(text: str) -> str:
+    """NFKC, one kind of minus sign, no zero-width characters; "- 56" is -56."""
+    import unicodedata
+
+    t = unicodedata.normalize("NFKC", text)
+    t = re.sub(r"[\u200b-\u200f\u2060\ufeff]", "", t)
+    t = re.sub(r"[\u2212\u2012\u2013\u2014\ufe63\uff0d]", "-", t)
+    return re.sub(r"(?<![\w)])-\s+(?=\d)", "-", t)
 
 
 def _stated(sentence: str) -> str | None:
@@ -177,33 +198,64 @@ def _last_sentence(text: str) -> str:
     return parts[-1].strip() if parts else ""
 
 
-def grade(prediction: str, reference: str) -> bool:
-    """Right when the student's final answer is the reference. The final answer is its last
-    ``Answer:`` line; without one, the last line when it states exactly one number, or the value the
-    last sentence states ("The capital of France is Paris.", "2 * 7 = 14 days"). A hedge or a
-    negation there ("Paris or Rome", "not 56") is wrong, and so is a list ("Paris, Rome and Oslo")."""
-    explicit = bool(_ANSWER.findall(prediction))
-    got = final_answer(prediction)
-    if _numeric(reference):
-        from synthflow.mathcheck import equivalent
+def _hedged(text: str, reference: str) -> bool:
+    """A hedge, negation or doubt in the text, outside the reference's own words ("No" may be it)."""
+    for w in sorted(set(words(reference)), key=len, reverse=True):
+        text = re.sub(rf"\b{re.escape(w)}\b", " ", text, flags=re.I)
+    return bool(_HEDGE.search(text))
 
-        # exactly one number: "57 or 56" hedges between answers and is wrong whichever comes first
-        nums = _NUMBERS.findall(got)
-        if len(nums) == 1 and not (not explicit and _HEDGE.search(got)):
-            return equivalent(nums[0].replace(",", ""), reference)
-        if explicit:
-            return False
-        sent = _last_sentence(prediction)
-        value = _stated(sent) if not _HEDGE.search(sent) else None
-        m = _STATED_NUMBER.match(value) if value else None
-        return bool(m) and equivalent(m.group("n").replace(",", ""), reference)
-    if not got:
+
+def _number_is(value: str, reference: str) -> bool:
+    from synthflow.mathcheck import equivalent
+
+    m = _BARE_NUMBER.match(value.strip().strip("*").strip())
+    return bool(m) and equivalent(re.sub(r"\s+", "", m.group("n")).replace(",", ""), reference)
+
+
+def _phrase_is(value: str, reference: str) -> bool:
+    got, ref = _norm(value), _norm(reference)
+    if not ref:  # "A" (a choice letter) is all article: compare with articles kept
+        got, ref = _norm(value, articles=False), _norm(reference, articles=False)
+    return bool(got) and got == ref
+
+
+def grade(prediction: str, reference: str) -> bool:
+    """Right when the student's final answer is the reference, and only it.
+
+    The final answer is its ``Answer:`` line (several that disagree, or a hedge or another number
+    after it, are wrong); without one, the last line when it is the answer alone, or else what the
+    last sentence states after its last copula ("The capital of France is Paris.", "2 * 7 days = 14
+    days"). A numeric answer must be a bare number with at most 3 unit words ("56 thousand", "at
+    least 56", "56 + x" are not 56). A hedge, negation or doubt ("Paris or Rome", "not 56", "56 is
+    wrong"), a list ("Paris, Rome and Oslo", bullets) and several stated values are wrong."""
+    from filters.judge import injection
+
+    text = _clean(prediction)
+    reference = _clean(reference).strip()
+    if injection(text):
+        return False  # an answer that addresses the grader ("ignore previous rules", "Score: 10")
+    numeric = _numeric(reference)
+    answers = [a.strip() for a in _ANSWER.findall(text)]
+    same = _number_is if numeric else _phrase_is
+    if answers:
+        got = answers[-1]
+        if any(not same(a, reference) for a in answers[:-1]):
+            return False  # "Answer: 57 ... Answer: 56": which one?
+        after = text[text.rfind(got) + len(got) :]
+        if _hedged(after, reference) or (numeric and _NUMBERS.search(after)):
+            return False  # "Answer: 56\nBut it might be 57."
+        return not _hedged(got, reference) and same(got, reference)
+    lines = [x.strip() for x in text.strip().splitlines() if x.strip()]
+    if not lines or _BULLET.match(lines[-1]):
         return False
-    if _norm(got) == _norm(reference) or explicit:
-        return _norm(got) == _norm(reference) and not _HEDGE.search(got)
-    sent = _last_sentence(prediction)
-    value = _stated(sent) if not _HEDGE.search(sent) else None
-    return bool(value) and _norm(value) == _norm(reference)
+    last = lines[-1]
+    if same(last.strip("*").strip(), reference) and not _hedged(last, reference):
+        return True
+    sent = _last_sentence(text)
+    if _hedged(sent, reference) or ("," in sent and len(_COPULA.findall(sent)) > 1):
+        return False  # "x = 56, y = 57"
+    value = _stated(sent)
+    return bool(value) and same(value, reference)
 
 
 def grader_for(reference: str, mode: str = "auto") -> str:
