@@ -34,7 +34,6 @@ from synthflow.prompts import load_prompt
 from synthflow.text import words
 
 PROMPTS = ("target/answer.jinja2", "target/grade.jinja2")
-GRADERS = ("auto", "math", "exact", "judge")
 JUDGE_MIN = 7.0  # the reference-guided judge's score (1-10) from which an answer counts as right
 SHORT_WORDS = 6  # a reference of at most this many words is graded by exact match under "auto"
 FLOOR = 0.05  # every skill keeps some weight: a skill the student passes is not forgotten
@@ -237,19 +236,17 @@ def grade(prediction: str, reference: str) -> bool:
     numeric = _numeric(reference)
     answers = [a.strip() for a in _ANSWER.findall(text)]
     same = _number_is if numeric else _phrase_is
+    got = final_answer(text)
     if answers:
-        got = answers[-1]
         if any(not same(a, reference) for a in answers[:-1]):
             return False  # "Answer: 57 ... Answer: 56": which one?
         after = text[text.rfind(got) + len(got) :]
         if _hedged(after, reference) or (numeric and _NUMBERS.search(after)):
             return False  # "Answer: 56\nBut it might be 57."
         return not _hedged(got, reference) and same(got, reference)
-    lines = [x.strip() for x in text.strip().splitlines() if x.strip()]
-    if not lines or _BULLET.match(lines[-1]):
+    if not got or _BULLET.match(got):
         return False
-    last = lines[-1]
-    if same(last.strip("*").strip(), reference) and not _hedged(last, reference):
+    if same(got.strip("*").strip(), reference) and not _hedged(got, reference):
         return True
     sent = _last_sentence(text)
     if _hedged(sent, reference) or ("," in sent and len(_COPULA.findall(sent)) > 1):
@@ -277,7 +274,7 @@ def judge_requests(items: list[tuple[dict[str, Any], str]], max_chars: int = 400
                 question=r["question"][:max_chars],
                 reference=r["answer"][:max_chars],
                 answer=answer[:max_chars],
-            ),  # fmt: skip
+            ),
             json_schema=JUDGE_SCHEMA,
         )
         for r, answer in items

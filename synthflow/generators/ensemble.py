@@ -103,11 +103,7 @@ class Ensemble(Generator):
         self.members: list[tuple[str, Any, dict[str, Any]]] = []  # (label, engine, sampling changes)
 
     def generation_engines(self) -> list[Any]:
-        out: list[Any] = []
-        for _, eng, _ in self.members:
-            if all(eng is not o for o in out):
-                out.append(eng)
-        return out
+        return [eng for _, eng, _ in self.members]  # one role (own counters) per member
 
     def bind_engines(self, pool: Any, where: str) -> None:
         """Each member's engine, by role ``ensemble_<i>`` (members with the recipe's engine share it)."""
