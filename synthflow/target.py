@@ -252,7 +252,42 @@ def grade(prediction: str, reference: str) -> bool:
     if _hedged(sent, reference) or ("," in sent and len(_COPULA.findall(sent)) > 1):
         return False  # "x = 56, y = 57"
     value = _stated(sent)
+    if not numeric and value and _contradicted(text, sent, reference):
+        return False  # "The capital of France is Lyon. The capital of Italy is Paris."
     return bool(value) and same(value, reference)
+
+
+_GENERIC_SUBJECTS = {"answer", "final answer", "it", "that", "this", "result", "correct answer"}
+
+
+def _subject(sentence: str) -> str:
+    ms = list(_COPULA.finditer(sentence))
+    return _norm(sentence[: ms[-1].start()]) if ms else ""
+
+
+def _contradicted(text: str, last: str, reference: str) -> bool:
+    """An earlier sentence states another value for a parallel subject ("The capital of France is
+    Lyon." before "The capital of Italy is Paris.", or anything before "The answer is Paris."):
+    the last sentence then answers some other question. Numeric answers are exempt: their working
+    states intermediate values."""
+    subj = _subject(last)
+    sw = subj.split()
+    ref = _norm(reference)
+    sentences = [
+        p.strip() for line in text.splitlines() for p in re.split(r"(?<=[.!?])\s+", line) if p.strip()
+    ]
+    for s in sentences[:-1]:
+        value = _stated(s)
+        if not value or ref in _norm(value).split() or _norm(value) == ref:
+            continue
+        other = _subject(s).split()
+        if not other:
+            continue
+        generic = subj in _GENERIC_SUBJECTS and len(_norm(value).split()) <= 3
+        parallel = len(other) == len(sw) >= 2 and sum(a != b for a, b in zip(other, sw, strict=True)) <= 1
+        if generic or parallel:
+            return True
+    return False
 
 
 def grader_for(reference: str, mode: str = "auto") -> str:
