@@ -73,7 +73,7 @@ dataset: venv model sysdeps
 	$(BIN)/synthflow run recipes/$(RECIPE).yaml $(if $(N),--n $(N)) $(if $(MODEL),--model $(MODEL)) $(if $(OUT),--out $(OUT)) $(ARGS)
 
 test: venv model sysdeps browser
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q --durations=20 $(ARGS)
 
 test-fast: venv
 	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
