@@ -53,7 +53,7 @@ def test_math_rows_carry_the_persona_their_prompt_named(tmp_path):
         assert p == gen.persona(items[r.item]) and p in gen.personas
     for it in items:
         user = gen.templates["generate"].render(**gen.context(it))[-2]["content"]
-        assert user.endswith(f"Person: {gen.persona(it)}\nWrite a problem that this person would pose.")
+        assert user.endswith(f"Person: {gen.persona(it)}\nWrite a short problem that this person would pose.")
     assert len({r.fields["persona"] for r in rows}) > 6
 
 
