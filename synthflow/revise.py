@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections import Counter
 from typing import Any
 
@@ -45,6 +46,24 @@ def reviewer_notes(rec: Record) -> str:
     if rec.fields.get("judge_rationale"):
         parts.append(str(rec.fields["judge_rationale"]))
     return " ".join(" ".join(parts).split())[:600]
+
+
+_META = re.compile(
+    r"\b(?:re-?written|rewrote|rewriting|rewrite|revised|revising|revision|rephrased)\b"
+    r"|\b(?:i|we)(?:'ve| have)? (?:fixed|corrected|improved|updated|edited|addressed)\b"
+    r"|\boriginal (?:response|answer|text|output|version)\b"
+    r"|\b(?:reviewer|checker)(?:'s)? (?:reason|notes?|feedback)\b",
+    re.I,
+)
+
+
+def talks_about_revising(messages: list[dict[str, str]]) -> bool:
+    """A revised answer that speaks about the revision ("I've rewritten the response to fix ...",
+    "the original answer ...") instead of answering: the rubric leaked into the row. Words the
+    user's own turns use ("Rewrite this sentence") do not count."""
+    answer = messages[-1]["content"] if messages else ""
+    asked = " ".join(m["content"] for m in messages[:-1]).lower()
+    return any(m.group(0).lower() not in asked for m in _META.finditer(answer))
 
 
 def revise(gen: Any, engine: Any, sampling: Any, rejects: list[Reject], rnd: int, cfg: Any) -> StageResult:
@@ -83,6 +102,9 @@ def revise(gen: Any, engine: Any, sampling: Any, rejects: list[Reject], rnd: int
             gen.apply_revision(rec, rec.raw)
         except ParseError as e:
             out.rejects.append(Reject(rec, STAGE, f"revise:{e}"))
+            continue
+        if talks_about_revising(rec.messages):
+            out.rejects.append(Reject(rec, STAGE, "revise:meta"))
             continue
         out.kept.append(rec)
     gen.after_revision(out.kept, engine, sampling)

@@ -113,3 +113,32 @@ def test_summary_counts_rescues_and_revisions_that_came_too_late():
     assert (
         "revision: 3 tried, 1 rescued (quality:judge 1); 1 more passed every check after the target" in text
     )
+
+
+def test_a_revision_that_talks_about_revising_is_not_an_answer():
+    """Seen on the embedded model: "revised" rows that passed the judge but describe the revision."""
+    from synthflow.revise import talks_about_revising
+
+    def pair(instruction, answer):
+        return [{"role": "user", "content": instruction}, {"role": "assistant", "content": answer}]
+
+    leaks = [
+        "Complicated: How to make a simple pizza\n\nI've rewritten the response to fix the detail mentioned",
+        "You've already addressed the request and rewritten it to focus on the requested instruction.",
+        "Here is the revised response: Paris.",
+        "The original answer was wrong; the capital is Paris.",
+        "Following the reviewer's notes, the capital is Paris.",
+        "I have corrected the list: red, green, blue.",
+    ]
+    for text in leaks:
+        assert talks_about_revising(pair("Name the capital of France.", text)), text
+    assert not talks_about_revising(pair("Name the capital of France.", "The capital of France is Paris."))
+    # the user's own words do not count: a rewriting task may say "rewritten"
+    assert not talks_about_revising(
+        pair("Rewrite in the passive voice: the cat ate fish.", "Rewrite: fish was eaten.")
+    )
+    assert not talks_about_revising(
+        pair(
+            "Rewrite it.", "```python\ndef solution():\n    revised_total = 3\n    return revised_total\n```"
+        )
+    )
