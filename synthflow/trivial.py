@@ -120,6 +120,10 @@ def trivial_reason(problem: str, program: str, answer: object = None) -> str:
         if isinstance(v, ast.Name) and constant_vars.get(v.id):
             return "literal_return"
     nums = problem_numbers(problem)
+    if not nums:
+        # "What is the maximum number of pickers ...?" with `pickers = 2; weeks = 2; return
+        # pickers * weeks`: a problem that states no quantity gives the program nothing to compute from
+        return "no_numbers_in_problem"
     if nums - SMALL:
         # taint: what is computed from the problem's numbers (fixpoint over the bindings)
         tainted: set[str] = {a.arg for a in fn.args.args}

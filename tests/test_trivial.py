@@ -39,6 +39,15 @@ def test_trivial_programs(program, why):
     assert trivial_reason(PROBLEM, program, "43") == why
 
 
+def test_a_problem_without_numbers_has_nothing_to_compute_from():
+    """Seen on the embedded model: a problem that states no quantity, and a program that makes its
+    numbers up, agreeing with the stated answer."""
+    prog = "def solution():\n    pickers = 2\n    weeks = 2\n    return pickers * weeks"
+    why = trivial_reason("What is the maximum number of pickers a coffee grower can hire?", prog, "4")
+    assert why == "no_numbers_in_problem"
+    assert trivial_reason("Two rows of two pickers: how many pickers?", prog, "4") == ""  # number words count
+
+
 def test_problem_numbers_read_digits_percents_and_words():
     assert problem_numbers("Save 25% of $1,200 over three years, twice a week.") >= {
         25.0,
