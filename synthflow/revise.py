@@ -48,22 +48,50 @@ def reviewer_notes(rec: Record) -> str:
     return " ".join(" ".join(parts).split())[:600]
 
 
+_EDIT_VERBS = r"(?:re-?written|re-?wrote|rewrit(?:e|ing)|revised?|revising|rephrased|reworked|fixed|corrected|improved|updated|edited|addressed)"
 _META = re.compile(
-    r"\b(?:re-?written|rewrote|rewriting|rewrite|revised|revising|revision|rephrased)\b"
-    r"|\b(?:i|we)(?:'ve| have)? (?:fixed|corrected|improved|updated|edited|addressed)\b"
-    r"|\boriginal (?:response|answer|text|output|version)\b"
-    r"|\b(?:reviewer|checker)(?:'s)? (?:reason|notes?|feedback)\b",
-    re.I,
+    # "I've rewritten the response", "we have now fixed", "I also corrected"
+    rf"\b(?:i|we|you)(?:'ve|'d| have| had)?(?: \w+ly| also| now| just| already)? {_EDIT_VERBS}\b"
+    # "the revised response", "**Improved answer:**", "a better version of the answer"
+    r"|\b(?:re-?written|revised|improved|updated|corrected|better|new) (?:response|answer)\b"
+    r"|\bversion of (?:the|my|this) (?:response|answer)\b"
+    r"|\b(?:original|previous|initial|earlier|first|old) (?:response|answer|output)\b"
+    r"|\b(?:reviewer|checker|judge)s?(?:'s|')? (?:reason|notes?|feedback|comments?|rationale|pointed|rejected|said)\b"
+    r"|\bchanges made\b|\b(?:based on|address(?:es|ing)?) (?:the|your) (?:feedback|notes|reason)\b"
+    r"|\bhas been (?:re-?written|revised|reworked|corrected|fixed|improved)\b"
+    r"|^\W*(?:revised|rewritten|improved|updated|corrected) (?:response|answer|version)\W*$",
+    re.I | re.M,
 )
+
+
+def _stem(w: str) -> str:
+    w = w.lower().replace("-", "")
+    for suffix in ("ten", "ing", "ed", "es", "e", "s"):
+        if w.endswith(suffix) and len(w) - len(suffix) >= 3:
+            return w[: -len(suffix)]
+    return w
+
+
+_STEM_ALIASES = {"rewrot": "rewrit", "rewrote": "rewrit", "rewrit": "rewrit"}
 
 
 def talks_about_revising(messages: list[dict[str, str]]) -> bool:
     """A revised answer that speaks about the revision ("I've rewritten the response to fix ...",
-    "the original answer ...") instead of answering: the rubric leaked into the row. Words the
-    user's own turns use ("Rewrite this sentence") do not count."""
-    answer = messages[-1]["content"] if messages else ""
-    asked = " ".join(m["content"] for m in messages[:-1]).lower()
-    return any(m.group(0).lower() not in asked for m in _META.finditer(answer))
+    "the original answer ...", "Reviewer's notes: ...") instead of answering: the rubric leaked
+    into the row. An edit verb the user's own turns ask for ("Rewrite this sentence" ->
+    "Rewritten: ...", "Fix the bug" -> "I've fixed ...") does not count."""
+    answer = (messages[-1]["content"] if messages else "").replace("\u2019", "'")
+    asked = {
+        _STEM_ALIASES.get(_stem(w), _stem(w))
+        for m in messages[:-1]
+        for w in re.findall(r"[a-z][a-z-]*", m["content"].lower().replace("\u2019", "'"))
+    }
+    for m in _META.finditer(answer):
+        verbs = re.findall(_EDIT_VERBS, m.group(0), re.I)
+        if verbs and all(_STEM_ALIASES.get(_stem(v), _stem(v)) in asked for v in verbs):
+            continue  # the user asked for this edit
+        return True
+    return False
 
 
 def revise(gen: Any, engine: Any, sampling: Any, rejects: list[Reject], rnd: int, cfg: Any) -> StageResult:

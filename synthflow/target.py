@@ -193,7 +193,7 @@ def _last_sentence(text: str) -> str:
     lines = [x for x in text.strip().splitlines() if x.strip()]
     if not lines:
         return ""
-    parts = [p for p in re.split(r"(?<=[.!?])\s+", lines[-1].strip()) if p.strip()]
+    parts = [p for p in re.split(r"(?<=[.!?;])\s+", lines[-1].strip()) if p.strip()]
     return parts[-1].strip() if parts else ""
 
 
@@ -218,7 +218,7 @@ def _phrase_is(value: str, reference: str) -> bool:
     return bool(got) and got == ref
 
 
-def grade(prediction: str, reference: str) -> bool:
+def grade(prediction: str, reference: str, question: str | None = None) -> bool:
     """Right when the student's final answer is the reference, and only it.
 
     The final answer is its ``Answer:`` line (several that disagree, or a hedge or another number
@@ -252,41 +252,71 @@ def grade(prediction: str, reference: str) -> bool:
     if _hedged(sent, reference) or ("," in sent and len(_COPULA.findall(sent)) > 1):
         return False  # "x = 56, y = 57"
     value = _stated(sent)
-    if not numeric and value and _contradicted(text, sent, reference):
+    if not numeric and value and _contradicted(text, sent, reference, question):
         return False  # "The capital of France is Lyon. The capital of Italy is Paris."
     return bool(value) and same(value, reference)
 
 
-_GENERIC_SUBJECTS = {"answer", "final answer", "it", "that", "this", "result", "correct answer"}
+_CONNECTIVES = re.compile(
+    r"^(?:(?:so|thus|therefore|hence|then|and|in conclusion|in summary|overall|finally|my|our|the|a|an)\b[\s,]*)+",
+    re.I,
+)
+_GENERIC = {"answer", "final answer", "correct answer", "it", "that", "this", "result"}
+# an earlier statement: "is"/"are"/"was"/"equals" only; a colon ("Step 1: ...", "Note: ...") is a label
+_EARLIER_COPULA = re.compile(r"\bis\b|\bare\b|\bwas\b|\bequals\b", re.I)
 
 
-def _subject(sentence: str) -> str:
-    ms = list(_COPULA.finditer(sentence))
-    return _norm(sentence[: ms[-1].start()]) if ms else ""
+def _subject(sentence: str, copula: re.Pattern[str] = _COPULA) -> list[str]:
+    ms = list(copula.finditer(sentence))
+    if not ms:
+        return []
+    subject = _norm(_CONNECTIVES.sub("", sentence[: ms[-1].start()].strip())).split()
+    while subject and subject[-1] in ("is", "are", "was", "equals"):  # "The final answer is: Paris"
+        subject.pop()
+    return subject
 
 
-def _contradicted(text: str, last: str, reference: str) -> bool:
-    """An earlier sentence states another value for a parallel subject ("The capital of France is
-    Lyon." before "The capital of Italy is Paris.", or anything before "The answer is Paris."):
-    the last sentence then answers some other question. Numeric answers are exempt: their working
-    states intermediate values."""
-    subj = _subject(last)
-    sw = subj.split()
-    ref = _norm(reference)
+def _contradicted(text: str, last: str, reference: str, question: str | None) -> bool:
+    """An earlier sentence gives another value for a parallel subject: "The capital of France is
+    Lyon. The capital of Italy is Paris." Parallel: the same subject, or one of the same length (2+
+    words) that differs in one word. With the question, an earlier statement counts only when its
+    subject is at least as close to the question as the last one's ("The capital of Italy is Rome.
+    The capital of France is Paris." answers a question about France). Earlier sentences that name
+    the reference, or a part of it, do not count. Numeric answers are exempt (their working states
+    intermediate values)."""
+    sw = _subject(last)
+    if not sw:
+        return False
+    ref = set(_norm(reference).split())
+    asked = set(_norm(question).split()) if question else None
     sentences = [
-        p.strip() for line in text.splitlines() for p in re.split(r"(?<=[.!?])\s+", line) if p.strip()
+        p.strip() for line in text.splitlines() for p in re.split(r"(?<=[.!?;])\s+", line) if p.strip()
     ]
     for s in sentences[:-1]:
-        value = _stated(s)
-        if not value or ref in _norm(value).split() or _norm(value) == ref:
+        ms = list(_EARLIER_COPULA.finditer(s))
+        if not ms or ref & set(_norm(s).split()):
             continue
-        other = _subject(s).split()
-        if not other:
+        value = _norm(s[ms[-1].end() :])
+        other = _subject(s, _EARLIER_COPULA)
+        if not value or not other:
             continue
-        generic = subj in _GENERIC_SUBJECTS and len(_norm(value).split()) <= 3
-        parallel = len(other) == len(sw) >= 2 and sum(a != b for a, b in zip(other, sw, strict=True)) <= 1
-        if generic or parallel:
-            return True
+        parallel = other == sw or (
+            len(other) == len(sw) >= 2 and sum(a != b for a, b in zip(other, sw, strict=True)) <= 1
+        )
+        # "The capital of France is Lyon. The answer is Paris.": the earlier sentence answers the
+        # question itself (a subject of 2+ words, all from the question), without a hedge
+        answers_it = (
+            " ".join(sw) in _GENERIC
+            and asked is not None
+            and len(other) >= 2
+            and set(other) <= asked
+            and not _HEDGE.search(s[ms[-1].end() :])
+        )
+        if not (parallel or answers_it):
+            continue
+        if asked is not None and len(set(other) & asked) < len(set(sw) & asked):
+            continue  # the earlier statement is the contrast, the last one answers the question
+        return True
     return False
 
 
@@ -347,7 +377,7 @@ def evaluate(
             else:
                 to_judge.append(len(graded))
         else:
-            g["correct"] = grade(c.text, r["answer"])
+            g["correct"] = grade(c.text, r["answer"], r["question"])
         graded.append(g)
     if to_judge:
         jreqs = judge_requests([(rows[i], comps[i].text) for i in to_judge])

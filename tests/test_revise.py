@@ -129,10 +129,20 @@ def test_a_revision_that_talks_about_revising_is_not_an_answer():
         "The original answer was wrong; the capital is Paris.",
         "Following the reviewer's notes, the capital is Paris.",
         "I have corrected the list: red, green, blue.",
+        "I\u2019ve fixed the issue. The capital is Paris.",
+        "**Improved Response:**\nThe capital is Paris.",
+        "As the reviewer pointed out, the capital is Paris.",
+        "The capital is Paris.\n\nChanges made:\n- named the city",
     ]
     for text in leaks:
         assert talks_about_revising(pair("Name the capital of France.", text)), text
     assert not talks_about_revising(pair("Name the capital of France.", "The capital of France is Paris."))
+    # the edit the user asked for does not count: "Rewrite ..." -> "Rewritten: ...", "Fix ..." -> "I've fixed"
+    for ask, ans in [("Rewrite this sentence in the passive voice: the dog bit the man.", "Rewritten: The man was bitten."),
+                     ("Fix the bug in: print(x", "I've fixed the missing parenthesis: print(x)"),
+                     ("Please revise this paragraph: The cat sat.", "Here is the revised paragraph: The cat rested."),
+                     ("Solve 2x + 4 = 10.", "We can rewrite the equation as 2x = 6, so x = 3.")]:  # fmt: skip
+        assert not talks_about_revising(pair(ask, ans)), ans
     # the user's own words do not count: a rewriting task may say "rewritten"
     assert not talks_about_revising(
         pair("Rewrite in the passive voice: the cat ate fish.", "Rewrite: fish was eaten.")

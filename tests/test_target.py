@@ -62,13 +62,24 @@ def test_grading_takes_the_final_answer_only():
                       ("Answer: .", "A"), ("Answer: the", "A"), ("- Lyon\n- Paris", "Paris")]:  # fmt: skip
         assert not grade(pred, ref), pred
     # a last sentence that answers some other question, after a parallel one with another value
+    q = "What is the capital of France?"
     for pred in ["The capital of France is Lyon. The capital of Italy is Paris.",
                  "The capital of France is Lyon.\nThe capital of Italy is Paris.",
-                 "The capital of France is Lyon. The answer is Paris."]:  # fmt: skip
-        assert not grade(pred, "Paris"), pred
-    assert grade("Paris is a lovely city. The capital of France is Paris.", "Paris")
+                 "The capital of France is Lyon; the capital of Italy is Paris."]:  # fmt: skip
+        assert not grade(pred, "Paris") and not grade(pred, "Paris", q), pred
+    # with the question: an earlier sentence that answers it, before "the answer is"
+    for pred in ["The capital of France is Lyon. Therefore, the answer is Paris.", "The capital of France is "
+                 "Lyon. The final answer is: Paris", "The capital of France is Lyon, a city. So it is Paris."]:  # fmt: skip
+        assert not grade(pred, "Paris", q), pred
+    # and what must still pass: the contrast first, facts that name no rival answer, labels
+    assert grade("The capital of Italy is Rome. The capital of France is Paris.", "Paris", q)
+    for pred in ["Paris is a lovely city. The capital of France is Paris.", "France is a country in Europe. "
+                 "The answer is Paris.", "That is a good question! The answer is Paris.",
+                 "Step 1: Identify the country. The answer is Paris."]:  # fmt: skip
+        assert grade(pred, "Paris", q) and grade(pred, "Paris"), pred
     assert grade("Tokyo is big. The capital is Tokyo.", "Tokyo")
-    assert grade("Japan is an island country. The capital of Japan is Tokyo.", "Tokyo")
+    assert grade("Option A is incorrect. The answer is B.", "B", "Which is right? A) Lyon B) Paris")
+    assert grade("The main character is Harry. The answer is Harry Potter.", "Harry Potter")
     # and answers it must still take: a reference with a negation word, a choice letter, unicode minus
     assert grade("Answer: No", "No") and grade("Answer: Not guilty", "Not guilty") and grade("Answer: A", "A")
     assert grade("Answer: \u221256", "-56") and grade("\u201cParis\u201d", "Paris") and grade("56", "56")
