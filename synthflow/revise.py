@@ -65,14 +65,13 @@ _META = re.compile(
 
 
 def _stem(w: str) -> str:
+    """ "rewritten", "rewrite", "rewrote" -> "rewrit"; "fixed" -> "fix"."""
     w = w.lower().replace("-", "")
     for suffix in ("ten", "ing", "ed", "es", "e", "s"):
         if w.endswith(suffix) and len(w) - len(suffix) >= 3:
-            return w[: -len(suffix)]
-    return w
-
-
-_STEM_ALIASES = {"rewrot": "rewrit", "rewrote": "rewrit", "rewrit": "rewrit"}
+            w = w[: -len(suffix)]
+            break
+    return "rewrit" if w == "rewrot" else w
 
 
 def talks_about_revising(messages: list[dict[str, str]]) -> bool:
@@ -81,14 +80,10 @@ def talks_about_revising(messages: list[dict[str, str]]) -> bool:
     into the row. An edit verb the user's own turns ask for ("Rewrite this sentence" ->
     "Rewritten: ...", "Fix the bug" -> "I've fixed ...") does not count."""
     answer = (messages[-1]["content"] if messages else "").replace("\u2019", "'")
-    asked = {
-        _STEM_ALIASES.get(_stem(w), _stem(w))
-        for m in messages[:-1]
-        for w in re.findall(r"[a-z][a-z-]*", m["content"].lower().replace("\u2019", "'"))
-    }
+    asked = {_stem(w) for m in messages[:-1] for w in re.findall(r"[a-z][a-z-]*", m["content"].lower())}
     for m in _META.finditer(answer):
         verbs = re.findall(_EDIT_VERBS, m.group(0), re.I)
-        if verbs and all(_STEM_ALIASES.get(_stem(v), _stem(v)) in asked for v in verbs):
+        if verbs and all(_stem(v) in asked for v in verbs):
             continue  # the user asked for this edit
         return True
     return False

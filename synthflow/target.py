@@ -193,8 +193,12 @@ def _last_sentence(text: str) -> str:
     lines = [x for x in text.strip().splitlines() if x.strip()]
     if not lines:
         return ""
-    parts = [p for p in re.split(r"(?<=[.!?;])\s+", lines[-1].strip()) if p.strip()]
-    return parts[-1].strip() if parts else ""
+    parts = _sentences(lines[-1])
+    return parts[-1] if parts else ""
+
+
+def _sentences(line: str) -> list[str]:
+    return [p.strip() for p in re.split(r"(?<=[.!?;])\s+", line.strip()) if p.strip()]
 
 
 def _hedged(text: str, reference: str) -> bool:
@@ -258,7 +262,7 @@ def grade(prediction: str, reference: str, question: str | None = None) -> bool:
 
 
 _CONNECTIVES = re.compile(
-    r"^(?:(?:so|thus|therefore|hence|then|and|in conclusion|in summary|overall|finally|my|our|the|a|an)\b[\s,]*)+",
+    r"^(?:(?:so|thus|therefore|hence|then|and|in conclusion|in summary|overall|finally|my|our)\b[\s,]*)+",
     re.I,
 )
 _GENERIC = {"answer", "final answer", "correct answer", "it", "that", "this", "result"}
@@ -271,7 +275,7 @@ def _subject(sentence: str, copula: re.Pattern[str] = _COPULA) -> list[str]:
     if not ms:
         return []
     subject = _norm(_CONNECTIVES.sub("", sentence[: ms[-1].start()].strip())).split()
-    while subject and subject[-1] in ("is", "are", "was", "equals"):  # "The final answer is: Paris"
+    while subject and _EARLIER_COPULA.fullmatch(subject[-1]):  # "The final answer is: Paris"
         subject.pop()
     return subject
 
@@ -289,9 +293,7 @@ def _contradicted(text: str, last: str, reference: str, question: str | None) ->
         return False
     ref = set(_norm(reference).split())
     asked = set(_norm(question).split()) if question else None
-    sentences = [
-        p.strip() for line in text.splitlines() for p in re.split(r"(?<=[.!?;])\s+", line) if p.strip()
-    ]
+    sentences = [p for line in text.splitlines() for p in _sentences(line)]
     for s in sentences[:-1]:
         ms = list(_EARLIER_COPULA.finditer(s))
         if not ms or ref & set(_norm(s).split()):
