@@ -25,7 +25,7 @@ def test_math_recipe_on_embedded_model(tmp_path):
         "--batch-size",
         "48",
         "--max-items",
-        "96",
+        "48",
         "--out",
         str(out),
         env={"SYNTHFLOW_PROGRESS": "0"},

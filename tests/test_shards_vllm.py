@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 def test_two_shards_on_the_embedded_model(tmp_path):
     out = tmp_path / "out"
     p = run_cli(
-        "run", str(ROOT / "recipes" / "math.yaml"), "--n", "2", "--batch-size", "16", "--max-items", "48",
+        "run", str(ROOT / "recipes" / "math.yaml"), "--n", "2", "--batch-size", "16", "--max-items", "32",
         "--shards", "2", "--out", str(out), env={"SYNTHFLOW_PROGRESS": "0"}, cwd=tmp_path, timeout=1800,
     )  # fmt: skip
     assert p.returncode == 0, p.stderr[-3000:]

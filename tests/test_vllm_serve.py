@@ -21,8 +21,10 @@ from .conftest import ROOT, run_cli
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def vllm_server(tmp_path):
+@pytest.fixture(scope="module")
+def vllm_server(tmp_path_factory):
+    """One `vllm serve` for this module's tests (its start is about a minute on 2 cores)."""
+    tmp_path = tmp_path_factory.mktemp("serve")
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
@@ -36,7 +38,7 @@ def vllm_server(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(default_model_dir()),
          "--served-model-name", "smollm2", "--host", "127.0.0.1", "--port", str(port), "--dtype", cpu_dtype(),
-         "--max-model-len", "2048", "--gpu-memory-utilization", "0.4", "--enforce-eager"],
+         "--max-model-len", "2048", "--gpu-memory-utilization", "0.3", "--enforce-eager"],
         stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}/v1"
@@ -73,3 +75,45 @@ def test_math_recipe_against_vllm_serve(vllm_server, tmp_path):
         "the prefilled PAL format works over HTTP too"
     )
     assert s["tokens"]["completion"] > 0
+
+
+def test_ensemble_with_the_embedded_model_and_a_served_member(vllm_server, tmp_path):
+    """Issue 15's ensemble with the in-process vLLM engine and an OpenAI-compatible endpoint (a real
+    `vllm serve`) in one run: both answer every instruction, each in its own role."""
+    text = (ROOT / "recipes" / "ensemble.yaml").read_text()
+    members = (
+        "    members:\n"
+        "      - {temperature: 0.3}\n"
+        f'      - {{engine: {{name: openai, base_url: "{vllm_server}", model: smollm2}}, label: served, temperature: 0.7}}\n'
+    )
+    start = text.index("    members:\n")
+    end = text.index("\nseeds:")
+    text = text[:start] + members + text[end:]
+    # two engines on one machine: the in-process one reserves less memory than its CPU default
+    text = text.replace("  seed: 0\n", "  seed: 0\n  gpu_memory_utilization: 0.25\n", 1)
+    recipe = tmp_path / "ensemble_served.yaml"
+    recipe.write_text(text)
+    out = tmp_path / "out"
+    p = run_cli(
+        "run", str(recipe), "--n", "8", "--batch-size", "8", "--max-items", "8", "--out", str(out),
+        env={"SYNTHFLOW_PROGRESS": "0"}, cwd=tmp_path, timeout=900,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr[-3000:]
+    run_dir = next(out.glob("ensemble/*/"))
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert s["engine"] == "vllm" and s["counts"]["generated"] == 8
+    roles = s["roles"]
+    assert roles["ensemble_0"]["engine"] == "vllm" and roles["ensemble_1"]["engine"] == "openai", roles
+    assert roles["ensemble_0"]["misses"] == 8 and roles["ensemble_1"]["misses"] == 8
+    assert roles["ensemble_1"]["completion_tokens"] > 0
+    import duckdb
+
+    rows = duckdb.sql(
+        f"SELECT ens_engines, ens_outputs, ens_scores, ens_agreement, ens_chosen "
+        f"FROM read_parquet('{run_dir}/**/*.parquet', union_by_name=true) WHERE ens_engines IS NOT NULL"
+    ).fetchall()
+    assert len(rows) == 8
+    for engines, outputs, scores, agreement, chosen in rows:
+        assert engines[1] == "served" and len(outputs) == 2 and len(scores) == 2
+        assert agreement == scores[engines.index(chosen)]
+    assert any(outputs[1] for _, outputs, *_ in rows), "the served member answered"
