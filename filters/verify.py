@@ -73,6 +73,9 @@ def verify_math_pot(records: Sequence[Record], executor: Any, p: VerifyParams) -
     equals the stated answer, and at least ``sc_min_agreement`` of the k samples agree with it. A
     sample that does not compile, fails, returns nothing or is trivial counts against agreement.
 
+    A row with a ``reference_answer`` (a persona rewrite of a seed problem with a known answer) must
+    also compute that answer: ``verify:reference_mismatch``.
+
     First, a program that only states its answer (a literal or constant return, a value computed
     from none of the problem's numbers, the stated answer written into the code) is rejected
     without running: ``verify:trivial_program:<why>`` (``synthflow.trivial``)."""
@@ -130,6 +133,15 @@ def verify_math_pot(records: Sequence[Record], executor: Any, p: VerifyParams) -
         )
         details: dict[str, Any] = {"stated": stated}
         reason = "" if ok else "verify:answer_mismatch"
+        # a problem with a known answer (a persona rewrite of a seed problem keeps its numbers and
+        # question): the program must compute that answer, not only the one the row states
+        ref = r.fields.get("reference_answer")
+        if ref not in (None, ""):
+            details["reference"] = ref
+            if ok and not equivalent(
+                ref, main.value if main.value is not None else main.value_repr, p.percent_equals_fraction
+            ):
+                ok, reason = False, "verify:reference_mismatch"
         progs = r.fields.get("sc_programs") or []
         if progs:
             got = samples.get(i, {})
@@ -162,9 +174,10 @@ def verify_math_pot(records: Sequence[Record], executor: Any, p: VerifyParams) -
         vc = verdict_columns("math_pot", main, **details)
         if not ok:
             vc["status"] = "fail"
-            vc["message"] = f"program returned {main.value_repr[:80]}, answer says {stated!r}" + (
-                f"; samples voted {r.fields.get('sc_votes')}" if progs else ""
-            )
+            vc["message"] = (
+                f"program returned {main.value_repr[:80]}, answer says {stated!r}"
+                + (f", the source problem's answer is {ref!r}" if ref not in (None, "") else "")
+            ) + (f"; samples voted {r.fields.get('sc_votes')}" if progs else "")
         out.append(Check(ok, reason, vc))
     return out
 

@@ -25,6 +25,7 @@ def test_every_prompt_has_a_version_and_a_generator():
         for t in [
             *registry.get(kind, g).prompts.values(),
             *getattr(registry.get(kind, g), "persona_prompts", {}).values(),
+            *filter(None, [getattr(registry.get(kind, g), "rewrite_prompt", None)]),
             *(
                 [registry.get(kind, g).revise_prompt]
                 if hasattr(registry.get(kind, g), "revise_prompt")

@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import random
 import re
-from typing import Any, ClassVar
+from difflib import SequenceMatcher
+from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from synthflow.engines.base import Sampling
+from synthflow.errors import UserError
 from synthflow.generators.base import Generator, Item, ParseError, add_usage, parse_or_reject
-from synthflow.record import StageResult
+from synthflow.prompts import load_prompt
+from synthflow.record import Reject, StageResult
 from synthflow.registry import register
 from synthflow.seeds import Seed, jsonl_seeds
+from synthflow.text import words
 
 _PROBLEM_RE = re.compile(
     r"Problem\s*[:：]\s*(.+?)(?=\n\s*(?:Program\b|Solution\b|Code\b|```|def\s+solution\b|(?:Final\s+)?Answer\b)|\Z)",
@@ -94,6 +98,43 @@ class MathOptions(BaseModel):
         None,
         description="persona file (builtin:personas.jsonl): each problem is one a drawn persona would pose",
     )
+    persona_mode: Literal["pose", "rewrite"] = Field(
+        "pose",
+        description="pose: the persona poses a new problem (Persona Hub); rewrite: the persona restates the "
+        "item's seed problem, numbers and question kept, and the seed's answer must come out (PersonaMath)",
+    )
+    rewrite_examples: str = Field(
+        "builtin:math_persona_rewrites.jsonl",
+        description="JSONL with persona/original/problem/program/answer: the rewrite template's worked examples",
+    )
+
+
+_DIGITS_RE = re.compile(r"\d+(?:\.\d+)?")
+
+
+def numbers_in(text: str) -> set[str]:
+    """The numbers a problem states, as written (``1,200`` -> ``1200``; ``3.50`` stays)."""
+    return set(_DIGITS_RE.findall(re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)))
+
+
+def rewrite_problem_reason(
+    original: str, problem: str, answer: str | None = None, max_similarity: float = 0.8
+) -> str | None:
+    """Why a persona rewrite does not count as one: it lost or changed a number of the original (then
+    the original's answer is no reference for it), it gives away the answer (a number the original
+    did not state), or it barely changed the wording (or kept all of it behind a preamble)."""
+    before, after = numbers_in(original), numbers_in(problem)
+    if before - after:
+        return "rewrite_numbers_changed"
+    if answer and (ans := numbers_in(answer)) and ans <= after - before:
+        return "rewrite_gives_answer"
+    a, b = words(original.lower()), words(problem.lower())
+    sm = SequenceMatcher(None, a, b, autojunk=False)
+    kept = sum(m.size for m in sm.get_matching_blocks()) / max(len(a), 1)
+    # the same words, or the original kept whole behind a persona's preamble
+    if sm.ratio() >= max_similarity or kept >= 0.9:
+        return "rewrite_unchanged"
+    return None
 
 
 @register("generator", "math_pal")
@@ -101,6 +142,7 @@ class MathPAL(Generator):
     name = "math_pal"
     prompts: ClassVar[dict[str, str]] = {"generate": "math/pal.jinja2", "solve": "math/pal_solve.jinja2"}
     persona_prompts: ClassVar[dict[str, str]] = {"generate": "math/pal_persona.jinja2"}
+    rewrite_prompt: ClassVar[str] = "math/pal_persona_rewrite.jinja2"  # persona_mode: rewrite
     Options = MathOptions
     columns: ClassVar[dict[str, pa.DataType]] = {
         "problem": pa.string(),
@@ -111,6 +153,9 @@ class MathPAL(Generator):
         "sc_majority": pa.string(),
         "sc_agreement": pa.float64(),
         "persona": pa.string(),
+        # persona rewrite (PersonaMath): the seed problem restated, and its known answer
+        "source_problem": pa.string(),
+        "reference_answer": pa.string(),
     }
     schemas: ClassVar[dict[str, dict[str, Any]]] = {
         "generate": {
@@ -131,11 +176,32 @@ class MathPAL(Generator):
         super().__init__(recipe, seeds)
         pool = [s for s in jsonl_seeds(self.opts.examples) if s.data.get("program") and s.data.get("problem")]
         self.example_pool = pool
+        self.rewrite = self.opts.persona_mode == "rewrite"
+        if self.rewrite:
+            self._init_rewrite(recipe, seeds)
+
+    def _init_rewrite(self, recipe: Any, seeds: list[Seed]) -> None:
+        where = "generator.options.persona_mode"
+        if not self.personas:
+            raise UserError(f"{where}: rewrite needs generator.options.personas (who restates the problem)")
+        for s in seeds:
+            if not (str(s.data.get("problem") or "").strip() and str(s.data.get("answer") or "").strip()):
+                raise UserError(
+                    f"{where}: rewrite needs seeds with a `problem` and its `answer`; seed {s.seed_id!r} has "
+                    f"{'no answer' if s.data.get('problem') else 'no problem'}"
+                )
+        if "generate" not in recipe.generator.prompts:  # the recipe did not name its own template
+            self.templates["generate"] = load_prompt(self.rewrite_prompt)
+        keys = ("persona", "original", "problem", "program", "answer")
+        self.rewrite_pool = list(jsonl_seeds(self.opts.rewrite_examples))
+        for e in self.rewrite_pool:
+            if not all(str(e.data.get(k) or "").strip() for k in keys):
+                raise UserError(f"generator.options.rewrite_examples: every line needs {', '.join(keys)}")
 
     def examples_for(self, index: int) -> list[dict[str, Any]]:
         """Few-shot examples: one of ``example_sets`` fixed sets, so prompts share prefixes."""
         rng = random.Random(f"{self.recipe.seed}:{index % self.opts.example_sets}")
-        pool = self.example_pool
+        pool = self.rewrite_pool if self.rewrite else self.example_pool
         return [e.data for e in rng.sample(pool, min(self.opts.few_shot, len(pool)))]
 
     def context(self, item: Item) -> dict[str, Any]:
@@ -144,7 +210,17 @@ class MathPAL(Generator):
         ctx = {"examples": self.examples_for(item.index), "topic": topic}
         if self.personas:
             ctx["persona"] = self.persona(item)
+        if self.rewrite:
+            ctx["original"] = item.seed.data["problem"]
         return ctx
+
+    def source_fields(self, item: Item) -> dict[str, Any]:
+        """What every row and reject keeps of its item: the persona and, for a rewrite, the original."""
+        f: dict[str, Any] = {"persona": self.persona(item)}
+        if self.rewrite:
+            f["source_problem"] = item.seed.data["problem"]
+            f["reference_answer"] = clean_answer(str(item.seed.data["answer"]))
+        return f
 
     def render_examples(self) -> list[list[dict[str, str]]]:
         it = self.plan(0, 1)[0]
@@ -174,11 +250,18 @@ class MathPAL(Generator):
         for it, req, comp in zip(items, reqs, comps, strict=True):
             rec = self.new_record(it, "generate", comp, engine, sampling)
             rec.raw = req.prefill + comp.text
-            rec.fields = {"persona": self.persona(it)}  # rejects keep it too
+            rec.fields = self.source_fields(it)  # rejects keep it too
             fields = parse_or_reject(rec, self.parse, rec.raw, out)
             if fields is None:
                 continue
-            rec.fields = {**fields, "persona": self.persona(it)}
+            rec.fields = {**fields, **self.source_fields(it)}
+            if self.rewrite and (
+                why := rewrite_problem_reason(
+                    rec.fields["source_problem"], fields["problem"], rec.fields["reference_answer"]
+                )
+            ):
+                out.rejects.append(Reject(rec, "parse", f"parse:{why}"))
+                continue
             rec.messages = pal_messages(fields)
             out.kept.append(rec)
         if self.opts.self_consistency and out.kept:
