@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from functools import lru_cache
 from typing import Any
@@ -25,8 +26,11 @@ def _parse(text: str, timeout: int | None) -> Any:
 def as_text(value: Any) -> str:
     if isinstance(value, bool):
         return str(int(value))
-    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
-        return str(int(value))
+    if isinstance(value, float) and math.isfinite(value):
+        # binary float noise is not a different answer: 25 * 0.28 = 7.000000000000001 is 7
+        value = float(f"{value:.12g}")
+        if value.is_integer() and abs(value) < 1e15:
+            return str(int(value))
     return str(value)
 
 

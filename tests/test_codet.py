@@ -151,6 +151,11 @@ def test_math_pot_equivalences_and_percent_setting():
         ("0.5", "50%", True),
         ("7", "8", False),
         ("2.5", "5/2", True),
+        # binary float noise is not another answer (25 * 0.28 = 7.000000000000001)...
+        ("25 * 0.28", "7", True),
+        ("0.57 * 100", "57", True),
+        # ...but a near miss is
+        ("7.01", "7", False),
     ]
     for pct in (True, False):
         v = Verify({"kind": "math_pot", "percent_equals_fraction": pct})

@@ -12,7 +12,12 @@ import pytest
 
 from synthflow import registry
 from synthflow.errors import UserError
-from synthflow.generators.math_pal import numbers_in, rewrite_problem_reason
+from synthflow.generators.math_pal import (
+    numbers_in,
+    reference_answer,
+    rewrite_problem_reason,
+    rewrite_program_reason,
+)
 from synthflow.recipe import load_recipe
 from synthflow.seeds import extract_seeds
 
@@ -74,7 +79,17 @@ def _gen(path):
 
 def test_rewrite_checks():
     orig = "A rope is 7.5 meters long. It is cut into pieces of 0.25 meters. How many pieces are there?"
-    assert numbers_in("It costs 1,200 dollars or 3.50 each, 4 times") == {"1200", "3.50", "4"}
+    assert numbers_in("It costs $1,200 or $3.50 each, 4 times, at -5 degrees, .25 and three") == {
+        1200,
+        3.5,
+        4,
+        -5,
+        0.25,
+        3,
+    }
+    assert numbers_in("from 2:15 pm to 3:00 pm") == {2.25, 3} and numbers_in(
+        "at 8 am I sort 48", clock=False
+    ) == {48}
     assert (
         rewrite_problem_reason(
             orig, "My 7.5 meter climbing rope is cut into 0.25 meter loops. How many loops?"
@@ -91,6 +106,38 @@ def test_rewrite_checks():
     told = "My 7.5 meter rope makes 30 loops of 0.25 meters. How many loops?"
     assert rewrite_problem_reason(orig, told, "30") == "rewrite_gives_answer"
     assert rewrite_problem_reason(orig, told) is None  # without the answer there is nothing to check
+    # number formats are compared by value: $12.00 is $12, 3:00 pm is 3 pm, "three" is 3
+    pens = "A pen costs $12.00 and Tom buys three of them at 3:00 pm. How many dollars does he pay?"
+    ink = "At my stall an ink pen costs $12, and at 3 pm a student buys 3 pens. What do I charge her in dollars?"
+    assert rewrite_problem_reason(pens, ink, "36") is None
+    # a time of day that happens to equal the answer does not give it away
+    assert rewrite_problem_reason("48 books go on 6 shelves equally. How many per shelf?", "At 8 am I put 48 new books on 6 shelves of my library, the same on each. How many go on a shelf?", "8") is None  # fmt: skip
+    # the question must stay; reordered sentences of the original are no rewrite
+    pears = "Sara buys 5 boxes of pears. Each box holds 6 pears. She eats 2 pears. How many pears are left?"
+    assert (
+        rewrite_problem_reason(pears, "I bake 5 trays with 6 rolls on each and eat 2 of them.")
+        == "rewrite_no_question"
+    )
+    shuffled = (
+        "Each box holds 6 pears. She eats 2 pears. Sara buys 5 boxes of pears. How many pears are left?"
+    )
+    assert rewrite_problem_reason(pears, shuffled) == "rewrite_unchanged"
+    # a lost minus sign changes the problem
+    assert rewrite_problem_reason("It is -5 degrees and rises 8. What is it now?", "My thermometer reads 5 degrees and climbs 8 by noon. What does it read?") == "rewrite_numbers_changed"  # fmt: skip
+
+
+def test_a_rewrite_program_uses_the_originals_numbers():
+    pears = "Sara buys 5 boxes of pears. Each box holds 6 pears. She eats 2 pears. How many pears are left?"
+    ok = (
+        "def solution():\n    trays = 5\n    per_tray = 6\n    eaten = 2\n    return trays * per_tray - eaten"
+    )
+    assert rewrite_program_reason(pears, ok) is None
+    # the known answer from a hand-worked value, or from the persona's year: not computed from the problem
+    assert rewrite_program_reason(pears, "def solution():\n    eaten = 2\n    return 30 - eaten") == "rewrite_program_skips_numbers"  # fmt: skip
+    assert rewrite_program_reason(pears, "def solution():\n    year = 2024\n    return year - 1996") == "rewrite_program_skips_numbers"  # fmt: skip
+    # one number written another way is allowed (a percent as its fraction always is)
+    sale = "A 40 dollar coat is 25% off, and tax adds 3 dollars. What is the price?"
+    assert rewrite_program_reason(sale, "def solution():\n    return 40 * (1 - 0.25) + 3") is None
     # extra numbers (the persona's age, a year) are fine; the original's must all be there
     assert rewrite_problem_reason("Tom has 3 bags of 4 apples. How many apples?", "In 2024 I pack 3 crates of 4 mangoes at my stall. How many mangoes?") is None  # fmt: skip
 
@@ -144,8 +191,14 @@ def test_the_shipped_worked_rewrites_pass_their_own_checks():
     seeds = (ROOT / "synthflow/data/math_seeds.jsonl").read_text()
     for r in rows:
         assert rewrite_problem_reason(r["original"], r["problem"], r["answer"]) is None, r["problem"]
+        assert rewrite_program_reason(r["original"], r["program"]) is None, r["program"]
         assert not trivial_reason(r["problem"], r["program"], r["answer"])
         ns: dict = {}
         exec(r["program"], ns)
         assert str(ns["solution"]()) == r["answer"]
         assert r["original"] not in seeds  # a seed's own rewrite is not in its prompt
+
+
+def test_reference_answers_of_gsm8k_style_seeds():
+    assert reference_answer("Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n#### 72") == "72"
+    assert reference_answer("$1,200") == "1200" and reference_answer(28) == "28"

@@ -19,6 +19,7 @@ from synthflow.record import Reject, StageResult
 from synthflow.registry import register
 from synthflow.seeds import Seed, jsonl_seeds
 from synthflow.text import words
+from synthflow.trivial import WORDS
 
 _PROBLEM_RE = re.compile(
     r"Problem\s*[:：]\s*(.+?)(?=\n\s*(?:Program\b|Solution\b|Code\b|```|def\s+solution\b|(?:Final\s+)?Answer\b)|\Z)",
@@ -74,6 +75,12 @@ def parse_pal(text: str) -> dict[str, Any]:
     return {"problem": problem, "program": program, "answer": answer}
 
 
+def reference_answer(answer: Any) -> str:
+    """A seed's known answer: the number itself, or GSM8K's worked solution's ``#### 72``."""
+    text = str(answer)
+    return clean_answer(text.rsplit("####", 1)[1] if "####" in text else text)
+
+
 def pal_messages(f: dict[str, Any]) -> list[dict[str, str]]:
     return [
         {"role": "user", "content": f["problem"]},
@@ -109,32 +116,76 @@ class MathOptions(BaseModel):
     )
 
 
-_DIGITS_RE = re.compile(r"\d+(?:\.\d+)?")
+_TIME_RE = re.compile(r"\b(\d{1,2}):([0-5]\d)\b")
+_SIGNED_RE = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?|(?<![\w.])-?\.\d+")
+_CLOCK_RE = re.compile(r"(?<![\w.])(\d{1,2}(?::[0-5]\d)?)\s*(?:am|pm|a\.m\.|p\.m\.|o'clock)", re.I)
+# cardinal number words only: "half", "twice", "third" are operations, not numbers to keep
+_CARDINALS = {
+    w: v for w, v in WORDS.items() if w not in ("half", "twice", "double", "triple", "quarter", "third")
+}
 
 
-def numbers_in(text: str) -> set[str]:
-    """The numbers a problem states, as written (``1,200`` -> ``1200``; ``3.50`` stays)."""
-    return set(_DIGITS_RE.findall(re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)))
+def numbers_in(text: str, clock: bool = True) -> set[float]:
+    """The values of the numbers a problem states: digits (``1,200``, ``$3.50``, ``-5``, ``.25``),
+    clock times as one value (``3:00`` = 3, ``2:15`` = 2.25) and cardinal words ("three", "dozen").
+    ``clock=False`` leaves out times of day ("at 8 am"), which are setting, not data."""
+    t = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)
+    if not clock:
+        t = _CLOCK_RE.sub(" ", t)
+    out = {round(int(h) + int(m) / 60, 9) for h, m in _TIME_RE.findall(t)}
+    t = _TIME_RE.sub(" ", t)
+    out |= {round(float(x), 9) for x in _SIGNED_RE.findall(t)}
+    out |= {float(_CARDINALS[w]) for w in re.findall(r"[a-z]+", t.lower()) if w in _CARDINALS}
+    return out
+
+
+def _trigrams(ws: list[str]) -> set[tuple[str, ...]]:
+    return {tuple(ws[i : i + 3]) for i in range(len(ws) - 2)}
 
 
 def rewrite_problem_reason(
     original: str, problem: str, answer: str | None = None, max_similarity: float = 0.8
 ) -> str | None:
     """Why a persona rewrite does not count as one: it lost or changed a number of the original (then
-    the original's answer is no reference for it), it gives away the answer (a number the original
-    did not state), or it barely changed the wording (or kept all of it behind a preamble)."""
+    the original's answer is no reference for it; 0 and 1 may become words like "a"), it dropped the
+    question, it gives away the answer (a number the original did not state), or it barely changed
+    the wording (the same words, the original kept whole behind a preamble, or its sentences reordered)."""
     before, after = numbers_in(original), numbers_in(problem)
-    if before - after:
+    if before - after - {0.0, 1.0}:
         return "rewrite_numbers_changed"
-    if answer and (ans := numbers_in(answer)) and ans <= after - before:
+    if "?" in original and "?" not in problem:
+        return "rewrite_no_question"
+    if answer and (ans := numbers_in(answer)) and ans <= numbers_in(problem, clock=False) - before:
         return "rewrite_gives_answer"
     a, b = words(original.lower()), words(problem.lower())
     sm = SequenceMatcher(None, a, b, autojunk=False)
     kept = sum(m.size for m in sm.get_matching_blocks()) / max(len(a), 1)
-    # the same words, or the original kept whole behind a persona's preamble
-    if sm.ratio() >= max_similarity or kept >= 0.9:
+    tri = _trigrams(a)
+    shared = len(tri & _trigrams(b)) / len(tri) if tri else 0.0
+    if sm.ratio() >= max_similarity or kept >= 0.9 or shared >= 0.6:
         return "rewrite_unchanged"
     return None
+
+
+def rewrite_program_reason(original: str, program: str) -> str | None:
+    """A rewrite keeps the original's numbers, so its program must use them: every number of the
+    original but 0, 1 and 2 (and one more, say a time or a percent written another way) appears as
+    a literal (a percent may appear as its fraction). This stops a program that computes the known
+    answer from a hand-worked value or a number of the persona's ("in 2024")."""
+    import ast
+
+    try:
+        tree = ast.parse(program)
+    except SyntaxError:
+        return None  # the parser reports it
+    lits = {
+        round(float(n.value), 9)
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Constant) and isinstance(n.value, (int, float)) and not isinstance(n.value, bool)
+    }
+    need = [v for v in numbers_in(original) - {0.0, 1.0, 2.0}]
+    missing = [v for v in need if abs(v) not in lits and v not in lits and round(v / 100, 9) not in lits]
+    return "rewrite_program_skips_numbers" if len(missing) > 1 or (missing and len(need) == 1) else None
 
 
 @register("generator", "math_pal")
@@ -219,7 +270,7 @@ class MathPAL(Generator):
         f: dict[str, Any] = {"persona": self.persona(item)}
         if self.rewrite:
             f["source_problem"] = item.seed.data["problem"]
-            f["reference_answer"] = clean_answer(str(item.seed.data["answer"]))
+            f["reference_answer"] = reference_answer(item.seed.data["answer"])
         return f
 
     def render_examples(self) -> list[list[dict[str, str]]]:
@@ -259,6 +310,7 @@ class MathPAL(Generator):
                 why := rewrite_problem_reason(
                     rec.fields["source_problem"], fields["problem"], rec.fields["reference_answer"]
                 )
+                or rewrite_program_reason(rec.fields["source_problem"], fields["program"])
             ):
                 out.rejects.append(Reject(rec, "parse", f"parse:{why}"))
                 continue
