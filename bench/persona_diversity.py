@@ -12,7 +12,10 @@ parse stage), cut to the same number of rows for both runs (the first K by item 
 smaller count), so distinct-n is not skewed by corpus size:
 - distinct-1/2/3 (Li et al., 2016): distinct word n-grams over all n-grams;
 - openers: distinct first-four-word openings over rows.
-It prints each figure for both runs and the ratio persona / baseline (> 1: more diverse).
+distinct-n falls as texts get longer, so it also prints distinct-1/2/3 over the same number of
+words from each run (the problems in item order, the last one cut: length-controlled), and the
+mean words per problem. It prints each figure for both runs and the ratio persona / baseline
+(> 1: more diverse).
 
     .venv/bin/python bench/persona_diversity.py [--max-items 128] [--batch-size 64]
 """
@@ -86,6 +89,28 @@ def measures(texts: list[str]) -> dict[str, float | None]:
     }
 
 
+def first_words(texts: list[str], total: int) -> list[str]:
+    """The problems in order until ``total`` words, the last one cut (a length-controlled sample)."""
+    out, n = [], 0
+    for t in texts:
+        w = words(t)
+        if n + len(w) >= total:
+            out.append(" ".join(w[: total - n]))
+            break
+        out.append(" ".join(w))
+        n += len(w)
+    return out
+
+
+def table(title: str, mb: dict, mp: dict) -> None:
+    print(title)
+    print(f"  {'measure':<11} {'no personas':>12} {'personas':>9} {'ratio':>7}")
+    for key in mb:
+        b, p = mb[key], mp[key]
+        ratio = f"{p / b:.3f}" if b and p is not None else "-"
+        print(f"  {key:<11} {b:>12} {p:>9} {ratio:>7}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--max-items", type=int, default=128)
@@ -99,13 +124,18 @@ def main() -> None:
     k = min(len(base), len(pers))
     if k == 0:
         sys.exit("no parsed problems in one of the runs")
-    mb, mp = measures(base[:k]), measures(pers[:k])
-    print(f"over the first {k} parsed problems of each run:")
-    print(f"  {'measure':<11} {'no personas':>12} {'personas':>9} {'ratio':>7}")
-    for key in mb:
-        b, p = mb[key], mp[key]
-        ratio = f"{p / b:.3f}" if b and p is not None else "-"
-        print(f"  {key:<11} {b:>12} {p:>9} {ratio:>7}")
+    base, pers = base[:k], pers[:k]
+    lb, lp = sum(len(words(t)) for t in base), sum(len(words(t)) for t in pers)
+    print(f"mean words per problem: no personas {lb / k:.1f}, personas {lp / k:.1f}")
+    table(f"over the first {k} parsed problems of each run:", measures(base), measures(pers))
+    w = min(lb, lp)
+    cb, cp = first_words(base, w), first_words(pers, w)
+    dn = {f"distinct_{n}": None for n in (1, 2, 3)}
+    table(
+        f"length-controlled, over the first {w} words of those problems in each run:",
+        {key: distinct_n(cb, int(key[-1])) for key in dn},
+        {key: distinct_n(cp, int(key[-1])) for key in dn},
+    )
 
 
 if __name__ == "__main__":
