@@ -130,11 +130,10 @@ def main() -> None:
     table(f"over the first {k} parsed problems of each run:", measures(base), measures(pers))
     w = min(lb, lp)
     cb, cp = first_words(base, w), first_words(pers, w)
-    dn = {f"distinct_{n}": None for n in (1, 2, 3)}
     table(
         f"length-controlled, over the first {w} words of those problems in each run:",
-        {key: distinct_n(cb, int(key[-1])) for key in dn},
-        {key: distinct_n(cp, int(key[-1])) for key in dn},
+        {f"distinct_{n}": distinct_n(cb, n) for n in (1, 2, 3)},
+        {f"distinct_{n}": distinct_n(cp, n) for n in (1, 2, 3)},
     )
 
 

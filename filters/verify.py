@@ -128,19 +128,16 @@ def verify_math_pot(records: Sequence[Record], executor: Any, p: VerifyParams) -
             )
             continue
         stated = r.fields.get("answer")
-        ok = equivalent(
-            stated, main.value if main.value is not None else main.value_repr, p.percent_equals_fraction
-        )
+        value = main.value if main.value is not None else main.value_repr
+        ok = equivalent(stated, value, p.percent_equals_fraction)
         details: dict[str, Any] = {"stated": stated}
         reason = "" if ok else "verify:answer_mismatch"
         # a problem with a known answer (a persona rewrite of a seed problem keeps its numbers and
         # question): the program must compute that answer, not only the one the row states
-        ref = r.fields.get("reference_answer")
-        if ref not in (None, ""):
+        ref = r.fields.get("reference_answer") or None
+        if ref is not None:
             details["reference"] = ref
-            if ok and not equivalent(
-                ref, main.value if main.value is not None else main.value_repr, p.percent_equals_fraction
-            ):
+            if ok and not equivalent(ref, value, p.percent_equals_fraction):
                 ok, reason = False, "verify:reference_mismatch"
         progs = r.fields.get("sc_programs") or []
         if progs:
@@ -176,7 +173,7 @@ def verify_math_pot(records: Sequence[Record], executor: Any, p: VerifyParams) -
             vc["status"] = "fail"
             vc["message"] = (
                 f"program returned {main.value_repr[:80]}, answer says {stated!r}"
-                + (f", the source problem's answer is {ref!r}" if ref not in (None, "") else "")
+                + (f", the source problem's answer is {ref!r}" if ref is not None else "")
             ) + (f"; samples voted {r.fields.get('sc_votes')}" if progs else "")
         out.append(Check(ok, reason, vc))
     return out

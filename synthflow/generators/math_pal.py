@@ -3,6 +3,7 @@ and the stated final answer. Verification runs the program and compares."""
 
 from __future__ import annotations
 
+import ast
 import random
 import re
 from difflib import SequenceMatcher
@@ -20,6 +21,7 @@ from synthflow.registry import register
 from synthflow.seeds import Seed, jsonl_seeds
 from synthflow.text import words
 from synthflow.trivial import WORDS
+from synthflow.trivial import _literals as literals
 
 _PROBLEM_RE = re.compile(
     r"Problem\s*[:：]\s*(.+?)(?=\n\s*(?:Program\b|Solution\b|Code\b|```|def\s+solution\b|(?:Final\s+)?Answer\b)|\Z)",
@@ -172,18 +174,12 @@ def rewrite_program_reason(original: str, program: str) -> str | None:
     original but 0, 1 and 2 (and one more, say a time or a percent written another way) appears as
     a literal (a percent may appear as its fraction). This stops a program that computes the known
     answer from a hand-worked value or a number of the persona's ("in 2024")."""
-    import ast
-
     try:
         tree = ast.parse(program)
     except SyntaxError:
         return None  # the parser reports it
-    lits = {
-        round(float(n.value), 9)
-        for n in ast.walk(tree)
-        if isinstance(n, ast.Constant) and isinstance(n.value, (int, float)) and not isinstance(n.value, bool)
-    }
-    need = [v for v in numbers_in(original) - {0.0, 1.0, 2.0}]
+    lits = {round(v, 9) for v in literals(tree)}
+    need = list(numbers_in(original) - {0.0, 1.0, 2.0})
     missing = [v for v in need if abs(v) not in lits and v not in lits and round(v / 100, 9) not in lits]
     return "rewrite_program_skips_numbers" if len(missing) > 1 or (missing and len(need) == 1) else None
 
@@ -301,16 +297,17 @@ class MathPAL(Generator):
         for it, req, comp in zip(items, reqs, comps, strict=True):
             rec = self.new_record(it, "generate", comp, engine, sampling)
             rec.raw = req.prefill + comp.text
-            rec.fields = self.source_fields(it)  # rejects keep it too
+            src = self.source_fields(it)
+            rec.fields = dict(src)  # rejects keep it too
             fields = parse_or_reject(rec, self.parse, rec.raw, out)
             if fields is None:
                 continue
-            rec.fields = {**fields, **self.source_fields(it)}
+            rec.fields = {**fields, **src}
             if self.rewrite and (
                 why := rewrite_problem_reason(
-                    rec.fields["source_problem"], fields["problem"], rec.fields["reference_answer"]
+                    src["source_problem"], fields["problem"], src["reference_answer"]
                 )
-                or rewrite_program_reason(rec.fields["source_problem"], fields["program"])
+                or rewrite_program_reason(src["source_problem"], fields["program"])
             ):
                 out.rejects.append(Reject(rec, "parse", f"parse:{why}"))
                 continue
