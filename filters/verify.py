@@ -63,15 +63,44 @@ def verdict_columns(kind: str, v: Verdict, **details: Any) -> dict[str, Any]:
     }
 
 
+SPECIAL_REASONS = {
+    "ReboundEntryPoint": "verify:rebound_entry_point",
+    "ForbiddenConstruct": "verify:forbidden_construct",
+    "NoTestRan": "verify:no_test_ran",
+}
+
+
+def verdict_reason(v: Verdict) -> str:
+    """The reject reason of a verdict that is not a pass."""
+    if v.exc_type in SPECIAL_REASONS:
+        return SPECIAL_REASONS[v.exc_type]
+    return f"verify:{v.status}" + (f":{v.exc_type}" if v.exc_type else "")
+
+
+def _numeric(v: Verdict) -> bool:
+    """Only a number is an answer: a str, list or dict whose last number math-verify would read is not."""
+    x = v.value
+    return v.status == "pass" and type(x) in (int, float) and (type(x) is int or math.isfinite(x))
+
+
 @register("verifier", "math_pot")
 def verify_math_pot(records: Sequence[Record], executor: Any, p: VerifyParams) -> list[Check]:
     """Program of thought: run ``solution()`` and compare with the stated answer using math-verify.
 
+    ``solution`` must be the function its one ``def`` makes (not a lambda, a second def, a
+    decorator's result or anything rebound at run time: ``verify:rebound_entry_point``), the program
+    must be plain (``verify:forbidden_construct``), and its value a number
+    (``verify:non_numeric_answer``). It must compute: the program runs again with the problem's
+    numbers changed, two ways, and must give another value at least once
+    (``verify:trivial_program:constant_under_perturbation``; ``29 + 1 + 0 * boxes`` or a helper
+    returning 30 gives the same value whatever the numbers are).
+
     With self-consistency samples (``fields['sc_programs']``: k programs written for the published
     problem without its answer in view) every sample runs too and votes with its value; the main
-    program does not vote. The row passes only when the votes' majority is unique (a tie rejects),
-    equals the stated answer, and at least ``sc_min_agreement`` of the k samples agree with it. A
-    sample that does not compile, fails, returns nothing or is trivial counts against agreement.
+    program does not vote. Votes are grouped by exact value (12 significant digits for floats, ints
+    whole) and compared with math-verify. The row passes only when the votes' majority is unique (a
+    tie rejects), equals the stated answer, and at least ``sc_min_agreement`` of the k samples agree
+    with it. A sample that does not compile, fails, returns no number or is trivial counts against.
 
     A row with a ``reference_answer`` (a persona rewrite of a seed problem with a known answer) must
     also compute that answer: ``verify:reference_mismatch``.
@@ -79,8 +108,8 @@ def verify_math_pot(records: Sequence[Record], executor: Any, p: VerifyParams) -
     First, a program that only states its answer (a literal or constant return, a value computed
     from none of the problem's numbers, the stated answer written into the code) is rejected
     without running: ``verify:trivial_program:<why>`` (``synthflow.trivial``)."""
-    from synthflow.mathcheck import canonical, equivalent
-    from synthflow.trivial import trivial_reason
+    from synthflow.mathcheck import as_text, equivalent
+    from synthflow.trivial import perturbations, trivial_reason
 
     trivial = {
         i: why
@@ -88,50 +117,67 @@ def verify_math_pot(records: Sequence[Record], executor: Any, p: VerifyParams) -
         if (why := trivial_reason(r.fields.get("problem", ""), r.fields["program"], r.fields.get("answer")))
     }
     jobs, owners = [], []
+
+    def job(code: str) -> Job:
+        return Job(code=code, call="solution()", entry_point="solution", timeout_s=p.timeout_s)
+
     for i, r in enumerate(records):
         if i in trivial:
             continue
-        jobs.append(Job(code=r.fields["program"], call="solution()", timeout_s=p.timeout_s))
-        owners.append((i, -1))
+        jobs.append(job(r.fields["program"]))
+        owners.append((i, "main", -1))
+        for k, prog in enumerate(perturbations(r.fields.get("problem", ""), r.fields["program"])):
+            jobs.append(job(prog))
+            owners.append((i, "perturbed", k))
         for k, prog in enumerate(r.fields.get("sc_programs") or []):
             # a sample that only states a number does not vote (it counts against agreement)
             if prog and not trivial_reason(r.fields.get("problem", ""), prog):
-                jobs.append(Job(code=prog, call="solution()", timeout_s=p.timeout_s))
-                owners.append((i, k))
+                jobs.append(job(prog))
+                owners.append((i, "sample", k))
     verdicts = executor.run(jobs)
     main_of: dict[int, Verdict] = {}
+    perturbed: dict[int, list[Verdict]] = {}
     samples: dict[int, dict[int, Verdict]] = {}
-    for (i, k), v in zip(owners, verdicts, strict=True):
-        if k < 0:
+    for (i, role, k), v in zip(owners, verdicts, strict=True):
+        if role == "main":
             main_of[i] = v
+        elif role == "perturbed":
+            perturbed.setdefault(i, []).append(v)
         else:
             samples.setdefault(i, {})[k] = v
     out = []
+    mode = getattr(executor, "mode", "")
     for i, r in enumerate(records):
         if i in trivial:
             v = Verdict(
                 "fail",
                 exc_type="TrivialProgram",
                 message=f"solution() does not compute its answer from the problem ({trivial[i]})",
-                mode=getattr(executor, "mode", ""),
+                mode=mode,
             )
             out.append(Check(False, f"verify:trivial_program:{trivial[i]}", verdict_columns("math_pot", v)))
             continue
         main = main_of[i]
         if main.status != "pass":
-            out.append(
-                Check(
-                    False,
-                    f"verify:{main.status}" + (f":{main.exc_type}" if main.exc_type else ""),
-                    verdict_columns("math_pot", main),
-                )
-            )
+            out.append(Check(False, verdict_reason(main), verdict_columns("math_pot", main)))
             continue
         stated = r.fields.get("answer")
-        value = main.value if main.value is not None else main.value_repr
-        ok = equivalent(stated, value, p.percent_equals_fraction)
         details: dict[str, Any] = {"stated": stated}
+        if not _numeric(main):
+            vc = verdict_columns("math_pot", main, **details)
+            vc["status"] = "fail"
+            vc["message"] = f"solution() returned {main.value_repr[:80]}, not a number"
+            out.append(Check(False, "verify:non_numeric_answer", vc))
+            continue
+        value = main.value
+        ok = equivalent(stated, value, p.percent_equals_fraction)
         reason = "" if ok else "verify:answer_mismatch"
+        pert = perturbed.get(i, [])
+        if pert:
+            moved = [x for x in pert if _numeric(x) and not equivalent(as_text(value), x.value)]
+            details["perturbed"] = [x.value_repr[:40] if x.status == "pass" else x.status for x in pert]
+            if ok and not moved:
+                ok, reason = False, "verify:trivial_program:constant_under_perturbation"
         # a problem with a known answer (a persona rewrite of a seed problem keeps its numbers and
         # question): the program must compute that answer, not only the one the row states
         ref = r.fields.get("reference_answer") or None
@@ -143,9 +189,7 @@ def verify_math_pot(records: Sequence[Record], executor: Any, p: VerifyParams) -
         if progs:
             got = samples.get(i, {})
             votes = [
-                canonical(v.value)
-                if (v := got.get(k)) is not None and v.status == "pass" and v.value is not None
-                else None
+                as_text(v.value) if (v := got.get(k)) is not None and _numeric(v) else None
                 for k in range(len(progs))
             ]
             ranked = Counter(x for x in votes if x is not None).most_common()
@@ -175,6 +219,10 @@ def verify_math_pot(records: Sequence[Record], executor: Any, p: VerifyParams) -
                 f"program returned {main.value_repr[:80]}, answer says {stated!r}"
                 + (f", the source problem's answer is {ref!r}" if ref is not None else "")
             ) + (f"; samples voted {r.fields.get('sc_votes')}" if progs else "")
+            if reason == "verify:trivial_program:constant_under_perturbation":
+                vc["message"] = (
+                    f"solution() returns {main.value_repr[:40]} whatever the problem's numbers are"
+                )
         out.append(Check(ok, reason, vc))
     return out
 
@@ -190,98 +238,131 @@ def verify_python_tests(records: Sequence[Record], executor: Any, p: VerifyParam
     out = []
     for v in executor.run(jobs):
         ok = v.status == "pass"
-        out.append(
-            Check(
-                ok,
-                "" if ok else f"verify:{v.status}" + (f":{v.exc_type}" if v.exc_type else ""),
-                verdict_columns("python_tests", v),
-            )
-        )
+        out.append(Check(ok, "" if ok else verdict_reason(v), verdict_columns("python_tests", v)))
     return out
 
 
-def codet_select(matrix: list[list[bool]]) -> tuple[list[int], list[int], int]:
-    """CodeT dual execution agreement. Candidates that pass exactly the same tests form a consensus
-    set; its score is (#candidates) x (#tests they pass). Returns (candidates, tests, score) of the
-    best set; ties go to more tests passed, then to the earliest candidate."""
-    groups: dict[tuple[bool, ...], list[int]] = {}
+def codet_select(
+    matrix: list[list[bool]], weights: list[int] | None = None
+) -> tuple[list[int], list[int], int]:
+    """CodeT dual execution agreement. Candidate groups that pass exactly the same tests form a
+    consensus set; its score is (samples in the set) x (tests they pass), where a group's weight is
+    how many of the sampled solutions it holds. Returns (groups, tests, score) of the best set; ties
+    go to more tests passed, then to the earliest group."""
+    weights = weights or [1] * len(matrix)
+    sets: dict[tuple[bool, ...], list[int]] = {}
     for c, row in enumerate(matrix):
-        groups.setdefault(tuple(row), []).append(c)
+        sets.setdefault(tuple(row), []).append(c)
     best: tuple[int, int, int] | None = None
     best_key: tuple[bool, ...] = ()
-    for key, cands in groups.items():
-        rank = (len(cands) * sum(key), sum(key), -cands[0])
+    for key, groups in sets.items():
+        weight = sum(weights[g] for g in groups)
+        rank = (weight * sum(key), sum(key), -groups[0])
         if best is None or rank > best:
             best, best_key = rank, key
     assert best is not None
     tests = [t for t, ok in enumerate(best_key) if ok]
-    return groups[best_key], tests, best[0]
+    return sets[best_key], tests, best[0]
+
+
+def candidate_groups(candidates: Sequence[str]) -> list[list[int]]:
+    """Candidates grouped by normalized AST (comments, docstrings, formatting and the names a function
+    binds do not make a new candidate), in order of first appearance."""
+    from synthflow.generators.code_codet import normalized_ast
+
+    groups: dict[str, list[int]] = {}
+    for i, code in enumerate(candidates):
+        try:
+            key = normalized_ast(code)
+        except (SyntaxError, ValueError, RecursionError):
+            key = f"unparsable:{i}"
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
 
 
 @register("verifier", "codet")
 def verify_codet(records: Sequence[Record], executor: Any, p: VerifyParams) -> list[Check]:
-    """CodeT: run every candidate solution against every generated test, keep the solution of the
-    largest-scoring consensus set and the tests it passes."""
-    jobs, owners = [], []
+    """CodeT (Chen et al. 2022): the sampled candidates are grouped by normalized AST, and a group's
+    weight is how many samples it holds (the paper's frequency signal; renamed copies are one group).
+    A generated test counts only when it calls the function under test and compares the result
+    (``assert "add(1, 2) == 3"`` or ``assert True`` tests nothing); each counted test runs in a fresh
+    process, so a candidate's memory cannot carry from one test to the next. The consensus set with
+    the highest (samples x tests passed) wins; it needs ``codet_min_consensus`` distinct groups and
+    ``codet_min_tests`` passing tests. Its first group's solution and the tests it passes are kept."""
+    from synthflow.sandbox.trusted import counts_as_test
+
+    jobs, owners, plans = [], [], {}
     for i, r in enumerate(records):
-        tests = r.fields.get("all_tests") or []
-        for c, cand in enumerate(r.fields.get("candidates") or []):
+        ep = r.fields.get("entry_point")
+        tests = [t for t in r.fields.get("all_tests") or [] if counts_as_test(t, ep)]
+        groups = candidate_groups(r.fields.get("candidates") or [])
+        plans[i] = (tests, groups)
+        for g, members in enumerate(groups):
             jobs.append(
                 Job(
-                    code=cand,
+                    code=r.fields["candidates"][members[0]],
                     test_list=tests,
+                    entry_point=ep,
                     per_test_timeout_s=p.timeout_s,
                     timeout_s=p.timeout_s * (len(tests) + 1),
                 )
             )
-            owners.append((i, c))
+            owners.append((i, g))
     verdicts = executor.run(jobs)
     matrices: dict[int, list[list[bool]]] = {}
     statuses: dict[int, Counter] = {}
-    for (i, _c), v in zip(owners, verdicts, strict=True):
-        n_tests = len(records[i].fields.get("all_tests") or [])
+    first: dict[tuple[int, int], Verdict] = {}
+    for (i, g), v in zip(owners, verdicts, strict=True):
+        n_tests = len(plans[i][0])
         row = (
             [bool(x) for x in v.value]
             if v.status == "pass" and isinstance(v.value, list)
             else [False] * n_tests
         )
         matrices.setdefault(i, []).append(row)
-        statuses.setdefault(i, Counter())[v.status] += 1
+        statuses.setdefault(i, Counter())[v.status if v.status != "pass" or any(row) else "fail"] += 1
+        first[(i, g)] = v
     out = []
     for i, r in enumerate(records):
+        tests, groups = plans[i]
         m = matrices.get(i) or []
-        n_tests = len(r.fields.get("all_tests") or [])
         st = dict(statuses.get(i) or {})
-        if not m or not n_tests:
+        if not m or not tests:
             v = Verdict(
                 "error",
                 exc_type="NoCandidates",
-                message="no candidates or no tests to run",
+                message="no candidates, or no generated test that calls the function and compares its result",
                 mode=getattr(executor, "mode", ""),
             )
             out.append(Check(False, "verify:codet_empty", verdict_columns("codet", v)))
             continue
-        cands, tests, score = codet_select(m)
-        chosen = cands[0]
+        weights = [len(members) for members in groups]
+        chosen_groups, passed, score = codet_select(m, weights)
+        chosen = groups[chosen_groups[0]][0]
         r.fields.update(
             solution=r.fields["candidates"][chosen],
-            tests="\n".join(r.fields["all_tests"][t] for t in tests),
+            tests="\n".join(tests[t] for t in passed),
             codet_score=float(score),
-            codet_consensus=len(cands),
-            codet_tests_passed=len(tests),
-            codet_candidates=len(m),
-            codet_tests_total=n_tests,
+            codet_consensus=len(chosen_groups),
+            codet_tests_passed=len(passed),
+            codet_candidates=len(groups),
+            codet_tests_total=len(tests),
         )
-        main = verdicts[owners.index((i, chosen))]
-        vc = verdict_columns("codet", main, matrix=m, chosen=chosen, candidate_status=st)
+        main = first[(i, chosen_groups[0])]
+        vc = verdict_columns(
+            "codet", main, matrix=m, weights=weights, chosen=chosen, candidate_status=st,
+            tests_not_counted=len(r.fields.get("all_tests") or []) - len(tests),
+        )  # fmt: skip
         if score == 0:
             reason, why = "verify:codet_no_agreement", "no candidate passes any generated test"
-        elif len(cands) < p.codet_min_consensus:
+        elif len(chosen_groups) < p.codet_min_consensus:
             reason = "verify:codet_small_consensus"
-            why = f"{len(cands)} distinct candidate(s) agree; the recipe needs {p.codet_min_consensus}"
-        elif len(tests) < p.codet_min_tests:
+            why = (
+                f"{len(chosen_groups)} distinct candidate(s) agree; the recipe needs {p.codet_min_consensus}"
+            )
+        elif len(passed) < p.codet_min_tests:
             reason = "verify:codet_few_tests"
-            why = f"the winning candidates pass {len(tests)} test(s); the recipe needs {p.codet_min_tests}"
+            why = f"the winning candidates pass {len(passed)} test(s); the recipe needs {p.codet_min_tests}"
         else:
             reason = why = ""
         if reason:
@@ -300,7 +381,7 @@ def variant_problem(r: Record, v: Verdict) -> str:
     from synthflow.mathcheck import is_whole
 
     if v.status != "pass":
-        return f"verify:variant_failed:{v.status}" + (f":{v.exc_type}" if v.exc_type else "")
+        return verdict_reason(v).replace("verify:", "verify:variant_failed:", 1)
     x = v.value
     if isinstance(x, bool) or not isinstance(x, (int, float)):
         return "verify:variant_non_numeric"
@@ -327,12 +408,13 @@ def verify_template(records: Sequence[Record], executor: Any, p: VerifyParams) -
     many" question, or not the number its worded solution ends on, is rejected on its own. A whole
     template goes only when more than half of its variants fail, or when 3+ variants all give the
     same answer (the variables do not matter)."""
-    from synthflow.mathcheck import canonical, is_whole
+    from synthflow.mathcheck import as_text, is_whole
 
     jobs = [
         Job(
             code=r.fields["program"],
             call=f"solution(**{json.loads(r.fields['assignment'])!r})",
+            entry_point="solution",
             timeout_s=p.timeout_s,
         )
         for r in records
@@ -347,7 +429,7 @@ def verify_template(records: Sequence[Record], executor: Any, p: VerifyParams) -
         ok = [i for i in idx if not own[i]]
         if len(ok) * 2 < len(idx):
             whole[tid] = "verify:template_mostly_fails"
-        elif len(ok) >= 3 and len({canonical(verdicts[i].value) for i in ok}) == 1:
+        elif len(ok) >= 3 and len({as_text(verdicts[i].value) for i in ok}) == 1:
             whole[tid] = "verify:degenerate:constant"
     out = []
     for i, (r, v) in enumerate(zip(records, verdicts, strict=True)):

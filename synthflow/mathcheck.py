@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import threading
 from functools import lru_cache
 from typing import Any
@@ -34,13 +35,42 @@ def as_text(value: Any) -> str:
     return str(value)
 
 
+_PLAIN_NUMBER = re.compile(r"^\$?\s*(-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?)$")
+
+
+def _plain(x: Any) -> int | float | None:
+    """A number written plainly (``2500000``, ``2,500,000``, ``$12.50``, ``2.5e6``), else None.
+    Whole numbers written without a point or exponent stay ints (exact, however large)."""
+    if isinstance(x, bool):
+        return None
+    if isinstance(x, int):
+        return x
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    m = _PLAIN_NUMBER.match(str(x).strip())
+    if not m:
+        return None
+    text = m.group(1).replace(",", "")
+    try:
+        return int(text) if text.lstrip("-").isdigit() else float(text)
+    except (ValueError, OverflowError):
+        return None
+
+
 def equivalent(stated: Any, computed: Any, percent_equals_fraction: bool = True) -> bool:
-    """True when the stated answer and the computed value are the same number or expression."""
+    """True when the stated answer and the computed value are the same number or expression. Two
+    plainly written numbers are compared as numbers, to 12 significant digits (math-verify does not
+    read ``2.5e6``); anything else goes to math-verify."""
     from math_verify import verify
 
     s = str(stated).strip()
     if not s:
         return False
+    a, b = _plain(s), _plain(computed)
+    if a is not None and b is not None:
+        if type(a) is int and type(b) is int:
+            return a == b
+        return as_text(float(a)) == as_text(float(b))
     t = _timeouts()
     gold_texts = [s]
     if s.endswith("%") and not percent_equals_fraction:
@@ -53,18 +83,6 @@ def equivalent(stated: Any, computed: Any, percent_equals_fraction: bool = True)
         if gold and verify(gold, pred, timeout_seconds=t):
             return True
     return False
-
-
-def canonical(value: Any) -> str:
-    """A key to group equal answers (self-consistency majority). Ints too large for a float keep
-    their digits."""
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**53:
-        return str(value)
-    try:
-        f = float(value)
-        return f"{f:.6g}"
-    except (TypeError, ValueError, OverflowError):
-        return str(value).strip()
 
 
 def is_whole(x: int | float) -> bool:

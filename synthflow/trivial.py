@@ -143,3 +143,39 @@ def trivial_reason(problem: str, program: str, answer: object = None) -> str:
     if stated is not None and stated not in nums and stated not in SMALL and stated in _literals(fn):
         return "hardcoded_answer"  # the stated answer is written into the program, not computed
     return ""
+
+
+def _perturbed(value: int | float, i: int, variant: int) -> int | float:
+    """Another value for a problem number: distinct offsets per number (so ratios move too)."""
+    if variant == 0:
+        return value + (i + 1) if isinstance(value, int) else value + 0.5 * (i + 1)
+    return value * 2 + 1 if isinstance(value, int) else value * 1.75
+
+
+def perturbations(problem: str, program: str, variants: int = 2) -> list[str]:
+    """The program with every number literal that is one of the problem's numbers changed
+    (``variants`` different ways). A program that computes its answer from the problem gives another
+    value on at least one of them; one that states its answer (``return 29 + 1 + 0 * boxes``, a
+    helper returning 30) gives the same. [] when the program uses none of the problem's numbers."""
+    try:
+        tree = ast.parse(program)
+    except SyntaxError:
+        return []
+    nums = problem_numbers(problem)
+    found = sorted({float(v) for n in ast.walk(tree) if (v := _literal(n)) is not None and float(v) in nums})
+    if not found:
+        return []
+    index = {v: i for i, v in enumerate(found)}
+    out = []
+    for variant in range(variants):
+
+        class Swap(ast.NodeTransformer):
+            def visit_Constant(self, node: ast.Constant, variant: int = variant) -> ast.AST:
+                v = _literal(node)
+                if v is None or v not in index:
+                    return node
+                new = _perturbed(node.value, index[v], variant)
+                return ast.copy_location(ast.Constant(new), node)
+
+        out.append(ast.unparse(Swap().visit(ast.parse(program))))
+    return out

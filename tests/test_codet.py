@@ -187,14 +187,16 @@ def _codet_run(tmp_path, script: str, **verify):
 
 
 def test_codet_copies_of_one_candidate_are_no_consensus(tmp_path):
-    """Three copies of `return sum(nums)` (a comment, spacing, a docstring apart) are one candidate:
-    without dedup they formed a consensus of 3; now the winning set has 1 distinct candidate."""
+    """Three copies of `return sum(nums)` (a comment, spacing, a docstring apart) are one group of
+    weight 3: they cannot form a consensus of distinct candidates on their own."""
     res, out = _codet_run(tmp_path, "fake_code_copies.json")
     r = res.kept[0]
-    assert len(r.fields["candidates"]) == 2  # sum(nums) once, and return 0
+    assert len(r.fields["candidates"]) == 4  # every sample is kept: copies carry CodeT's weight
     assert not out.kept
     assert {j.reason for j in out.rejects} == {"verify:codet_small_consensus"}
+    assert r.fields["codet_candidates"] == 2  # sum(nums) (3 samples) and return 0
     assert r.fields["codet_consensus"] == 1 and r.fields["codet_tests_passed"] == 4
+    assert r.fields["codet_score"] == 3 * 4
 
 
 def test_codet_needs_enough_passing_tests(tmp_path):

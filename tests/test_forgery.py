@@ -121,23 +121,26 @@ def ex():
     e.close()
 
 
-def _jobs(program: str) -> list[Job]:
+def _jobs(program: str, policy: str = "verify") -> list[Job]:
     return [
-        Job(code=program, tests="assert add(2, 3) == 5\nassert add(1, 1) == 2", timeout_s=3),
-        Job(code=program, tests="def check(candidate):\n    assert candidate(2, 3) == 5\n", entry_point="add", timeout_s=3),
+        Job(code=program, tests="assert add(2, 3) == 5\nassert add(1, 1) == 2", timeout_s=3, policy=policy),
+        Job(code=program, tests="def check(candidate):\n    assert candidate(2, 3) == 5\n", entry_point="add", timeout_s=3, policy=policy),
         # not decomposable (a loop): driver mode, trusted because the tests are a benchmark's
-        Job(code=program, tests="for a, b in [(2, 3), (1, 1)]:\n    assert add(a, b) == a + b", tests_trusted=True, timeout_s=3),
+        Job(code=program, tests="for a, b in [(2, 3), (1, 1)]:\n    assert add(a, b) == a + b", tests_trusted=True, timeout_s=3, policy=policy),
     ]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", sorted(ATTACKS))
-def test_forgery_fails(ex, name):
+@pytest.mark.parametrize("policy", ["verify", "none"])
+def test_forgery_fails(ex, name, policy):
+    """With the static policy (the default) and without it (isolation only: the clean parent,
+    seccomp, the audit hook and the host-side comparison must hold on their own)."""
     attack = ATTACKS[name]
     program = attack if "def add" in attack else WRONG + attack
-    verdicts = ex.run(_jobs(program))
+    verdicts = ex.run(_jobs(program, policy))
     for mode, v in zip(("calls", "check", "driver"), verdicts, strict=True):
-        assert v.status != "pass", (name, mode, v)
-    honest = ex.run(_jobs(HONEST))
+        assert v.status != "pass", (name, mode, policy, v)
+    honest = ex.run(_jobs(HONEST, policy))
     assert all(v.status == "pass" and v.trusted for v in honest), honest
 
 
@@ -151,27 +154,27 @@ def test_deep_directory_tree_is_cleaned_up(ex):
     deep = (
         "import os\nfor _ in range(1200):\n    os.mkdir('d')\n    os.chdir('d')\nopen('f', 'w').write('x')\n"
     )
-    v = ex.run([Job(code=deep + HONEST, tests="assert add(2, 3) == 5", timeout_s=20)])[0]
+    v = ex.run([Job(code=deep + HONEST, tests="assert add(2, 3) == 5", timeout_s=20, policy="none")])[0]
     assert v.status == "pass"
     assert all(v.status == "pass" for v in ex.run(_jobs(HONEST)))
 
 
 def test_result_bytes_count_toward_the_output_cap(ex):
     flood = "import os\nchunk = b'x' * 65536\nwhile True:\n    os.write(3, chunk)\n"
-    v = ex.run([Job(code=WRONG + flood, tests="assert add(2, 3) == 5", timeout_s=10)])[0]
+    v = ex.run([Job(code=WRONG + flood, tests="assert add(2, 3) == 5", timeout_s=10, policy="none")])[0]
     assert v.status == "killed" and "output limit" in v.message
 
 
 def test_a_malformed_frame_spoils_only_its_own_job(ex):
     bad = "import os, struct\nos.write(3, struct.pack('>I', 2**31) + b'{')\nos._exit(0)"
-    jobs = [Job(code=WRONG + bad, tests="assert add(2, 3) == 5", timeout_s=3)] + _jobs(HONEST)
+    jobs = [Job(code=WRONG + bad, tests="assert add(2, 3) == 5", timeout_s=3, policy="none")] + _jobs(HONEST)
     v = ex.run(jobs)
     assert v[0].status == "error" and v[0].exc_type in ("MalformedResult", "EarlyExit")
     assert all(x.status == "pass" for x in v[1:])
 
 
 def test_nothing_is_left_running_after_the_corpus(ex):
-    ex.run(_jobs(WRONG + ATTACKS["thread keeps writing pass records"]))
+    ex.run(_jobs(WRONG + ATTACKS["thread keeps writing pass records"], "none"))
     out = subprocess.run(["ps", "-eo", "uid=,pid="], capture_output=True, text=True).stdout
     left = [ln for ln in out.splitlines() if ln.split() and UID_BASE <= int(ln.split()[0]) < UID_BASE + 64]
     assert not left or os.geteuid() != 0

@@ -28,7 +28,10 @@ def sandbox():
 
 
 def run1(ex, code, **kw):
+    """One hostile program, isolation only (``policy="none"``): these tests check what the kernel,
+    bubblewrap, seccomp and the audit hook stop, not the static policy in front of them."""
     kw.setdefault("timeout_s", 3.0)
+    kw.setdefault("policy", "none")
     return ex.run([Job(code=code, **kw)])[0]
 
 
@@ -302,7 +305,7 @@ def test_server_imports_the_copy_this_process_runs(tmp_path):
         "from synthflow.sandbox.forkserver import SandboxExecutor\n"
         "ex = SandboxExecutor(workers=1)\n"
         "code = 'def solution():\\n    import sys\\n    return sys.modules[\"synthflow\"].__file__'\n"
-        "v = ex.run([Job(code=code, call='solution()', timeout_s=5.0)])[0]\n"
+        "v = ex.run([Job(code=code, call='solution()', timeout_s=5.0, policy='none')])[0]\n"
         "ex.close()\n"
         "print(synthflow.__file__)\n"
         "print(v.status, v.value)\n"
@@ -319,3 +322,85 @@ def test_server_imports_the_copy_this_process_runs(tmp_path):
     host, verdict = p.stdout.strip().splitlines()[-2:]
     assert host == str(copy / "synthflow" / "__init__.py")
     assert verdict == f"pass {host}"
+
+
+def test_the_seccomp_allow_list_refuses_what_could_outlive_or_escape_a_job():
+    """The children's filters, installed in a forked child of this test and probed with raw syscalls
+    (no audit hook here): the kernel keyring, SysV and POSIX IPC, io_uring, sockets, new processes,
+    ptrace, prctl (a child making itself dumpable), bpf, perf, userfaultfd, namespaces, mounts and
+    signals to other processes all fail; what Python needs still works."""
+    import ctypes
+    import errno
+    import json
+
+    from synthflow.sandbox import server
+
+    if not server.seccomp_works():
+        pytest.skip("seccomp is not available here")
+    denied = {
+        "add_key": (248, b"user", b"synthflow-probe", b"x", 1, -3),
+        "keyctl": (250, 0, -3, 0, 0, 0),
+        "request_key": (249, b"user", b"synthflow-probe", 0, 0),
+        "msgget": (68, 0x5F12, 0o1666),
+        "semget": (64, 0x5F12, 1, 0o1666),
+        "shmget": (29, 0x5F12, 4096, 0o1666),
+        "mq_open": (240, b"synthflow-probe", 0o100 | 2, 0o600, 0),
+        "io_uring_setup": (425, 8, 0),
+        "socket": (41, 2, 1, 0),
+        "socketpair": (53, 1, 1, 0, 0),
+        "fork": (57,),
+        "vfork": (58,),
+        "clone (a process)": (56, 17, 0, 0, 0, 0),
+        "execve": (59, b"/bin/true", 0, 0),
+        "ptrace": (101, 16, os.getppid(), 0, 0),
+        "prctl dumpable": (157, 4, 1, 0, 0, 0),
+        "seccomp": (317, 0, 0, 0),
+        "bpf": (321, 0, 0, 0),
+        "perf_event_open": (298, 0, 0, -1, -1, 0),
+        "userfaultfd": (323, 0),
+        "unshare": (272, 0x20000000),
+        "mount": (165, b"none", b"/tmp", b"tmpfs", 0, 0),
+        "kill the parent": (62, os.getpid(), 0),  # this test's pid: the child's parent
+        "memfd_create": (319, b"x", 0),
+        "pidfd_open": (434, os.getpid(), 0),
+        "process_vm_readv": (310, os.getpid(), 0, 0, 0, 0, 0),
+    }
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: install the filter, then try everything
+        out: dict[str, object] = {}
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.syscall.restype = ctypes.c_long
+            # as in the sandbox: the clean parent's allow-list, then the child's own short filter
+            out["installed"] = server.install_base_seccomp() and server.install_seccomp()
+            for name, (nr, *args) in denied.items():
+                ctypes.set_errno(0)
+                ret = libc.syscall(nr, *args)
+                out[name] = [ret, ctypes.get_errno()]
+            out["getpid"] = libc.syscall(39) == os.getpid()
+            out["kill itself with 0"] = libc.syscall(62, os.getpid(), 0)
+            out["a thread"] = _thread_works()
+        except BaseException as e:  # noqa: BLE001
+            out["error"] = repr(e)
+        os.write(w, json.dumps(out).encode())
+        os._exit(0)
+    os.close(w)
+    data = b""
+    while chunk := os.read(r, 65536):
+        data += chunk
+    os.waitpid(pid, 0)
+    got = json.loads(data)
+    assert got.get("installed") is True, got
+    for name in denied:
+        ret, err = got[name]
+        assert ret == -1 and err in (errno.EPERM, errno.ENOSYS), (name, got[name])
+    assert got["getpid"] is True and got["kill itself with 0"] == 0 and got["a thread"] is True
+
+
+def _thread_works() -> bool:
+    box = []
+    t = threading.Thread(target=lambda: box.append(1))
+    t.start()
+    t.join()
+    return box == [1]

@@ -29,6 +29,7 @@ def test_all_canonical_solutions_pass(tmp_path):
     )
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith("164 passed, 0 failed"), p.stdout
+    assert "164 of 164 verdicts trusted" in p.stdout, p.stdout
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 164 and all(r["status"] == "pass" for r in rows)
     assert rows[0]["task_id"] == "HumanEval/0"

@@ -52,7 +52,10 @@ def parse_solution(prefill: str, text: str) -> str | None:
 
 
 def normalized_ast(code: str) -> str:
-    """The code's AST without docstrings, comments or formatting: equal for copies of a solution."""
+    """The code's AST without docstrings, comments or formatting, and with the names each function
+    binds (its parameters and locals) renamed in order of first use: equal for copies of a solution,
+    including alpha-renamed ones (``def add(a, b): return a - b`` and ``def add(x, y): return x - y``).
+    Names a function reads from outside (builtins, modules, other functions) keep their spelling."""
     tree = ast.parse(code)
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
@@ -64,6 +67,30 @@ def normalized_ast(code: str) -> str:
             and isinstance(body[0].value.value, str)
         ):
             node.body = body[1:] or [ast.Pass()]
+    for fn in [
+        n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+    ]:
+        args = fn.args
+        params = [a for a in args.posonlyargs + args.args + args.kwonlyargs] + [
+            a for a in (args.vararg, args.kwarg) if a is not None
+        ]
+        body = fn.body if isinstance(fn.body, list) else [fn.body]
+        local: dict[str, str] = {}
+        for a in params:
+            local.setdefault(a.arg, f"_v{len(local)}")
+        declared = {
+            n for b in body for x in ast.walk(b) if isinstance(x, (ast.Global, ast.Nonlocal)) for n in x.names
+        }
+        for b in body:
+            for x in ast.walk(b):
+                if isinstance(x, ast.Name) and isinstance(x.ctx, ast.Store) and x.id not in declared:
+                    local.setdefault(x.id, f"_v{len(local)}")
+        for a in params:
+            a.arg = local[a.arg]
+        for b in body:
+            for x in ast.walk(b):
+                if isinstance(x, ast.Name) and x.id in local:
+                    x.id = local[x.id]
     return ast.dump(tree, annotate_fields=False)
 
 
@@ -197,16 +224,14 @@ class CodeCodeT(Generator):
                 test_reqs.append(self.request("tests", tests, it.sample * m + t))
                 test_owner.append(j)
         cands: dict[int, list[str]] = {}
-        seen: dict[int, set[str]] = {}
         tests_: dict[int, list[str]] = {}
         for j, req, comp in zip(
             solve_owner, solve_reqs, self.call(engine, "solve", solve_reqs, sampling), strict=True
         ):
             add_usage(live[j][1], comp)
-            code = parse_solution(req.prefill, comp.text)
-            # identical candidates (same normalized AST) count once: copies must not inflate consensus
-            if code and (key := normalized_ast(code)) not in seen.setdefault(j, set()):
-                seen[j].add(key)
+            # every sample is kept, copies too: the codet verifier groups them (normalized_ast) and
+            # counts a group's samples as its weight, as CodeT does; distinct groups make a consensus
+            if code := parse_solution(req.prefill, comp.text):
                 cands.setdefault(j, []).append(code)
         for j, req, comp in zip(
             test_owner, test_reqs, self.call(engine, "tests", test_reqs, sampling), strict=True

@@ -28,8 +28,8 @@ program only through a pipe. Every job carries a random nonce its frames must re
 from __future__ import annotations
 
 import ast
-import contextlib
 import json
+import marshal
 import os
 import queue
 import secrets
@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from synthflow.errors import UserError
+from synthflow.sandbox import policy
 from synthflow.sandbox.harness import NotPlain, decode
 from synthflow.sandbox.trusted import NotDecomposable, Plan, decompose, judge, literal
 from synthflow.sandbox.verdict import Job, Verdict
@@ -88,8 +89,7 @@ def _project_root() -> Path:
 
 # the server imports synthflow from the same folder as this process (and the one that is bound in)
 _SERVER_BOOT = (
-    "import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); "
-    "runpy.run_module('synthflow.sandbox.server', run_name='__main__', alter_sys=True)"
+    "import sys; sys.path.insert(0, sys.argv.pop(1)); from synthflow.sandbox import server; server.main()"
 )
 
 
@@ -189,10 +189,13 @@ class _Server:
         self.start()
 
     def start(self) -> None:
-        cfg = json.dumps({"uid": self.uid, "driver_uid": self.driver_uid, "mode": self.mode, "seccomp": True})
+        # marshal: the server reads it before it imports json (its clean parents are forked first)
+        cfg = marshal.dumps(
+            {"uid": self.uid, "driver_uid": self.driver_uid, "mode": self.mode, "seccomp": True}
+        ).hex()
         env = dict(SERVER_ENV)  # the server starts with no secrets to leak (and -I ignores PYTHON*)
         self.proc = subprocess.Popen(
-            [*self.prefix, sys.executable, "-I", "-c", _SERVER_BOOT, str(_project_root()), cfg],
+            [*self.prefix, sys.executable, "-I", "-S", "-c", _SERVER_BOOT, str(_project_root()), cfg],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -227,7 +230,7 @@ class _Server:
             v = self._read()
         except (BrokenPipeError, OSError):
             v = None
-        if v is None or v.get("nonce") != job["nonce"]:
+        if not isinstance(v, dict) or v.get("nonce") != job["nonce"]:
             # the warm parent died or answered out of turn: verdict killed, start a new one
             self.close()
             self.restarts += 1
@@ -253,11 +256,17 @@ class _Server:
         self.proc = None
 
 
-def program_names(code: str) -> set[str]:
-    """Top-level names a program defines (functions, classes, assignments, imports)."""
+def _parse(code: str) -> ast.Module | None:
     try:
-        tree = ast.parse(code)
-    except SyntaxError:
+        return ast.parse(code)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+
+
+def program_names(code: str | ast.Module | None) -> set[str]:
+    """Top-level names a program defines (functions, classes, assignments, imports)."""
+    tree = _parse(code) if isinstance(code, str) else code
+    if tree is None:
         return set()
     out: set[str] = set()
     for n in tree.body:
@@ -279,9 +288,8 @@ def driver_names(job: Job, names: set[str]) -> set[str]:
 
     own: set[str] = set(dir(builtins))
     for src in (job.tests or "", job.prompt or ""):
-        try:
-            tree = ast.parse(src)
-        except SyntaxError:
+        tree = _parse(src)
+        if tree is None:
             continue
         for n in ast.walk(tree):
             if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
@@ -292,77 +300,124 @@ def driver_names(job: Job, names: set[str]) -> set[str]:
                 own.add(n.arg)
             elif isinstance(n, (ast.Import, ast.ImportFrom)):
                 own |= {(a.asname or a.name).split(".")[0] for a in n.names}
-    used: set[str] = set()
-    with contextlib.suppress(SyntaxError):
-        used = {n.id for n in ast.walk(ast.parse(job.tests or "")) if isinstance(n, ast.Name)}
+    tests = _parse(job.tests or "")
+    used = {n.id for n in ast.walk(tests) if isinstance(n, ast.Name)} if tests is not None else set()
     out = (used - own) & names
     if job.entry_point:
         out.add(job.entry_point)
     return out
 
 
+def called_name(src: str) -> str | None:
+    """The function a call expression calls (``add(2, 3)`` -> ``add``)."""
+    try:
+        node = ast.parse(src, mode="eval").body
+    except SyntaxError:
+        return None
+    return node.func.id if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) else None
+
+
+POLICY_EXC = {"rebound_entry_point": "ReboundEntryPoint", "forbidden_construct": "ForbiddenConstruct"}
+
+
 class _Prepared:
-    """One job as the server sees it, and how to turn the server's answer into a verdict."""
+    """One job: what the servers run for it (one server job, or one per test for a ``test_list``, so
+    each test starts from fresh state), and how their answers become a verdict. A program that the
+    static policy refuses gets its verdict here, without running."""
 
     def __init__(self, job: Job, mem_mb: int, nproc: int):
         self.job = job
-        self.plans: list[Plan | None] = []  # call mode with tests: one plan (test_list: one per test)
+        self.plans: list[Plan | None] = []
         self.kind = "run"
-        names = program_names(job.code)
+        self.why = ""
+        self.early: tuple[str, str, str] | None = None  # (status, exc_type, message) decided here
+        tree = _parse(job.code)
+        names = program_names(tree)
         base = {"code": job.code, "timeout_s": job.timeout_s, "mem_mb": mem_mb, "nproc": nproc,
-                "nonce": secrets.token_hex(16), "entry_point": job.entry_point}  # fmt: skip
-        calls: list[str] = []
+                "entry_point": job.entry_point, "policy": job.policy}  # fmt: skip
+        eps: set[str] = {job.entry_point} if job.entry_point else set()
+        jobs: list[dict[str, Any]] = []
+        if job.call and (job.tests or job.test_list is not None):
+            raise ValueError("a job has either tests, a test_list or a call")
         if job.test_list is not None:
             self.kind = "test_list"
             for t in job.test_list:
                 try:
-                    plan = decompose(t, names, job.entry_point)
+                    plan: Plan | None = decompose(t, names, job.entry_point)
                 except NotDecomposable:
                     plan = None  # an undecomposable generated test counts as failing for everyone
-                if plan is not None:
-                    offset = len(calls)
-                    calls += plan.calls
-                    for a in plan.asserts:
-                        if a.call is not None:
-                            a.call += offset
-                    plan.calls = calls
                 self.plans.append(plan)
-            base.update(mode="calls", calls=calls, per_call_timeout_s=job.per_test_timeout_s or 0)
+                if plan is not None:
+                    eps |= {n for c in plan.calls if (n := called_name(c))}
+                    per = job.per_test_timeout_s or job.timeout_s
+                    jobs.append(
+                        dict(base, mode="calls", calls=plan.calls, per_call_timeout_s=per, timeout_s=per + 1)
+                    )
         elif job.tests:
             try:
                 plan = decompose(job.tests, names, job.entry_point)
                 self.kind = "tests"
                 self.plans = [plan]
-                base.update(mode="calls", calls=plan.calls)
+                eps |= {n for c in plan.calls if (n := called_name(c))}
+                jobs.append(dict(base, mode="calls", calls=plan.calls))
             except NotDecomposable as e:
                 self.kind = "driver"
                 self.why = str(e)
-                base.update(
-                    mode="driver",
-                    tests=job.tests,
-                    prompt=job.prompt or "",
-                    program_names=sorted(driver_names(job, names)),
+                exposed = sorted(driver_names(job, names))
+                eps |= set(exposed)
+                jobs.append(
+                    dict(base, mode="driver", tests=job.tests, prompt=job.prompt or "", program_names=exposed)
                 )
         else:
             self.kind = "call" if job.call else "run"
-            base.update(mode="calls", calls=[job.call] if job.call else [])
-        if job.call and self.kind not in ("call", "run"):
-            raise ValueError("a job has either tests, a test_list or a call")
-        self.server_job = base
-        self.answer: dict[str, Any] = {}
-        self.results: list[tuple] = []
+            if job.call and (n := called_name(job.call)):
+                eps.add(n)
+            jobs.append(dict(base, mode="calls", calls=[job.call] if job.call else []))
+        # the lean clean parent for jobs that import only builtin or tiny modules
+        analysis = policy.Analysis(tree) if tree is not None else None
+        used = analysis.imports() if analysis is not None else set()
+        if job.prompt:
+            used |= policy.imports(_parse(job.prompt))
+        if self.kind == "driver":
+            used |= policy.imports(_parse(job.tests or ""))
+        warm = not used <= policy.LEAN_OK
+        eps.discard("candidate")
+        if job.policy == "verify" and analysis is not None:
+            found = policy.check_analysis(analysis, eps)
+            if found:
+                self.early = ("fail", POLICY_EXC[found[0]], found[1])
+                jobs = []
+        eps.discard("candidate")  # HumanEval's name for the entry point inside check()
+        for j in jobs:
+            j.update(nonce=secrets.token_hex(16), entry_points=sorted(eps), warm=warm)
+        self.server_jobs = jobs
+        self.answers: list[dict[str, Any]] = [{} for _ in jobs]
 
     def expected_sources(self) -> list[str]:
-        return [e for p in self.plans if p is not None for e in p.expected]
+        return [e for p in self.plans if p is not None for e in p.expected if not literal(e)[0]]
 
 
-def _results(frame: dict[str, Any]) -> list[tuple]:
+def _results(frame: Any, n: int) -> list[tuple]:
+    """The call results of a frame, checked item by item; a frame of the wrong shape is an error."""
+    if not isinstance(frame, dict):
+        raise NotPlain("a result frame that is not an object")
+    raw = frame.get("results")
+    if not isinstance(raw, list) or len(raw) != n:
+        raise NotPlain("results missing")
     out = []
-    for r in frame.get("results") or []:
+    for r in raw:
         if isinstance(r, dict) and "ok" in r:
             try:
                 out.append(("ok", decode(r["ok"])))
-            except (NotPlain, ValueError, TypeError, RecursionError) as e:
+            except (
+                NotPlain,
+                ValueError,
+                TypeError,
+                RecursionError,
+                OverflowError,
+                KeyError,
+                IndexError,
+            ) as e:
                 out.append(("exc", "NotPlainData", str(e)[:200]))
         elif isinstance(r, dict):
             out.append(("exc", str(r.get("exc", "Error"))[:100], str(r.get("msg", ""))[:300]))
@@ -400,6 +455,7 @@ class SandboxExecutor:
         self.nproc = nproc
         self._servers = [_Server(i, self.mode, prefix) for i in range(self.workers)]
         self._lock = threading.Lock()
+        self._count_lock = threading.Lock()
         self._clean: SandboxExecutor | None = None
         self.counts = {"trusted": 0, "untrusted": 0}
 
@@ -411,9 +467,10 @@ class SandboxExecutor:
     def restarts(self) -> int:
         return sum(s.restarts for s in self._servers)
 
-    def _run_server_jobs(self, prepared: list[_Prepared]) -> None:
+    def _run_server_jobs(self, server_jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        answers: list[dict[str, Any]] = [{} for _ in server_jobs]
         todo: queue.Queue[int] = queue.Queue()
-        for i in range(len(prepared)):
+        for i in range(len(server_jobs)):
             todo.put(i)
 
         def worker(server: _Server) -> None:
@@ -422,47 +479,64 @@ class SandboxExecutor:
                     i = todo.get_nowait()
                 except queue.Empty:
                     return
-                prepared[i].answer = server.run(prepared[i].server_job)
+                answers[i] = server.run(server_jobs[i])
 
         threads = [
-            threading.Thread(target=worker, args=(s,), daemon=True) for s in self._servers[: len(prepared)]
+            threading.Thread(target=worker, args=(s,), daemon=True) for s in self._servers[: len(server_jobs)]
         ]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+        return answers
 
-    def _clean_values(self, sources: list[str]) -> list[tuple]:
-        """Expected values that are not literals, from a sandbox that never loads a program."""
+    def _clean_values(self, prepared: list[_Prepared]) -> list[dict[str, tuple]]:
+        """Expected values that are not literals, from a sandbox that never loads a program: one job
+        per row, so a slow or failing expression spoils only its own row."""
+        wanted = [list(dict.fromkeys(p.expected_sources())) for p in prepared]
+        if not any(wanted):
+            return [{} for _ in prepared]
         if self._clean is None:
             self._clean = SandboxExecutor(workers=1, mode=self.mode, mem_mb=self.mem_mb, allow_weak=True)
-        p = _Prepared(Job(code="", timeout_s=10.0), self.mem_mb, self.nproc)
-        p.server_job.update(calls=sources, per_call_timeout_s=2.0)
-        self._clean._run_server_jobs([p])
-        a = p.answer
-        if a.get("status") != "done":
-            return [("exc", "ExpectedValue", a.get("message", "could not compute"))] * len(sources)
-        res = _results(a["frame"])
-        return res if len(res) == len(sources) else [("exc", "ExpectedValue", "missing")] * len(sources)
+        jobs, owners = [], []
+        for i, sources in enumerate(wanted):
+            if sources:
+                jobs.append({"code": "", "mode": "calls", "calls": sources, "per_call_timeout_s": 2.0,
+                             "timeout_s": 2.0 * len(sources) + 2.0, "mem_mb": self.mem_mb, "nproc": self.nproc,
+                             "policy": "none", "entry_points": [], "nonce": secrets.token_hex(16)})  # fmt: skip
+                owners.append(i)
+        out: list[dict[str, tuple]] = [{} for _ in prepared]
+        for i, a in zip(owners, self._clean._run_server_jobs(jobs), strict=True):
+            sources = wanted[i]
+            try:
+                if a.get("status") != "done":
+                    raise NotPlain(str(a.get("message") or "could not compute"))
+                res = _results(a.get("frame"), len(sources))
+            except NotPlain as e:
+                res = [("exc", "ExpectedValue", str(e)[:200])] * len(sources)
+            out[i] = dict(zip(sources, res, strict=True))
+        return out
 
     def run(self, jobs: list[Job]) -> list[Verdict]:
         if not jobs:
             return []
         prepared = [_Prepared(j, self.mem_mb, self.nproc) for j in jobs]
+        flat = [(p, k) for p in prepared for k in range(len(p.server_jobs))]
         with self._lock:  # one batch at a time per executor
-            self._run_server_jobs(prepared)
-            # expected values: literals here, anything else in the clean sandbox (one job per batch)
-            todo: list[str] = []
-            for p in prepared:
-                for src in p.expected_sources():
-                    if not literal(src)[0] and src not in todo:
-                        todo.append(src)
-            computed = dict(zip(todo, self._clean_values(todo), strict=True)) if todo else {}
-        return [self._verdict(p, computed) for p in prepared]
+            answers = self._run_server_jobs([p.server_jobs[k] for p, k in flat])
+            for (p, k), a in zip(flat, answers, strict=True):
+                p.answers[k] = a
+            computed = self._clean_values(prepared)
+        return [self._verdict(p, c) for p, c in zip(prepared, computed, strict=True)]
 
     def _verdict(self, p: _Prepared, computed: dict[str, tuple]) -> Verdict:
-        v = verdict_for(p, self.mode, computed)
-        self.counts["trusted" if v.trusted else "untrusted"] += 1
+        try:
+            v = verdict_for(p, self.mode, computed)
+        except Exception as e:  # noqa: BLE001 - one malformed answer spoils only its own row
+            v = Verdict(status="error", exc_type="MalformedResult", message=f"{type(e).__name__}: {e}"[:300],
+                        mode=self.mode, trusted=True)  # fmt: skip
+        with self._count_lock:
+            self.counts["trusted" if v.trusted else "untrusted"] += 1
         return v
 
     def close(self) -> None:
@@ -491,38 +565,57 @@ def _expected(plan: Plan, computed: dict[str, tuple]) -> tuple[list[Any], str]:
     return values, ""
 
 
-def verdict_for(p: _Prepared, mode: str, computed: dict[str, tuple]) -> Verdict:
-    """The verdict of one job from its process's answer: decided here, on plain data."""
-    a = p.answer
-    v = Verdict(
-        status=a.get("status", "error"),
-        exc_type=str(a.get("exc_type", "")),
-        message=str(a.get("message", "")),
-        duration_s=float(a.get("duration_s", 0.0)),
+def _base(a: dict[str, Any], mode: str, trusted: bool = True) -> Verdict:
+    return Verdict(
+        status=str(a.get("status", "error")),
+        exc_type=str(a.get("exc_type", ""))[:100],
+        message=str(a.get("message", ""))[:300],
+        duration_s=float(a.get("duration_s", 0.0) or 0.0),
         stdout=str(a.get("stdout", "")),
         stderr=str(a.get("stderr", "")),
         mode=mode,
-        trusted=True,
+        trusted=trusted,
     )
+
+
+def _program_error(frame: dict[str, Any]) -> tuple[str, str] | None:
+    err = frame.get("program_error")
+    if err is None:
+        return None
+    if not isinstance(err, list) or len(err) != 2:
+        raise NotPlain("a malformed program error")
+    return str(err[0])[:100], str(err[1])[:300]
+
+
+def verdict_for(p: _Prepared, mode: str, computed: dict[str, tuple]) -> Verdict:
+    """The verdict of one job from its processes' answers: decided here, on plain data."""
+    if p.early is not None:
+        status, exc_type, message = p.early
+        return Verdict(status=status, exc_type=exc_type, message=message, mode=mode, trusted=True)
+    if p.kind == "test_list":
+        return _test_list_verdict(p, mode, computed)
+    a = p.answers[0]
+    v = _base(a, mode)
     if p.kind == "driver":
         v.trusted = bool(p.job.tests_trusted)
         v.extra["driver"] = p.why[:200]
         if v.status == "done":
-            f = a["frame"]
+            f = a.get("frame")
+            if not isinstance(f, dict):
+                raise NotPlain("a result frame that is not an object")
             v.status = f.get("status") if f.get("status") in ("pass", "fail", "error") else "error"
             v.exc_type, v.message = str(f.get("exc_type", ""))[:100], str(f.get("message", ""))[:300]
         return v
     if v.status != "done":
         return v
-    frame = a["frame"]
-    err = frame.get("program_error")
+    frame = a.get("frame")
+    if not isinstance(frame, dict):
+        raise NotPlain("a result frame that is not an object")
+    err = _program_error(frame)
     if err:
-        v.status, v.exc_type, v.message = _status_of(str(err[0])), str(err[0])[:100], str(err[1])[:300]
+        v.status, v.exc_type, v.message = _status_of(err[0]), err[0], err[1]
         return v
-    results = _results(frame)
-    if len(results) != len(p.server_job["calls"]):
-        v.status, v.exc_type, v.message = "error", "MalformedResult", "results missing"
-        return v
+    results = _results(frame, len(p.server_jobs[0]["calls"]))
     v.status = "pass"
     if p.kind == "call":
         r = results[0]
@@ -533,18 +626,53 @@ def verdict_for(p: _Prepared, mode: str, computed: dict[str, tuple]) -> Verdict:
     elif p.kind == "tests":
         plan = p.plans[0]
         assert plan is not None
+        if not any(x.call is not None for x in plan.asserts):
+            v.status, v.exc_type = "fail", "NoTestRan"
+            v.message = "no assert calls the program"
+            return v
         expected, why = _expected(plan, computed)
         if why:
             v.status, v.exc_type, v.message = "error", "ExpectedValue", why
         else:
             v.status, v.exc_type, v.message = judge(plan, results, expected)
-    elif p.kind == "test_list":
-        passed = []
-        for plan in p.plans:
-            if plan is None:
-                passed.append(False)
-                continue
-            expected, why = _expected(plan, computed)
-            passed.append(not why and judge(plan, results, expected)[0] == "pass")
-        v.value, v.value_repr = passed, repr(passed)
+    return v
+
+
+def _test_list_verdict(p: _Prepared, mode: str, computed: dict[str, tuple]) -> Verdict:
+    """CodeT: one pass/fail per test, each from its own process. The verdict is ``pass`` with the
+    list as its value; the status counts of the tests' runs go to ``extra``."""
+    passed: list[bool] = []
+    statuses: dict[str, int] = {}
+    answers = iter(p.answers)
+    duration = 0.0
+    for k, plan in enumerate(p.plans):
+        if plan is None:
+            passed.append(False)
+            continue
+        a = next(answers)
+        duration += float(a.get("duration_s", 0.0) or 0.0)
+        try:
+            ok = False
+            if a.get("status") == "done" and isinstance(a.get("frame"), dict):
+                frame = a["frame"]
+                err = _program_error(frame)
+                if err:
+                    statuses[_status_of(err[0])] = statuses.get(_status_of(err[0]), 0) + 1
+                else:
+                    expected, why = _expected(plan, computed)
+                    status = "error" if why else judge(plan, _results(frame, len(plan.calls)), expected)[0]
+                    statuses[status] = statuses.get(status, 0) + 1
+                    ok = status == "pass"
+            else:
+                st = str(a.get("status", "error"))
+                statuses[st] = statuses.get(st, 0) + 1
+        except (NotPlain, ValueError, TypeError):
+            statuses["error"] = statuses.get("error", 0) + 1
+            ok = False
+        passed.append(ok)
+        del k
+    v = Verdict(
+        status="pass", duration_s=duration, mode=mode, trusted=True, value=passed, value_repr=repr(passed)
+    )
+    v.extra["test_statuses"] = statuses
     return v

@@ -1,15 +1,18 @@
 """Runs untrusted code inside an already isolated child process. It computes values; it never
 decides a verdict.
 
-This module imports only the standard library: it is also sent as source text to a bare
-``python -I -S`` interpreter (the benchmark baseline). Its entry points never return: they write
-their frame and end the process with ``os._exit``.
+This module imports only the standard library (the sandbox server imports it). ``prepare``
+compiles a job's code before the child's guard is installed; the entry points never return: they
+write their frame and end the process with ``os._exit``.
 
 - ``run_calls`` (call mode): run the program, then evaluate each call expression (``solution()``,
   ``add(2, 3)``) and report the values as plain data. The expected values are never sent here, so a
   program that forges its own frame can only claim values, not a pass.
 - ``serve_calls`` (driver mode, the program's side): run the program, then answer call requests
   from the driver process, one frame per call.
+- In both, every function under test (``entry_points``) must be the object its ``def`` made, after
+  the program ran and after every call; otherwise the program error is ``ReboundEntryPoint``. A
+  program that leaves a thread running is an error too.
 - ``run_driver`` (driver mode, the tests' side): a separate process that never loads the program:
   it runs the test code with the program's functions replaced by proxies that ask ``serve_calls``
   over a pipe, and reports pass or fail.
@@ -19,20 +22,46 @@ sets, frozensets and dicts of them, by exact type (a subclass, or any other obje
 with depth and size limits, encoded as JSON with tags for what JSON lacks.
 """
 
+import _json
+import _signal as signal
+import _thread
 import builtins
-import json
 import os
-import signal
 import struct
 import sys
+from _functools import _lru_cache_wrapper as _LruWrapper
 
 OUTPUT_NOTE_LIMIT = 300
 MAX_DEPTH = 32
 MAX_ITEMS = 100_000
 MAX_CHARS = 4 << 20
 MAX_FRAME = 8 << 20
-_dumps = json.dumps  # taken at import, before any program runs
-_loads = json.loads
+_CodeType = type(compile("0", "<type>", "eval"))
+_FunctionType = type(lambda: 0)
+_esc = _json.encode_basestring_ascii  # taken at import, before any program runs
+_float_repr = float.__repr__
+_int_repr = int.__repr__
+
+
+def dump_json(x):
+    """JSON text of plain values (what ``encode`` returns, and frames of them). A small encoder on the
+    C string escaper, so the sandbox's clean parents need not import the json package."""
+    t = type(x)
+    if x is None:
+        return "null"
+    if t is bool:
+        return "true" if x else "false"
+    if t is int:
+        return _int_repr(x)
+    if t is float:
+        return _float_repr(x)  # finite: encode() tags the rest
+    if t is str:
+        return _esc(x)
+    if t is list or t is tuple:
+        return "[" + ",".join([dump_json(v) for v in x]) + "]"
+    if t is dict:
+        return "{" + ",".join([_esc(str(k)) + ":" + dump_json(v) for k, v in x.items()]) + "}"
+    raise NotPlain(f"cannot write a {t.__name__}")
 
 
 class NotPlain(Exception):
@@ -121,13 +150,13 @@ def decode(x, depth=0):
 
 # ---- frames: 4-byte big-endian length + JSON ------------------------------------------------------
 def write_frame(fd, obj):
-    data = _dumps(obj).encode()
+    data = dump_json(obj).encode()
     msg = struct.pack(">I", len(data)) + data
     while msg:
         msg = msg[os.write(fd, msg) :]
 
 
-def _read_exact(fd, n):
+def read_exact(fd, n):
     buf = b""
     while len(buf) < n:
         chunk = os.read(fd, n - len(buf))
@@ -138,14 +167,18 @@ def _read_exact(fd, n):
 
 
 def read_frame(fd):
-    head = _read_exact(fd, 4)
+    head = read_exact(fd, 4)
     if head is None:
         return None
     n = struct.unpack(">I", head)[0]
     if n > MAX_FRAME:
         raise NotPlain(f"a frame of {n} bytes")
-    body = _read_exact(fd, n)
-    return None if body is None else _loads(body)
+    body = read_exact(fd, n)
+    if body is None:
+        return None
+    import json  # only the two sides of driver mode read frames from each other
+
+    return json.loads(body)
 
 
 def _short(e):
@@ -168,24 +201,109 @@ def _alarm(signum, frame):
     raise _CallTimeout()
 
 
+def prepare(job):
+    """Compile what this side of the job runs, before the guard is installed (so every ``compile``
+    the guard sees afterwards is the program's own). Returns the job with code objects added."""
+    ready = dict(job)
+    if "code" in job:
+        try:
+            ready["_code"] = compile(job["code"], "<program>", "exec")
+        except BaseException as e:  # noqa: BLE001 - a syntax error, or source too deep to compile
+            ready["_code_err"] = [_name(e), _short(e)]
+        calls = []
+        for src in job.get("calls") or []:
+            try:
+                calls.append(compile(src, "<call>", "eval"))
+            except BaseException as e:  # noqa: BLE001
+                calls.append((_name(e), _short(e)))
+        ready["_calls"] = calls
+    if "tests" in job:
+        try:
+            import ast
+
+            tree = _count_asserts(ast.parse(job["tests"]))
+            ready["_tests"] = compile(ast.fix_missing_locations(tree), "<tests>", "exec")
+        except BaseException as e:  # noqa: BLE001
+            ready["_tests_err"] = [_name(e), _short(e)]
+        try:
+            ready["_prompt"] = compile(job.get("prompt") or "", "<prompt>", "exec")
+        except BaseException as e:  # noqa: BLE001
+            ready["_tests_err"] = [_name(e), _short(e)]
+    return ready
+
+
+def _count_asserts(tree):
+    """Each ``assert`` is preceded by a call that counts it: a test run that executed none fails."""
+    import ast
+
+    class Count(ast.NodeTransformer):
+        def visit_Assert(self, node):
+            count = ast.Expr(ast.Call(ast.Name("__synthflow_assert__", ast.Load()), [], []))
+            return [ast.copy_location(count, node), node]
+
+    return Count().visit(tree)
+
+
+def _defs(code, name):
+    """The code objects of the module's own ``def name`` statements."""
+    return [c for c in code.co_consts if isinstance(c, _CodeType) and c.co_name == name]
+
+
+def _entry_problem(job, g):
+    """'' when every function under test is the one its ``def`` made, else why not. A program that
+    rebinds it (a second def, an assignment, a decorator, through gc, a frame or a thread) shows one
+    function in the published code and answers with another."""
+    code = job.get("_code")
+    if code is None:
+        return ""
+    for ep in job.get("entry_points") or ():
+        if ep not in g:
+            continue  # a NameError when the tests call it
+        obj = g[ep]
+        if type(obj) is type:
+            continue  # a class under test: checked statically
+        defs = _defs(code, ep)
+        target = obj.__wrapped__ if type(obj) is _LruWrapper else obj
+        if len(defs) != 1 or type(target) is not _FunctionType or target.__code__ is not defs[0]:
+            return f"{ep} is not the function its def defines"
+    return ""
+
+
 def _program(job):
-    """Run the program; its names (not its shadows of builtins) and an error, if any."""
+    """Run the program; its names (not its shadows of builtins), the saved builtins, an error if any,
+    and its globals."""
     saved = dict(builtins.__dict__)
     g = {"__name__": "__main__", "__builtins__": builtins}
-    err = None
-    try:
-        exec(compile(job["code"], "<program>", "exec"), g)
-    except SystemExit as e:
-        err = ["SystemExit", f"exit({e.code!r}) while running the program"]
-    except BaseException as e:  # noqa: BLE001 - everything the program raises is reported
-        err = [_name(e), _short(e)]
+    err = job.get("_code_err")
+    if err is None:
+        try:
+            exec(job["_code"], g)
+        except SystemExit as e:
+            err = ["SystemExit", f"exit({e.code!r}) while running the program"]
+        except BaseException as e:  # noqa: BLE001 - everything the program raises is reported
+            err = [_name(e), _short(e)]
     builtins.__dict__.clear()
     builtins.__dict__.update(saved)
     names = {k: v for k, v in g.items() if k not in saved and not k.startswith("__")}
+    if err is None and job.get("policy") == "verify":
+        why = _entry_problem(job, g)
+        if why:
+            err = ["ReboundEntryPoint", why]
+        elif _thread._count():
+            err = ["ThreadLeftRunning", "the program left a thread running after it finished"]
     ep = job.get("entry_point")
     if ep and ep in names:
         names["candidate"] = names[ep]
-    return names, saved, err
+    return names, saved, err, g
+
+
+def _rebound_since(job, g, names):
+    if job.get("policy") != "verify":
+        return None
+    for ep in job.get("entry_points") or ():
+        if ep in names and g.get(ep) is not names[ep]:
+            return ["ReboundEntryPoint", f"{ep} was rebound while the tests ran"]
+    return None
 
 
 def _value(fn, saved, timeout_s):
@@ -224,18 +342,16 @@ def _flush():
 def run_calls(job, result_fd):
     """Call mode: run the program, evaluate each call, report the values."""
     nonce = job["nonce"]
-    calls = list(job.get("calls") or [])
     per = float(job.get("per_call_timeout_s") or 0)
-    names, saved, err = _program(job)
+    names, saved, err, g = _program(job)
     results = []
     if err is None:
-        for src in calls:
-            try:
-                code = compile(src, "<call>", "eval")
-            except SyntaxError as e:
-                results.append({"exc": "SyntaxError", "msg": _short(e)})
+        for code in job.get("_calls") or []:
+            if isinstance(code, tuple):
+                results.append({"exc": code[0], "msg": code[1]})
                 continue
             results.append(_value(lambda c=code: eval(c, dict(names, __builtins__=builtins)), saved, per))
+        err = _rebound_since(job, g, names)
     _flush()
     try:
         write_frame(result_fd, {"nonce": nonce, "program_error": err, "results": results})
@@ -245,16 +361,18 @@ def run_calls(job, result_fd):
 
 def serve_calls(job, req_fd, resp_fd):
     """Driver mode, the program's side: answer the driver's calls until it hangs up."""
-    names, saved, err = _program(job)
+    names, saved, err, g = _program(job)
     nonce = job["nonce"]
     while True:
         try:
             req = read_frame(req_fd)
         except BaseException:  # noqa: BLE001
             req = None
-        if req is None:
+        if not isinstance(req, dict):
             _flush()
             os._exit(0)
+        if err is None:
+            err = _rebound_since(job, g, names)
         if err is not None:
             out = {"exc": "ProgramError", "msg": f"{err[0]}: {err[1]}"}
         else:
@@ -278,18 +396,27 @@ class RemoteError(Exception):
 
 
 def run_driver(job, req_fd, resp_fd, result_fd):
-    """Driver mode, the tests' side: the program's functions are proxies; this process decides."""
+    """Driver mode, the tests' side: the program's functions are proxies; this process decides. It
+    never sees the program. A run that called no program function or executed no ``assert`` is a
+    fail (``NoTestRan``): tests under a ``__main__`` guard, in ``def test_*`` functions nobody calls,
+    or in a ``unittest`` class check nothing."""
     nonce = job["nonce"]
+    peer = job.get("peer_nonce")
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # a program that exits early is an error, not a kill
+    counts = {"calls": 0, "asserts": 0}
+
+    def counted():
+        counts["asserts"] += 1
 
     def proxy(name):
         def call(*args, **kwargs):
+            counts["calls"] += 1
             try:
                 write_frame(req_fd, {"fn": name, "args": encode(list(args)), "kwargs": encode(dict(kwargs))})
                 resp = read_frame(resp_fd)
             except (OSError, ValueError, NotPlain):
                 resp = None
-            if not isinstance(resp, dict) or resp.get("nonce") != nonce:
+            if not isinstance(resp, dict) or resp.get("nonce") != peer:
                 raise RemoteError("the program's process did not answer")
             if "exc" in resp:
                 raise RemoteError(f"{resp['exc']}: {resp.get('msg', '')}")
@@ -304,13 +431,14 @@ def run_driver(job, req_fd, resp_fd, result_fd):
         return call
 
     status, exc_type, message = "pass", "", ""
-    g = {"__name__": "__tests__", "__builtins__": builtins}
+    g = {"__name__": "__tests__", "__builtins__": builtins, "__synthflow_assert__": counted}
     try:
-        if job.get("prompt"):  # the benchmark's own code (helpers such as HumanEval's poly)
-            exec(compile(job["prompt"], "<prompt>", "exec"), g)
+        if job.get("_tests_err"):
+            raise SyntaxError(": ".join(job["_tests_err"]))
+        exec(job["_prompt"], g)  # the benchmark's own code (helpers such as HumanEval's poly)
         for name in job.get("program_names") or []:
             g[name] = proxy(name)
-        exec(compile(job["tests"], "<tests>", "exec"), g)
+        exec(job["_tests"], g)
         ep = job.get("entry_point")
         if ep and callable(g.get("check")):
             g["check"](proxy(ep))
@@ -320,15 +448,14 @@ def run_driver(job, req_fd, resp_fd, result_fd):
         status, exc_type, message = "error", "ProgramError", _short(e)
     except BaseException as e:  # noqa: BLE001
         status, exc_type, message = "error", _name(e), _short(e)
+    if status == "pass" and (not counts["calls"] or not counts["asserts"]):
+        status, exc_type = "fail", "NoTestRan"
+        message = (
+            f"the tests made {counts['calls']} call(s) to the program and ran {counts['asserts']} assert(s); "
+            "a test must call the program and assert on the result"
+        )
     _flush()
     try:
         write_frame(result_fd, {"nonce": nonce, "status": status, "exc_type": exc_type, "message": message})
     finally:
         os._exit(0)
-
-
-def main_from_argv():
-    """Entry for ``python -I -S -c <this source>`` (the baseline): argv = [job_file, result_fd]."""
-    with open(sys.argv[1], encoding="utf-8") as f:
-        job = json.load(f)
-    run_calls(job, int(sys.argv[2]))

@@ -119,10 +119,33 @@ def _clean(node: ast.AST) -> bool:
     return True
 
 
+_ODD_BREAKS = ("\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029")
+
+
+class _Source:
+    """Source text of a node by its offsets (``ast.get_source_segment`` without re-splitting the
+    source each time; ``ast.unparse`` where lines break in unusual ways)."""
+
+    def __init__(self, text: str):
+        self.lines = None if any(c in text for c in _ODD_BREAKS) else [ln.encode() for ln in text.split("\n")]
+
+    def __call__(self, node: ast.AST) -> str:
+        lines = self.lines
+        end_lineno, end_col = getattr(node, "end_lineno", None), getattr(node, "end_col_offset", None)
+        if lines is None or end_lineno is None or end_col is None:
+            return ast.unparse(node)
+        first, col = node.lineno - 1, node.col_offset
+        if first == end_lineno - 1:
+            return lines[first][col:end_col].decode()
+        parts = [lines[first][col:], *lines[first + 1 : end_lineno - 1], lines[end_lineno - 1][:end_col]]
+        return b"\n".join(parts).decode()
+
+
 class _Builder:
-    def __init__(self, program_names: set[str]):
+    def __init__(self, program_names: set[str], source: _Source):
         self.program = program_names | {"candidate"}
         self.plan = Plan([], [], [])
+        self.src = source
 
     def call(self, node: ast.AST) -> int:
         """A direct call of a program function with clean arguments."""
@@ -133,14 +156,14 @@ class _Builder:
             and all(_clean(a) for a in node.args)
             and all(kw.arg is not None and _clean(kw.value) for kw in node.keywords)
         ):
-            raise NotDecomposable(ast.unparse(node))
-        self.plan.calls.append(ast.unparse(node))
+            raise NotDecomposable(self.src(node))
+        self.plan.calls.append(self.src(node))
         return len(self.plan.calls) - 1
 
     def expected(self, node: ast.AST) -> int:
         if not _clean(node):
-            raise NotDecomposable(ast.unparse(node))
-        self.plan.expected.append(ast.unparse(node))
+            raise NotDecomposable(self.src(node))
+        self.plan.expected.append(self.src(node))
         return len(self.plan.expected) - 1
 
     def dirty(self, node: ast.AST) -> bool:
@@ -168,7 +191,7 @@ class _Builder:
         return self.call(node), None
 
     def add(self, stmt: ast.Assert) -> None:
-        t, src = stmt.test, ast.unparse(stmt)
+        t, src = stmt.test, self.src(stmt)
         a: Assertion
         if not self.dirty(t):
             if isinstance(t, ast.Constant) and t.value:
@@ -243,7 +266,7 @@ def decompose(tests: str, program_names: set[str], entry_point: str | None = Non
         tree = ast.parse(tests)
     except SyntaxError as e:
         raise NotDecomposable(f"syntax: {e}") from None
-    b = _Builder(set(program_names) | ({entry_point} if entry_point else set()))
+    b = _Builder(set(program_names) | ({entry_point} if entry_point else set()), _Source(tests))
     body = list(tree.body)
     check = next((n for n in body if isinstance(n, ast.FunctionDef) and n.name == "check"), None)
     if check is not None:
@@ -260,7 +283,7 @@ def decompose(tests: str, program_names: set[str], entry_point: str | None = Non
         raise NotDecomposable("no asserts")
     for s in stmts:
         if not isinstance(s, ast.Assert):
-            raise NotDecomposable(ast.unparse(s)[:80])
+            raise NotDecomposable(b.src(s)[:80])
         b.add(s)
     return b.plan
 
@@ -325,3 +348,29 @@ def judge(plan: Plan, results: list[tuple], expected: list[Any]) -> tuple[str, s
 def _short(v: Any) -> str:
     s = repr(v)
     return s if len(s) <= 120 else s[:117] + "..."
+
+
+_STRONG_OPS = (_OPS[ast.Eq], _OPS[ast.Is])
+
+
+def counts_as_test(test: str, entry_point: str | None) -> bool:
+    """Does a generated test check the function under test? It must decompose into asserts, and one
+    of them must call ``entry_point`` and compare the result for equality (``==``, ``is``, or within a
+    tolerance: ``abs(f(x) - y) < tol``, ``math.isclose``). ``assert "add(1, 2) == 3"``,
+    ``assert True, "add(1, 2)"``, ``assert add(1, 1) != 5`` or ``assert add(1, 2)`` do not count:
+    almost any program passes them."""
+    if not entry_point:
+        return False
+    try:
+        plan = decompose(test, {entry_point}, entry_point)
+    except NotDecomposable:
+        return False
+    for a in plan.asserts:
+        if a.call is None:
+            continue
+        called = plan.calls[a.call].split("(", 1)[0].strip()
+        if called not in (entry_point, "candidate"):
+            continue
+        if a.kind in ("abs", "isclose") or (a.kind == "cmp" and a.op in _STRONG_OPS):
+            return True
+    return False

@@ -25,6 +25,9 @@ class Job:
     prompt: str | None = None
     # is the test code itself trusted (a benchmark's)? Driver-mode verdicts are trusted only then
     tests_trusted: bool = False
+    # "verify": the program must be plain (synthflow.sandbox.policy) and its functions under test the
+    # ones its defs make; "none": isolation only (for tests of the sandbox itself)
+    policy: str = "verify"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -41,7 +41,18 @@ def jobs_from(
     rows: list[dict[str, Any]], fmt: str, completion_field: str | None, timeout_s: float, path: Path
 ) -> list[tuple[str, Job]]:
     out = []
+    seen: dict[str, int] = {}
+    key = "task_id" if fmt == "humaneval" else "id"
     for i, r in enumerate(rows, 1):
+        if not isinstance(r, dict):
+            raise UserError(f"{path}: row {i}: not a JSON object")
+        if key in r:
+            rid = str(r[key])
+            if rid in seen:
+                raise UserError(
+                    f"{path}: row {i}: duplicate {key} {rid!r} (first at row {seen[rid]}); ids must be unique"
+                )
+            seen[rid] = i
         if fmt == "humaneval":
             field = completion_field or ("completion" if "completion" in r else "canonical_solution")
             missing = [k for k in ("task_id", "prompt", "test", "entry_point", field) if k not in r]
@@ -84,6 +95,7 @@ def cmd_verify(a: Any) -> int:
         mode, weak = ex.mode, ex.weak
     passed = sum(v.passed for v in verdicts)
     trusted = sum(v.trusted for v in verdicts)
+    untrusted_passes = sum(v.passed and not v.trusted for v in verdicts)
     if a.out:
         with atomic_path(a.out) as tmp, open(tmp, "w") as f:
             for (tid, _), v in zip(jobs, verdicts, strict=True):
@@ -91,8 +103,11 @@ def cmd_verify(a: Any) -> int:
                 d.pop("extra", None)
                 f.write(json.dumps({key: tid, **d}, default=repr) + "\n")
     note = "  WEAK SANDBOX (--allow-weak-sandbox)" if weak else ""
+    split = (
+        f" ({passed - untrusted_passes} trusted, {untrusted_passes} untrusted)" if untrusted_passes else ""
+    )
     print(
-        f"{passed} passed, {len(verdicts) - passed} failed  (sandbox mode: {mode}; "
+        f"{passed} passed{split}, {len(verdicts) - passed} failed  (sandbox mode: {mode}; "
         f"{trusted} of {len(verdicts)} verdicts trusted){note}"
     )
     if a.show_failures:
