@@ -78,9 +78,16 @@ def verdict_reason(v: Verdict) -> str:
 
 
 def _numeric(v: Verdict) -> bool:
-    """Only a number is an answer: a str, list or dict whose last number math-verify would read is not."""
+    """Only a number is an answer (an int, a finite float, a Fraction or a Decimal): a str, list or
+    dict whose last number math-verify would read is not."""
     x = v.value
-    return v.status == "pass" and type(x) in (int, float) and (type(x) is int or math.isfinite(x))
+    if v.status != "pass":
+        return False
+    if type(x) is int or type(x).__name__ == "Fraction":
+        return True
+    if type(x) is float or type(x).__name__ == "Decimal":
+        return math.isfinite(x)
+    return False
 
 
 @register("verifier", "math_pot")
@@ -108,7 +115,7 @@ def verify_math_pot(records: Sequence[Record], executor: Any, p: VerifyParams) -
     First, a program that only states its answer (a literal or constant return, a value computed
     from none of the problem's numbers, the stated answer written into the code) is rejected
     without running: ``verify:trivial_program:<why>`` (``synthflow.trivial``)."""
-    from synthflow.mathcheck import as_text, equivalent
+    from synthflow.mathcheck import as_text, equivalent, single_answer
     from synthflow.trivial import perturbations, trivial_reason
 
     trivial = {
@@ -163,6 +170,12 @@ def verify_math_pot(records: Sequence[Record], executor: Any, p: VerifyParams) -
             continue
         stated = r.fields.get("answer")
         details: dict[str, Any] = {"stated": stated}
+        if not single_answer(stated):
+            vc = verdict_columns("math_pot", main, **details)
+            vc["status"] = "fail"
+            vc["message"] = f"the stated answer {str(stated)[:60]!r} is not one number"
+            out.append(Check(False, "verify:ambiguous_answer", vc))
+            continue
         if not _numeric(main):
             vc = verdict_columns("math_pot", main, **details)
             vc["status"] = "fail"
@@ -280,6 +293,15 @@ def candidate_groups(candidates: Sequence[str]) -> list[list[int]]:
     return list(groups.values())
 
 
+def _test_key(test: str) -> str:
+    import ast
+
+    try:
+        return ast.dump(ast.parse(test))
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return test
+
+
 @register("verifier", "codet")
 def verify_codet(records: Sequence[Record], executor: Any, p: VerifyParams) -> list[Check]:
     """CodeT (Chen et al. 2022): the sampled candidates are grouped by normalized AST, and a group's
@@ -294,7 +316,12 @@ def verify_codet(records: Sequence[Record], executor: Any, p: VerifyParams) -> l
     jobs, owners, plans = [], [], {}
     for i, r in enumerate(records):
         ep = r.fields.get("entry_point")
-        tests = [t for t in r.fields.get("all_tests") or [] if counts_as_test(t, ep)]
+        tests, seen = [], set()
+        for t in r.fields.get("all_tests") or []:
+            key = _test_key(t)  # the same assert written twice counts once
+            if key not in seen and counts_as_test(t, ep):
+                seen.add(key)
+                tests.append(t)
         groups = candidate_groups(r.fields.get("candidates") or [])
         plans[i] = (tests, groups)
         for g, members in enumerate(groups):

@@ -57,6 +57,23 @@ def _plain(x: Any) -> int | float | None:
         return None
 
 
+def _same(a: int | float, b: int | float) -> bool:
+    if type(a) is int and type(b) is int:
+        return a == b
+    return as_text(float(a)) == as_text(float(b))
+
+
+_SINGLE = re.compile(
+    r"^\$?\s*-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?\s*%?$|^-?\.\d+$|^-?\d+\s*/\s*\d+$"
+)
+
+
+def single_answer(stated: Any) -> bool:
+    """Is a stated answer one number (``31``, ``2,500,000``, ``$12.50``, ``50%``, ``3/4``)? Not
+    ``30 or 31``, ``[30, 31]`` or ``30 to 31``: a hedge that math-verify would match either way."""
+    return bool(_SINGLE.match(str(stated).strip()))
+
+
 def equivalent(stated: Any, computed: Any, percent_equals_fraction: bool = True) -> bool:
     """True when the stated answer and the computed value are the same number or expression. Two
     plainly written numbers are compared as numbers, to 12 significant digits (math-verify does not
@@ -66,11 +83,16 @@ def equivalent(stated: Any, computed: Any, percent_equals_fraction: bool = True)
     s = str(stated).strip()
     if not s:
         return False
-    a, b = _plain(s), _plain(computed)
+    b = _plain(computed)
+    if b is None and type(computed).__name__ in ("Fraction", "Decimal"):
+        b = float(computed)
+    if s.endswith("%") and b is not None and (pct := _plain(s[:-1].strip())) is not None:
+        # 50% is 50, and 0.5 when percent_equals_fraction; 3100% is never 31
+        options = [pct] + ([pct / 100] if percent_equals_fraction and 0 <= pct <= 100 else [])
+        return any(_same(x, b) for x in options)
+    a = _plain(s)
     if a is not None and b is not None:
-        if type(a) is int and type(b) is int:
-            return a == b
-        return as_text(float(a)) == as_text(float(b))
+        return _same(a, b)
     t = _timeouts()
     gold_texts = [s]
     if s.endswith("%") and not percent_equals_fraction:

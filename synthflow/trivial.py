@@ -99,12 +99,21 @@ def _flows(fn: ast.AST) -> list[tuple[set[str], ast.AST]]:
 
 def trivial_reason(problem: str, program: str, answer: object = None) -> str:
     try:
+        return _trivial_reason(problem, program, answer)
+    except (RecursionError, MemoryError):
+        return "too_complex"  # deeper than the checks can read: not accepted unread
+
+
+def _trivial_reason(problem: str, program: str, answer: object = None) -> str:
+    from synthflow.sandbox.policy import module_def
+
+    try:
         tree = ast.parse(program)
-    except SyntaxError:
+    except (SyntaxError, ValueError):
         return ""  # the verifier reports the error itself
-    fn = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "solution"), None)
+    fn = module_def(tree, "solution")  # also inside ``if``/``try`` at module level
     if fn is None:
-        return ""
+        return ""  # no def: the policy refuses it (verify:rebound_entry_point)
     returns = [n.value for n in ast.walk(fn) if isinstance(n, ast.Return) and n.value is not None]
     if not returns:
         return ""
@@ -125,8 +134,17 @@ def trivial_reason(problem: str, program: str, answer: object = None) -> str:
         # pickers * weeks`: a problem that states no quantity gives the program nothing to compute from
         return "no_numbers_in_problem"
     if nums - SMALL:
-        # taint: what is computed from the problem's numbers (fixpoint over the bindings)
-        tainted: set[str] = {a.arg for a in fn.args.args}
+        # taint: what is computed from the problem's numbers (fixpoint over the bindings); a
+        # parameter is only as tainted as its default (``def solution(extra=29)`` states 29)
+        defaults = fn.args.defaults
+        params = fn.args.args[len(fn.args.args) - len(defaults) :]
+        flows = flows + [({p.arg}, d) for p, d in zip(params, defaults, strict=True)]
+        flows += [
+            ({p.arg}, d)
+            for p, d in zip(fn.args.kwonlyargs, fn.args.kw_defaults, strict=True)
+            if d is not None
+        ]
+        tainted: set[str] = set()
         changed = True
         while changed:
             changed = False
@@ -158,10 +176,18 @@ def perturbations(problem: str, program: str, variants: int = 2) -> list[str]:
     value on at least one of them; one that states its answer (``return 29 + 1 + 0 * boxes``, a
     helper returning 30) gives the same. [] when the program uses none of the problem's numbers."""
     try:
+        return _perturbations(problem, program, variants)
+    except (RecursionError, MemoryError):
+        return []  # trivial_reason refuses such a program first
+
+
+def _perturbations(problem: str, program: str, variants: int) -> list[str]:
+    try:
         tree = ast.parse(program)
-    except SyntaxError:
+    except (SyntaxError, ValueError):
         return []
-    nums = problem_numbers(problem)
+    # 0, 1 and 2 are too common as plain constants (``+ 1``, ``/ 2``) to stand for the problem
+    nums = problem_numbers(problem) - SMALL
     found = sorted({float(v) for n in ast.walk(tree) if (v := _literal(n)) is not None and float(v) in nums})
     if not found:
         return []

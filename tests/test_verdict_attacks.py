@@ -211,7 +211,7 @@ def test_the_harness_checks_the_def_at_run_time_too(tmp_path):
     )
     progs = [
         WRONG + "import gc\nfor o in gc.get_objects():\n"
-        "    if isinstance(o, dict) and o.get('__name__') == '__main__' and 'add' in o:\n"
+        "    if isinstance(o, dict) and '__builtins__' in o and 'add' in o:\n"
         "        o['add'] = lambda a, b: a + b\n",
         WRONG + "import sys\nsys._getframe(0).f_globals['add'] = lambda a, b: a + b\n",
         HONEST,
@@ -520,3 +520,179 @@ def test_no_kernel_key_or_ipc_object_survives_a_job(ex):
     from synthflow.sandbox.forkserver import UID_BASE
 
     assert not [u for u in out if UID_BASE <= int(u) < UID_BASE + 64]
+
+
+# ---- 9. found by an adversarial review of the above --------------------------------------------------
+REVIEW_PROGRAMS = {
+    # a function named like a builtin used to be left out of the call namespace: the builtin ran
+    "a def named like a builtin": ("def abs(x):\n    return x\n", "assert abs(-3) == 3", "abs"),
+    "a def named max": ("def max(a, b):\n    return a\n", "assert max(1, 2) == 2", None),
+    # the decorator replaced through the module, and the wrapper's __wrapped__ rewritten
+    "functools.lru_cache patched": (
+        "import functools\nclass _C:\n    def __new__(cls, a, b):\n        return a + b\n"
+        "functools.lru_cache = lambda *a, **k: (lambda f: _C)\n@functools.lru_cache(maxsize=None)\n" + WRONG,
+        CALL_TESTS,
+        None,
+    ),
+    "__wrapped__ rewritten": (
+        "import functools\n@functools.lru_cache(None)\n" + WRONG + "add.__wrapped__ = lambda a, b: a + b\n",
+        CALL_TESTS,
+        None,
+    ),
+    # attribute access by strings: sys.modules, the harness, __globals__
+    "string.Formatter().get_field": (
+        "import string, sys\n_F = string.Formatter()\ndef _get(obj, path):\n"
+        "    return _F.get_field('0' + path, [obj], {})[0]\n"
+        + WRONG
+        + "_get(add, '.' + '_' * 2 + 'globals' + '_' * 2)['add'] = lambda a, b: a + b\n",
+        CALL_TESTS,
+        None,
+    ),
+    "a module bound to a variable": (
+        "import json\nm = json.decoder\n" + WRONG + "m.re.sys.modules\n",
+        CALL_TESTS,
+        None,
+    ),
+    # check(candidate): the program defines candidate, not the entry point
+    "the program's own candidate": (
+        "def candidate(a, b):\n    return a + b\n",
+        "def check(candidate):\n    assert candidate(2, 3) == 5\n",
+        "add",
+    ),  # fmt: skip
+}
+
+
+@pytest.mark.parametrize("name", sorted(REVIEW_PROGRAMS))
+def test_review_attacks_fail(ex, name):
+    code, tests, ep = REVIEW_PROGRAMS[name]
+    v = ex.run([Job(code=code, tests=tests, entry_point=ep, timeout_s=5)])[0]
+    assert v.status != "pass", (name, v)
+
+
+def test_a_deep_program_is_refused_even_from_a_deep_call_stack(ex):
+    """The host's parser used to hit its recursion limit when called deep in a pipeline, and the
+    policy was then skipped; source too deep to check is refused, never left unchecked."""
+    code = "import os, gc\n" + HONEST + "x = " + "1 + " * 2950 + "1\n"
+
+    def deep(n):
+        return ex.run([Job(code=code, tests=CALL_TESTS)])[0] if n == 0 else deep(n - 1)
+
+    for depth in (0, 40):
+        v = deep(depth)
+        assert v.status == "fail" and v.exc_type == "ForbiddenConstruct", v
+
+
+def test_one_row_too_deep_to_read_does_not_stop_the_batch(ex, math_verify):
+    vs = ex.run([Job(code=HONEST, tests="assert add(1, 2) == " + "1 + " * 3000 + "2")] + _modes(HONEST))
+    assert vs[0].status != "pass" and all(v.status == "pass" for v in vs[1:]), vs
+    deep = (
+        "def solution():\n    boxes, eggs, broken = 3, 12, 5\n    return boxes * eggs - broken"
+        + " + 0" * 3000
+        + "\n"
+    )
+    res = math_verify(_math_rows({"deep": deep, "honest": EGGS_HONEST}, "31"))
+    assert "honest" in [r.id for r in res.kept]
+
+
+MORE_STATES_30 = {
+    "a class with __new__": "class solution:\n    def __new__(cls):\n        return 30\n",
+    "a def inside if": "if True:\n    def solution():\n        return 30\n",
+    "a def inside try": "try:\n    def solution():\n        boxes = 3\n        return 30 + 0 * boxes\nexcept Exception:\n    pass\n",
+    "a default that is not a problem number": "def solution(extra=29):\n    return extra + 1\n",
+}
+
+
+def test_more_math_programs_that_do_not_compute_are_rejected(math_verify):
+    assert not math_verify(_math_rows(MORE_STATES_30, "30")).kept
+    # nor as self-consistency samples: they do not vote
+    rows = _math_rows({"main": EGGS_HONEST.replace("broken = 5", "broken = 6")}, "30",
+                      samples=list(MORE_STATES_30.values()))  # fmt: skip
+    assert not math_verify(rows).kept
+
+
+def test_hedged_stated_answers_are_rejected(math_verify):
+    rows = [
+        Record(id=a, recipe="t", generator="math_pal", seed_id="s",
+               fields={"problem": EGGS, "program": EGGS_HONEST, "answer": a})
+        for a in ("30 or 31", "[30, 31]", "30 to 31", "3100%", "31")
+    ]  # fmt: skip
+    res = math_verify(rows)
+    assert [r.id for r in res.kept] == ["31"]
+    assert {j.record.id: j.reason for j in res.rejects}["30 or 31"] == "verify:ambiguous_answer"
+
+
+def test_codet_vacuous_tolerances_duplicates_and_shadowed_lambdas(codet_verify):
+    honest = [
+        "def add(a, b):\n    return a + b",
+        "def add(x, y):\n    return y + x",
+        "def add(p, q):\n    return q + p",
+    ]
+    loose = ["import math\nassert abs(add(1, 2) - 3) < 1e999", "assert math.isclose(add(5, 5), 10, abs_tol=1e300)",
+             "assert math.isclose(add(5, 6), 11, rel_tol=1)", "assert abs(add(3, 4) - 7) < 10**100"]  # fmt: skip
+    r = _codet_row(["def add(a, b):\n    return a - b"] + honest, loose)
+    out = codet_verify([r])
+    assert not out.kept and out.rejects[0].reason == "verify:codet_empty"
+    # one test written three times counts once
+    r = _codet_row(
+        ["def add(a, b):\n    return a * b", "def add(a, b):\n    return a ** b"],
+        ["assert add(2, 2) == 4"] * 3,
+    )
+    out = codet_verify([r])
+    assert not out.kept and r.fields["codet_tests_total"] == 1
+    # a lambda's own a is not the outer a: these two are different programs
+    from synthflow.generators.code_codet import normalized_ast
+
+    a = "def add(a, b):\n    g = lambda a: a + b\n    return g(0)"
+    b = "def add(a, b):\n    g = lambda c: a + b\n    return g(0)"
+    assert normalized_ast(a) != normalized_ast(b)
+
+
+HONEST_PROGRAMS = {
+    "math in an expected value": (
+        "import math\ndef area(r):\n    return math.pi * r * r\n",
+        "assert abs(area(2) - math.pi * 4) < 1e-6",
+        None,
+    ),  # fmt: skip
+    "attributes of its own objects": (
+        "class T:\n    def __init__(self):\n        self.signal = 1\n        self.modules = 2\n"
+        "    def zero(self):\n        return self.signal * 0 + self.modules * 0\n"
+        "def add(a, b):\n    return a + b + T().zero()\n",
+        CALL_TESTS,
+        None,
+    ),
+    "a format field named like a module": (
+        "def add(a, b):\n    return int('{modules}'.format(modules=a + b))\n",
+        CALL_TESTS,
+        None,
+    ),  # fmt: skip
+    "a star import from math": (
+        "from math import *\ndef add(a, b):\n    return int(fsum([a, b]))\n",
+        CALL_TESTS,
+        None,
+    ),
+    "a main block that reads stdin": (
+        HONEST + "if __name__ == '__main__':\n    print(add(int(input()), 2))\n",
+        CALL_TESTS,
+        None,
+    ),  # fmt: skip
+}
+
+
+@pytest.mark.parametrize("name", sorted(HONEST_PROGRAMS))
+def test_honest_programs_the_review_found_refused_now_pass(ex, name):
+    code, tests, ep = HONEST_PROGRAMS[name]
+    v = ex.run([Job(code=code, tests=tests, entry_point=ep, timeout_s=5)])[0]
+    assert v.status == "pass", (name, v)
+
+
+def test_fraction_and_decimal_answers_count(math_verify):
+    rows = _math_rows(
+        {
+            "fraction": "from fractions import Fraction\ndef solution():\n    boxes, eggs, broken = 3, 12, 5\n"
+            "    return Fraction(boxes * eggs - broken)\n",
+            "decimal": "from decimal import Decimal\ndef solution():\n    boxes, eggs, broken = 3, 12, 5\n"
+            "    return Decimal(boxes * eggs - broken)\n",
+        },
+        "31",
+    )
+    assert sorted(r.id for r in math_verify(rows).kept) == ["decimal", "fraction"]

@@ -52,10 +52,12 @@ def parse_solution(prefill: str, text: str) -> str | None:
 
 
 def normalized_ast(code: str) -> str:
-    """The code's AST without docstrings, comments or formatting, and with the names each function
-    binds (its parameters and locals) renamed in order of first use: equal for copies of a solution,
-    including alpha-renamed ones (``def add(a, b): return a - b`` and ``def add(x, y): return x - y``).
-    Names a function reads from outside (builtins, modules, other functions) keep their spelling."""
+    """The code's AST without docstrings, comments or formatting, and with the names each scope
+    binds (a function's parameters and locals, a lambda's, a comprehension's) renamed in order of
+    first appearance, scope by scope: equal for copies of a solution, including alpha-renamed ones
+    (``def add(a, b): return a - b`` and ``def add(x, y): return x - y``), and different for
+    programs that differ in which binding a name refers to (a lambda's own ``a`` is not the outer
+    ``a``). Names read from outside (builtins, modules, other functions) keep their spelling."""
     tree = ast.parse(code)
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
@@ -67,31 +69,88 @@ def normalized_ast(code: str) -> str:
             and isinstance(body[0].value.value, str)
         ):
             node.body = body[1:] or [ast.Pass()]
-    for fn in [
-        n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
-    ]:
-        args = fn.args
-        params = [a for a in args.posonlyargs + args.args + args.kwonlyargs] + [
-            a for a in (args.vararg, args.kwarg) if a is not None
-        ]
-        body = fn.body if isinstance(fn.body, list) else [fn.body]
-        local: dict[str, str] = {}
-        for a in params:
-            local.setdefault(a.arg, f"_v{len(local)}")
-        declared = {
-            n for b in body for x in ast.walk(b) if isinstance(x, (ast.Global, ast.Nonlocal)) for n in x.names
-        }
-        for b in body:
-            for x in ast.walk(b):
-                if isinstance(x, ast.Name) and isinstance(x.ctx, ast.Store) and x.id not in declared:
-                    local.setdefault(x.id, f"_v{len(local)}")
-        for a in params:
-            a.arg = local[a.arg]
-        for b in body:
-            for x in ast.walk(b):
-                if isinstance(x, ast.Name) and x.id in local:
-                    x.id = local[x.id]
+    _Renamer().rename(tree, [])
     return ast.dump(tree, annotate_fields=False)
+
+
+_FUNCS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
+_COMPS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
+
+
+def _scope_locals(node: ast.AST) -> list[str]:
+    """Names a function, lambda or comprehension binds itself, in order of first appearance."""
+    out: list[str] = []
+    if isinstance(node, _COMPS):
+        for gen in node.generators:
+            out += [x.id for x in ast.walk(gen.target) if isinstance(x, ast.Name)]
+        return list(dict.fromkeys(out))
+    args = node.args
+    out += [a.arg for a in args.posonlyargs + args.args + args.kwonlyargs]
+    out += [a.arg for a in (args.vararg, args.kwarg) if a is not None]
+    body = node.body if isinstance(node.body, list) else [node.body]
+    declared: set[str] = set()
+    todo = list(reversed(body))
+    while todo:
+        x = todo.pop()
+        if isinstance(x, (ast.Global, ast.Nonlocal)):
+            declared |= set(x.names)
+        elif isinstance(x, ast.Name) and isinstance(x.ctx, ast.Store):
+            out.append(x.id)
+        elif isinstance(x, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            out.append(x.name)
+            continue  # its body is its own scope
+        if isinstance(x, (*_FUNCS, *_COMPS, ast.ClassDef)):
+            continue
+        todo += reversed(list(ast.iter_child_nodes(x)))
+    return [n for n in dict.fromkeys(out) if n not in declared]
+
+
+class _Renamer:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def rename(self, node: ast.AST, chain: list[dict[str, str]]) -> None:
+        if isinstance(node, (*_FUNCS, *_COMPS)):
+            outer = []  # evaluated in the enclosing scope: decorators, defaults, annotations
+            if isinstance(node, _FUNCS):
+                outer += list(getattr(node, "decorator_list", [])) + node.args.defaults
+                outer += [d for d in node.args.kw_defaults if d is not None]
+            for x in outer:
+                self.rename(x, chain)
+            mapping = {}
+            for name in _scope_locals(node):
+                mapping[name] = f"_v{self.count}"
+                self.count += 1
+            inner = [*chain, mapping]
+            if isinstance(node, _FUNCS):
+                for a in [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs, node.args.vararg,
+                          node.args.kwarg]:  # fmt: skip
+                    if a is not None:
+                        a.arg = mapping.get(a.arg, a.arg)
+                        a.annotation = None
+                if not isinstance(node, ast.Lambda):
+                    node.returns = None
+                body = node.body if isinstance(node.body, list) else [node.body]
+                for x in body:
+                    self.rename(x, inner)
+            else:
+                for x in ast.iter_child_nodes(node):
+                    self.rename(x, inner)
+            return
+        if isinstance(node, ast.Name):
+            for m in reversed(chain):
+                if node.id in m:
+                    node.id = m[node.id]
+                    break
+            return
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and chain:
+            # a nested def's own name is a local of the enclosing scope
+            for m in reversed(chain):
+                if node.name in m:
+                    node.name = m[node.name]
+                    break
+        for x in ast.iter_child_nodes(node):
+            self.rename(x, chain)
 
 
 def parse_tests(prefill: str, text: str, entry_point: str, limit: int) -> list[str]:

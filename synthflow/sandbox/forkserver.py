@@ -263,8 +263,9 @@ def _parse(code: str) -> ast.Module | None:
         return None
 
 
-def program_names(code: str | ast.Module | None) -> set[str]:
-    """Top-level names a program defines (functions, classes, assignments, imports)."""
+def program_names(code: str | ast.Module | None, imports: bool = True) -> set[str]:
+    """Top-level names a program defines (functions, classes, assignments, and imports unless
+    ``imports=False``: a test's ``math.pi`` means the math module, not something of the program)."""
     tree = _parse(code) if isinstance(code, str) else code
     if tree is None:
         return set()
@@ -275,7 +276,7 @@ def program_names(code: str | ast.Module | None) -> set[str]:
         elif isinstance(n, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
             for t in n.targets if isinstance(n, ast.Assign) else [n.target]:
                 out |= {x.id for x in ast.walk(t) if isinstance(x, ast.Name)}
-        elif isinstance(n, (ast.Import, ast.ImportFrom)):
+        elif imports and isinstance(n, (ast.Import, ast.ImportFrom)):
             out |= {(a.asname or a.name).split(".")[0] for a in n.names}
     return out
 
@@ -331,8 +332,25 @@ class _Prepared:
         self.kind = "run"
         self.why = ""
         self.early: tuple[str, str, str] | None = None  # (status, exc_type, message) decided here
-        tree = _parse(job.code)
-        names = program_names(tree)
+        self.server_jobs: list[dict[str, Any]] = []
+        self.answers: list[dict[str, Any]] = []
+        try:
+            self._prepare(job, mem_mb, nproc)
+        except (RecursionError, MemoryError):
+            # source too deep for the host to read is refused, never left unchecked
+            self.early = (
+                "fail",
+                "ForbiddenConstruct",
+                "the program or its tests are too deeply nested to check",
+            )
+            self.plans, self.server_jobs, self.answers = [], [], []
+
+    def _prepare(self, job: Job, mem_mb: int, nproc: int) -> None:
+        try:
+            tree = ast.parse(job.code)
+        except (SyntaxError, ValueError):
+            tree = None  # the run reports the syntax error
+        names = program_names(tree, imports=False)
         base = {"code": job.code, "timeout_s": job.timeout_s, "mem_mb": mem_mb, "nproc": nproc,
                 "entry_point": job.entry_point, "policy": job.policy}  # fmt: skip
         eps: set[str] = {job.entry_point} if job.entry_point else set()
@@ -381,6 +399,7 @@ class _Prepared:
         if self.kind == "driver":
             used |= policy.imports(_parse(job.tests or ""))
         warm = not used <= policy.LEAN_OK
+        aliases = analysis.module_aliases() if analysis is not None else set()
         eps.discard("candidate")
         if job.policy == "verify" and analysis is not None:
             found = policy.check_analysis(analysis, eps)
@@ -389,9 +408,13 @@ class _Prepared:
                 jobs = []
         eps.discard("candidate")  # HumanEval's name for the entry point inside check()
         for j in jobs:
-            j.update(nonce=secrets.token_hex(16), entry_points=sorted(eps), warm=warm)
+            j.update(
+                nonce=secrets.token_hex(16), entry_points=sorted(eps), warm=warm, modules=sorted(aliases)
+            )
+            if "calls" in j:
+                j["call_fns"] = [called_name(c) for c in j["calls"]]
         self.server_jobs = jobs
-        self.answers: list[dict[str, Any]] = [{} for _ in jobs]
+        self.answers = [{} for _ in jobs]
 
     def expected_sources(self) -> list[str]:
         return [e for p in self.plans if p is not None for e in p.expected if not literal(e)[0]]
@@ -501,7 +524,8 @@ class SandboxExecutor:
         jobs, owners = [], []
         for i, sources in enumerate(wanted):
             if sources:
-                jobs.append({"code": "", "mode": "calls", "calls": sources, "per_call_timeout_s": 2.0,
+                jobs.append({"code": "", "mode": "calls", "calls": sources, "call_fns": [called_name(x) for x in sources],
+                             "per_call_timeout_s": 2.0,
                              "timeout_s": 2.0 * len(sources) + 2.0, "mem_mb": self.mem_mb, "nproc": self.nproc,
                              "policy": "none", "entry_points": [], "nonce": secrets.token_hex(16)})  # fmt: skip
                 owners.append(i)

@@ -326,7 +326,7 @@ INTROSPECTION_EVENTS = frozenset(
 )
 
 
-def _install_guard(workdir, result_fd, nonce, policy="none", entry_points=()):
+def _install_guard(workdir, result_fd, nonce, policy="none", entry_points=(), modules=()):
     """Audit hook (cannot be removed from Python code): network, process creation, signals to
     others, ctypes, file descriptors opened by number and writes outside the job's own folder are
     refused and reported. With ``policy="verify"`` also frames, ``gc``, tracing, changing a
@@ -345,6 +345,7 @@ def _install_guard(workdir, result_fd, nonce, policy="none", entry_points=()):
     intro = INTROSPECTION_EVENTS if strict else frozenset()
     frame_attrs, func_attrs = FRAME_ATTRS, FUNC_ATTRS
     eps = frozenset(entry_points)
+    mods = frozenset(modules)
     function_type = type(_install_guard)
     write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
     busy = [None]
@@ -361,7 +362,7 @@ def _install_guard(workdir, result_fd, nonce, policy="none", entry_points=()):
     def check_dynamic(source):
         from synthflow.sandbox.policy import check_dynamic as check
 
-        return check(source, eps)
+        return check(source, eps, mods)
 
     def from_program():
         """Did the program ask for this compile (not a module's own set-up, such as namedtuple's
@@ -498,7 +499,9 @@ def _spawned(ctl, fds):
             sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
             entry = ENTRIES[ctl["role"]]
             policy = job.get("policy", "none") if ctl["role"] != "driver" else "none"
-            _install_guard(workdir, res_fd, nonce, policy, job.get("entry_points") or ())
+            _install_guard(
+                workdir, res_fd, nonce, policy, job.get("entry_points") or (), job.get("modules") or ()
+            )
         except BaseException as e:  # noqa: BLE001
             with _suppress(BaseException):
                 harness.write_frame(res_fd, {"nonce": nonce, "setup_error": repr(e)[:300]})
@@ -777,7 +780,16 @@ def _pipes(n):
     return out
 
 
-PROGRAM_KEYS = ("code", "calls", "per_call_timeout_s", "entry_point", "entry_points", "policy")
+PROGRAM_KEYS = (
+    "code",
+    "calls",
+    "call_fns",
+    "per_call_timeout_s",
+    "entry_point",
+    "entry_points",
+    "modules",
+    "policy",
+)
 DRIVER_KEYS = ("tests", "prompt", "program_names", "entry_point")
 
 

@@ -358,12 +358,12 @@ def counts_as_test(test: str, entry_point: str | None) -> bool:
     of them must call ``entry_point`` and compare the result for equality (``==``, ``is``, or within a
     tolerance: ``abs(f(x) - y) < tol``, ``math.isclose``). ``assert "add(1, 2) == 3"``,
     ``assert True, "add(1, 2)"``, ``assert add(1, 1) != 5`` or ``assert add(1, 2)`` do not count:
-    almost any program passes them."""
+    almost any program passes them, and neither does a tolerance over 1e-3 (relative beyond 1)."""
     if not entry_point:
         return False
     try:
         plan = decompose(test, {entry_point}, entry_point)
-    except NotDecomposable:
+    except (NotDecomposable, RecursionError, MemoryError):
         return False
     for a in plan.asserts:
         if a.call is None:
@@ -371,6 +371,26 @@ def counts_as_test(test: str, entry_point: str | None) -> bool:
         called = plan.calls[a.call].split("(", 1)[0].strip()
         if called not in (entry_point, "candidate"):
             continue
-        if a.kind in ("abs", "isclose") or (a.kind == "cmp" and a.op in _STRONG_OPS):
+        if (a.kind == "cmp" and a.op in _STRONG_OPS) or (a.kind in ("abs", "isclose") and _tight(plan, a)):
             return True
     return False
+
+
+TIGHT = 1e-3  # the largest tolerance that still tests a value (relative to it when it is large)
+
+
+def _tight(plan: Plan, a: Assertion) -> bool:
+    """``abs(f(x) - y) < tol`` and ``math.isclose`` count only with a small literal tolerance:
+    ``< 1e999`` or ``rel_tol=1`` passes anything."""
+    ok, y = literal(plan.expected[a.expected]) if a.expected is not None else (False, None)
+    scale = max(1.0, abs(y)) if ok and isinstance(y, (int, float)) and not isinstance(y, bool) else 1.0
+    if a.kind == "abs":
+        ok, tol = literal(plan.expected[a.tol]) if a.tol is not None else (False, None)
+        return ok and isinstance(tol, (int, float)) and not isinstance(tol, bool) and 0 < tol <= TIGHT * scale
+    for kw, i in a.isclose_kw.items():
+        ok, tol = literal(plan.expected[i])
+        if not ok or not isinstance(tol, (int, float)) or isinstance(tol, bool) or tol < 0:
+            return False
+        if tol > (TIGHT * scale if kw == "abs_tol" else TIGHT):
+            return False
+    return True
