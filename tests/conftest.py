@@ -19,18 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data"
 
 
-def _shared_data() -> Path:
-    """External test data: ``../shared/data`` beside the checkout (SYNTHFLOW_SHARED_DATA overrides;
-    /work/shared/data is where it lives on the team's machines, for clones made elsewhere)."""
-    for p in (os.environ.get("SYNTHFLOW_SHARED_DATA"), ROOT.parent / "shared" / "data", "/work/shared/data"):
-        if p and (Path(p) / "self_instruct_seed_tasks.jsonl").is_file():
-            return Path(p)
-    raise FileNotFoundError(
-        "shared test data not found: set SYNTHFLOW_SHARED_DATA to the folder with self_instruct_seed_tasks.jsonl"
-    )
+# the Self-Instruct seed tasks (Apache-2.0), shipped with the tests (tests/data/README.md)
+SEED_TASKS = DATA / "self_instruct_seed_tasks.jsonl"
 
-
-SHARED = _shared_data()
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -139,7 +130,7 @@ def labelled(tmp_path_factory) -> Path:
     """Good seed responses and their truncated, looping or evasive twins (tests/labelled.py), as JSONL."""
     from .labelled import labelled_rows
 
-    rows = labelled_rows(SHARED / "self_instruct_seed_tasks.jsonl")
+    rows = labelled_rows(SEED_TASKS)
     path = tmp_path_factory.mktemp("labelled") / "labelled.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path

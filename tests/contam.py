@@ -67,11 +67,11 @@ def edited_prompts(n: int = 40, seed: int = 0) -> list[tuple[str, str]]:
     return [(it["task_id"], edit(it, rng)) for it in items]
 
 
-def clean_texts(shared: Path, builtin: Path) -> list[str]:
+def clean_texts(seed_tasks: Path, builtin: Path) -> list[str]:
     """Instructions (and inputs) nobody copied from HumanEval: the Self-Instruct seed tasks (the
-    shared 175 and the shipped 40), and the shipped math and code seeds."""
+    paper's 175 and the shipped 40), and the shipped math and code seeds."""
     out = []
-    for path in (shared / "self_instruct_seed_tasks.jsonl", builtin / "self_instruct_seeds.jsonl"):
+    for path in (seed_tasks, builtin / "self_instruct_seeds.jsonl"):
         for line in path.read_text().splitlines():
             if line.strip():
                 t = json.loads(line)

@@ -1,4 +1,4 @@
-"""Bonito-style task generation (issue 15): tasks of chosen types from unannotated passages, with
+"""Bonito-style task generation: tasks of chosen types from unannotated passages, with
 answers checked against the passage rather than taken on the model's word."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The Dask path for the CPU stages (issue 13): `synthflow verify --dask`, `synthflow score --dask`
+"""The Dask path for the CPU stages: `synthflow verify --dask`, `synthflow score --dask`
 and the flow's verify step on a LocalCluster of 2 worker processes give what the one-process path
 gives, in input order."""
 

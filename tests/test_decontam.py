@@ -12,7 +12,7 @@ import pytest
 
 from synthflow.dedup.decontam import NgramIndex, load_benchmark
 
-from .conftest import SHARED, run_cli
+from .conftest import SEED_TASKS, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_lightly_edited_prompts_are_caught(humaneval, index):
 
 
 def test_self_instruct_seeds_flag_nothing(index):
-    rows = [json.loads(line) for line in (SHARED / "self_instruct_seed_tasks.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (SEED_TASKS).read_text().splitlines()]
     texts = [
         r["instruction"] + "\n" + "\n".join(i["input"] + "\n" + i["output"] for i in r["instances"])
         for r in rows
@@ -141,7 +141,7 @@ def test_light_edits_of_humaneval_prompts_are_caught_and_clean_text_is_not():
     from synthflow.dedup.decontam import NgramIndex, load_benchmark
     from synthflow.seeds import BUILTIN_DIR
 
-    from .conftest import SHARED
+    from .conftest import SEED_TASKS
     from .contam import clean_texts, edited_prompts
 
     idx = NgramIndex(load_benchmark("humaneval"))
@@ -151,7 +151,7 @@ def test_light_edits_of_humaneval_prompts_are_caught_and_clean_text_is_not():
         missed = [tid for (tid, _), h in zip(edited, hits, strict=True) if h is None]
         assert not missed, (seed, missed)
         assert all(h[1].startswith(("ngram13", "ngram7", "statement=")) for h in hits)
-    clean = clean_texts(SHARED, BUILTIN_DIR)
+    clean = clean_texts(SEED_TASKS, BUILTIN_DIR)
     assert len(clean) > 250
     flagged = [(t[:60], h) for t, h in zip(clean, idx.check_reasons(clean), strict=True) if h]
     assert not flagged

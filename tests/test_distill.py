@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 
 from synthflow.cli import main
 
-from .conftest import SHARED, math_recipe
+from .conftest import SEED_TASKS, math_recipe
 from .labelled import labelled_rows
 
 
@@ -21,7 +21,7 @@ def _split(tmp_path):
     """Labelled rows from both seed sets, split by task: no task is in train and test."""
     from synthflow.seeds import BUILTIN_DIR
 
-    rows = labelled_rows(SHARED / "self_instruct_seed_tasks.jsonl") + labelled_rows(
+    rows = labelled_rows(SEED_TASKS) + labelled_rows(
         BUILTIN_DIR / "self_instruct_seeds.jsonl", seed=1
     )
     tasks = sorted({r["task"].split("#")[0] for r in rows})

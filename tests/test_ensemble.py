@@ -1,4 +1,4 @@
-"""Ensemble-Instruct (issue 15): every member answers each instruction; the answer the others agree
+"""Ensemble-Instruct: every member answers each instruction; the answer the others agree
 with most is kept if it clears the threshold; shirking members cannot outvote by agreeing."""
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from synthflow.engines.fake import FakeEngine
 from synthflow.recipe import load_recipe
 from synthflow.seeds import extract_seeds, self_instruct_seeds
 
-from .conftest import DATA, ROOT, SHARED, assert_golden
+from .conftest import DATA, ROOT, SEED_TASKS, assert_golden
 
 
 def make(tmp_path: Path, recipe: str, script: str, **options):
@@ -48,7 +48,7 @@ def test_golden_prompts(name):
 
 # ---- seeds --------------------------------------------------------------------------------------
 def test_self_instruct_reader_on_the_original_seed_file():
-    seeds = self_instruct_seeds(str(SHARED / "self_instruct_seed_tasks.jsonl"))
+    seeds = self_instruct_seeds(str(SEED_TASKS))
     assert len(seeds) == 175
     assert seeds[0].seed_id == "seed_task_0" and seeds[0].data["instances"][0]["output"]
     assert sum(s.data["is_classification"] for s in seeds) > 10

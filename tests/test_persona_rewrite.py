@@ -1,4 +1,4 @@
-"""Persona rewrites (PersonaMath, issue 15): the persona restates a seed problem with a known answer,
+"""Persona rewrites (PersonaMath): the persona restates a seed problem with a known answer,
 numbers and question kept, and the program must compute the seed's answer. A rewrite that lost a
 number, barely changed the wording, or computes another answer (even one it states consistently)
 is rejected with its reason; the row keeps the original and the reference."""

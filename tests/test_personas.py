@@ -1,4 +1,4 @@
-"""Persona-driven synthesis (issue 15): each item draws a persona, the prompt asks for what that
+"""Persona-driven synthesis: each item draws a persona, the prompt asks for what that
 person would pose, the row keeps it, and the summary measures diversity."""
 
 from __future__ import annotations

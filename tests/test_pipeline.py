@@ -1,4 +1,4 @@
-"""A run that can cross processes (issue 12): pipelined batches give the sequential run's rows,
+"""A run that can cross processes: pipelined batches give the sequential run's rows,
 a retried generate gives a clean run's rows, overlapping runs are safe, and the Prefect graph
 follows the data's way."""
 

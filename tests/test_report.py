@@ -1,4 +1,4 @@
-"""The HTML run report (issue 14, part 1): every run writes a self-contained report.html; `synthflow
+"""The HTML run report: every run writes a self-contained report.html; `synthflow
 report --recipe` draws a recipe's runs over time; bad input is one line and exit 2."""
 
 from __future__ import annotations

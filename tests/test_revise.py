@@ -1,4 +1,4 @@
-"""CoachLM-style revision (issue 15): rows rejected for a fixable reason are rewritten and go
+"""CoachLM-style revision: rows rejected for a fixable reason are rewritten and go
 through verification, dedup, scoring and the thresholds again; a revision is never trusted."""
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import random
 
 from synthflow.dedup.rouge import RougePool
 
-from .conftest import SHARED
+from .conftest import SEED_TASKS
 
 
 def _perturb(text: str, rng: random.Random) -> str:
@@ -30,7 +30,7 @@ def _perturb(text: str, rng: random.Random) -> str:
 def test_pruned_rouge_matches_brute_force():
     seeds = [
         json.loads(line)["instruction"]
-        for line in (SHARED / "self_instruct_seed_tasks.jsonl").read_text().splitlines()
+        for line in (SEED_TASKS).read_text().splitlines()
     ]
     rng = random.Random(5)
     queries = [_perturb(_perturb(s, rng), rng) for s in seeds] + [_perturb(s, rng) for s in seeds]

@@ -13,14 +13,14 @@ import pyarrow.parquet as pq
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from .conftest import SHARED, run_cli
+from .conftest import SEED_TASKS, run_cli
 
 pytestmark = pytest.mark.slow
 
 
 def probe(path) -> list[dict]:
     tasks = [
-        json.loads(line) for line in (SHARED / "self_instruct_seed_tasks.jsonl").read_text().splitlines()
+        json.loads(line) for line in (SEED_TASKS).read_text().splitlines()
     ]
     pairs = []
     for t in tasks:

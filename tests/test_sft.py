@@ -1,4 +1,4 @@
-"""SFT validation (issue 14, part 2): every published row has n_tokens under the target tokenizer's
+"""SFT validation: every published row has n_tokens under the target tokenizer's
 chat template, and a row that does not fit max_seq_len is a reject `sft:too_long`."""
 
 from __future__ import annotations

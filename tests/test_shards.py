@@ -1,4 +1,4 @@
-"""Sharded runs (issue 13): N shards take disjoint batches from a Redis queue, a merge admits them
+"""Sharded runs: N shards take disjoint batches from a Redis queue, a merge admits them
 in batch order, and the published rows are the one-process run's rows."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Weakness-targeted generation (issue 15): per-skill accuracy of a student, and generation weights
+"""Weakness-targeted generation: per-skill accuracy of a student, and generation weights
 that move towards the skills it fails."""
 
 from __future__ import annotations

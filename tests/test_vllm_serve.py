@@ -78,7 +78,7 @@ def test_math_recipe_against_vllm_serve(vllm_server, tmp_path):
 
 
 def test_ensemble_with_the_embedded_model_and_a_served_member(vllm_server, tmp_path):
-    """Issue 15's ensemble with the in-process vLLM engine and an OpenAI-compatible endpoint (a real
+    """The ensemble with the in-process vLLM engine and an OpenAI-compatible endpoint (a real
     `vllm serve`) in one run: both answer every instruction, each in its own role."""
     text = (ROOT / "recipes" / "ensemble.yaml").read_text()
     members = (
