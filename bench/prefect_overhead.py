@@ -44,7 +44,7 @@ def write_recipe(tmp: Path, items: int, batch: int) -> Path:
     rules = json.loads((ROOT / "tests" / "data" / "fake_math.json").read_text())
     script = tmp / "fake_math.json"
     script.write_text(json.dumps([r for r in rules if "while True" not in r["reply"]]))
-    data["engine"] = {"name": "fake", "script": str(script)}
+    data["engine"] = {"name": "fake", "options": {"script": str(script)}}
     data["generator"]["options"]["self_consistency"] = 0
     data["scoring"] = {"heuristics": {}}
     data["n"], data["max_items"], data["batch_size"] = 10**7, items, batch  # n never reached
@@ -54,16 +54,16 @@ def write_recipe(tmp: Path, items: int, batch: int) -> Path:
 
 
 def raw_loop(recipe: Path, out: Path) -> dict:
-    from synthflow.runner import Overrides, Run
+    """The same batch loop as the flow, called directly: no Prefect."""
+    from synthflow import pipeline
+    from synthflow.run import Run
+    from synthflow.spec import Overrides
 
     run = Run.open(str(recipe), Overrides(out=str(out)))
     try:
-        run.prepare()
+        run.ledger.seconds["prepare"] += run.stages.prepare()
         while items := run.next_items():
-            records = run.generate(items).kept
-            for bucket in ("verify", "dedup", "score"):
-                records = run.apply(bucket, records)
-            run.accept(run.apply("accept", records))
+            pipeline.process_batch(run.stages, items, sink=run.ledger)
         _, summary = run.finish()
     finally:
         run.close()
@@ -72,8 +72,11 @@ def raw_loop(recipe: Path, out: Path) -> dict:
 
 def flow(recipe: Path, out: Path, pipeline: bool) -> dict:
     from flows.recipe_flow import run_recipe
+    from synthflow.spec import Overrides
 
-    return run_recipe(recipe=str(recipe), out=str(out), sets=[f"pipeline={str(pipeline).lower()}"])
+    return run_recipe(
+        recipe=str(recipe), overrides=Overrides(out=str(out), sets=[f"pipeline={str(pipeline).lower()}"])
+    )
 
 
 def main() -> None:

@@ -47,10 +47,6 @@ class Decontaminate(Filter):
         ]
         self.removed: Counter = Counter()
 
-    @classmethod
-    def contract_text(cls, i: int) -> str:
-        return load_benchmark("humaneval").texts[i]
-
     def __call__(self, records: Sequence[Record]) -> StageResult:
         res = StageResult()
         field = self.params.field or self.ctx.text_field

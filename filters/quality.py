@@ -115,10 +115,6 @@ class Thresholds(Filter):
     stage = "accept"
     Params = ThresholdParams
 
-    @classmethod
-    def contract_params(cls) -> dict[str, Any]:
-        return {"min": {"prompt_words": 1000}}
-
     def __call__(self, records: Sequence[Record]) -> StageResult:
         res = StageResult()
         for r in records:

@@ -58,10 +58,6 @@ class Select(Filter):
         self.n_candidates = 0
         self.clusters: dict[str, Any] = {}
 
-    @classmethod
-    def contract_params(cls) -> dict[str, Any]:
-        return {"by": "prompt_words", "min_distance": 0.5}
-
     def _order(self, records: Sequence[Record]) -> list[int]:
         by, asc = self.params.by, self.params.ascending
 

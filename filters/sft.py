@@ -67,10 +67,6 @@ class SFTCheck(Filter):
         self.too_long = 0
         self.template_errors = 0
 
-    @classmethod
-    def contract_params(cls) -> dict[str, Any]:
-        return {"max_seq_len": 8}
-
     @property
     def tok(self) -> Any:
         if self._tok is None:

@@ -1,8 +1,9 @@
 """The recipe flow: seeds -> generate -> verify -> dedup -> score -> accept -> write.
 
-Tasks take a picklable :class:`RunSpec` and a batch (``recipe.batch_size`` records), never single
-records, and return :class:`StageResult`s; the stage objects they use are built lazily in the
-process that runs them (``stages_for``). Only the flow does the accounting (``Run``, the ledger).
+The batch loop is :func:`synthflow.pipeline.process_batch`; the flow only says where each step
+runs: as a Prefect task (``generate-3``, ``verify-3``, ...), taking a picklable :class:`RunSpec`
+and a batch and returning a :class:`StageResult`; the stage objects they use are built lazily in
+the process that runs them (``stages_for``). Only the flow does the accounting (the run's ledger).
 Each task's input is the previous task's result, so the Prefect graph is the data's way.
 
 With ``pipeline: true`` (the default) the next batch is generated in a worker thread while the
@@ -35,11 +36,16 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import opaque
 
+from synthflow import pipeline
 from synthflow import shard as sharding
 from synthflow.errors import UserError
 from synthflow.generators.base import Item
+from synthflow.ledger import FUNNEL
 from synthflow.record import StageResult
-from synthflow.runner import FUNNEL, Overrides, Run, RunSpec, format_summary, stages_for
+from synthflow.run import Run
+from synthflow.spec import Overrides, RunSpec
+from synthflow.stages import stages_for
+from synthflow.summary import format_summary
 
 # the engine task's retries (tests set the delay to 0)
 GENERATE_RETRIES = 2
@@ -66,27 +72,31 @@ def generate(spec: RunSpec, items: list[Item]) -> StageResult:
     return stages_for(spec).generate(items)
 
 
-@task(name="verify", cache_policy=NO_CACHE)
-def verify(spec: RunSpec, batch: StageResult) -> StageResult:
-    return stages_for(spec).apply("verify", batch.kept)
+@task(name="step", cache_policy=NO_CACHE)
+def step(spec: RunSpec, name: str, *args: Any) -> StageResult:
+    """One step of the batch loop (verify, dedup, score, accept, revise) on this process's stages."""
+    return pipeline.dispatch(stages_for(spec), name, *args)
 
 
-@task(name="dedup", cache_policy=NO_CACHE)
-def dedup(spec: RunSpec, batch: StageResult) -> StageResult:
-    return stages_for(spec).apply("dedup", batch.kept)
+def _wrap(a: Any) -> Any:
+    """Results go to a task as they are (Prefect links the tasks by them), without Prefect
+    walking their rows; a list of results (revise's) goes as a list of such."""
+    return (
+        [opaque(x) for x in a] if isinstance(a, list) and a and isinstance(a[0], StageResult) else opaque(a)
+    )
 
 
-@task(name="score", cache_policy=NO_CACHE)
-def score(spec: RunSpec, batch: StageResult) -> StageResult:
-    return stages_for(spec).apply("score", batch.kept)
+def prefect_steps(spec: RunSpec, batch: int) -> pipeline.StepRunner:
+    """The loop's steps as Prefect tasks named after the step and the batch (``verify-3``); each
+    takes the previous step's result, so the graph follows the data."""
 
+    def run(name: str, *args: Any) -> StageResult:
+        task_ = revise if name == "revise" else step
+        return task_.with_options(name=name, task_run_name=f"{name}-{batch}")(
+            spec, name, *(_wrap(a) for a in args)
+        )
 
-@task(name="accept", cache_policy=NO_CACHE)
-def accept(spec: RunSpec, batch: StageResult) -> tuple[StageResult, StageResult]:
-    """Thresholds and the other accept filters, then admission into the dedup indexes."""
-    st = stages_for(spec)
-    kept = st.apply("accept", batch.kept)
-    return kept, st.admit(kept.kept)
+    return run
 
 
 @task(name="write", cache_policy=NO_CACHE)
@@ -154,12 +164,12 @@ def run_sharded(run: Run, shards: int, work_pool: str | None, redis_url: str | N
     from prefect.futures import as_completed
 
     spec = run.spec
-    sharding.check_shardable(stages_for(spec))
+    stages_for(spec).check_shardable()
     if work_pool and not redis_url:
         raise UserError("--work-pool: pass --redis URL, a Redis every worker host can reach")
     # the generator's one-time set-up here, as in the one-process run: its artifacts (SkillMix's
     # skills) belong to the published run, and the shards on this host find its answers cached
-    run.seconds["prepare"] += prepare(spec)
+    run.ledger.seconds["prepare"] += prepare(spec)
     with sharding.redis_for(redis_url) as url:
         q = sharding.Queue(url, spec.run_id, attempt=secrets.token_hex(4))
         q.reset()
@@ -202,82 +212,33 @@ def _progress(run: Run) -> Any:
 
 
 @task(name="revise", retries=GENERATE_RETRIES, retry_delay_seconds=RETRY_DELAY_S, cache_policy=NO_CACHE)
-def revise(spec: RunSpec, verified: StageResult, scored: StageResult, accepted: Any, rnd: int) -> StageResult:
-    """The rejects of one pass (verify, score, accept), revised; it takes those tasks' results, so
-    the Prefect graph shows revision downstream of the checks that rejected the rows."""
-    kept = accepted[0]
-    return stages_for(spec).revise([*verified.rejects, *scored.rejects, *kept.rejects], rnd)
-
-
-def check_batch(run: Run, generated: StageResult) -> None:
-    """verify -> dedup -> score -> accept for one generated batch; the flow keeps the ledger. With
-    the recipe's ``revise``, rows rejected for a fixable reason are revised and take the same path
-    again, for up to ``revise.rounds`` rounds."""
-    passed = _check(run, generated)
-    cfg = run.recipe.revise
-    for rnd in range(1, (cfg.rounds if cfg else 0) + 1):
-        revised = revise(run.spec, *(opaque(x) for x in passed), rnd)
-        run.add_revised(revised)
-        if not revised.kept:
-            break
-        passed = _check(run, revised)
-
-
-def _check(run: Run, batch: StageResult) -> tuple[StageResult, StageResult, Any]:
-    """One pass of the checks; returns the verify, score and accept results (their rejects are the
-    candidates for a revision)."""
-    spec = run.spec
-    v = verify(spec, opaque(batch))
-    run.add_stage("verify", v)
-    d = dedup(spec, opaque(v))
-    run.add_stage("dedup", d)
-    s = score(spec, opaque(d))
-    run.add_stage("score", s)
-    accepted = accept(spec, opaque(s))
-    kept, admitted = accepted
-    run.add_stage("accept", kept)
-    run.add_admitted(admitted)
-    return v, s, accepted
+def revise(spec: RunSpec, name: str, checked: Any, rnd: int) -> StageResult:
+    """A revision round over a pass's rejects; it takes the verify, score and accept tasks'
+    results, so the Prefect graph shows revision downstream of the checks that rejected the rows."""
+    return pipeline.dispatch(stages_for(spec), name, checked, rnd)
 
 
 @flow(name="synthflow-recipe", log_prints=True)
 def run_recipe(
     recipe: str = "recipes/math.yaml",
-    n: int | None = None,
-    model: str | None = None,
-    out: str | None = None,
-    engine: str | None = None,
-    base_url: str | None = None,
-    seed: int | None = None,
-    batch_size: int | None = None,
-    max_items: int | None = None,
-    sets: list[str] | None = None,
+    overrides: Overrides | None = None,
     seed_from_date: bool = False,
     shards: int = 1,
     work_pool: str | None = None,
     redis: str | None = None,
     dask: str | None = None,
 ) -> dict[str, Any]:
-    """Run one recipe end to end and publish its dataset. ``seed_from_date`` (for schedules)
-    makes each day's run draw new samples, so a nightly deployment adds new rows. ``shards``
-    splits the run's batches over that many processes (``work_pool``: flow runs on that Prefect
-    work pool's workers), sharing the Redis at ``redis`` (default: a private local one). ``dask``
-    (an address or local:N) runs the verify step's sandboxes on a Dask cluster."""
-    if seed_from_date and seed is None:
-        seed = int(datetime.now(UTC).strftime("%Y%m%d"))
-    ov = Overrides(
-        n=n,
-        model=model,
-        out=out,
-        engine=engine,
-        base_url=base_url,
-        seed=seed,
-        batch_size=batch_size,
-        max_items=max_items,
-        sets=sets,
-    )
+    """Run one recipe end to end and publish its dataset. ``overrides``: recipe fields to change
+    (``n``, ``model``, ``sets``, ...). ``seed_from_date`` (for schedules) makes each day's run draw
+    new samples, so a nightly deployment adds new rows. ``shards`` splits the run's batches over that
+    many processes (``work_pool``: flow runs on that Prefect work pool's workers), sharing the Redis
+    at ``redis`` (default: a private local one). ``dask`` (an address or local:N) runs the verify
+    step's sandboxes on a Dask cluster."""
+    ov = overrides or Overrides()
+    if seed_from_date and ov.seed is None:
+        ov = ov.model_copy(update={"seed": int(datetime.now(UTC).strftime("%Y%m%d"))})
     run = Run.open(recipe, ov, dask=dask)  # validation, the run's claim and item range: in the flow process
-    spec = run.spec
+    spec, ledger = run.spec, run.ledger
     bar = None
     pending = None
     try:
@@ -291,30 +252,33 @@ def run_recipe(
         progress_id = create_progress_artifact(
             pct, key=f"{run.recipe.name}-progress".replace("_", "-"), description=line
         )
-        run.seconds["prepare"] += prepare(spec)
+        ledger.seconds["prepare"] += prepare(spec)
+        batch = 0
         items = run.next_items()
-        pending = generate.submit(spec, items) if items else None
+        pending = _generate(spec, items, batch) if items else None
         while pending is not None:
             generated = pending.result()
-            run.add_generated(generated)
             ahead: list[Item] = []
             pending = None
             if run.recipe.pipeline:
                 ahead = run.next_items()  # made while this batch is checked
-                pending = generate.submit(spec, ahead) if ahead else None
-            check_batch(run, generated)
-            if pending is not None and run.reached_target():
+                pending = _generate(spec, ahead, batch + 1) if ahead else None
+            pipeline.process_batch(
+                stages_for(spec), [], step=prefect_steps(spec, batch), sink=ledger, generated=generated
+            )
+            batch += 1
+            if pending is not None and ledger.reached_target():
                 pending.wait()  # not needed: undo it, as if it had never been made
                 stages_for(spec).discard_last()
                 run.unplan(ahead)
                 pending = None
             elif not run.recipe.pipeline and (items := run.next_items()):
-                pending = generate.submit(spec, items)
+                pending = _generate(spec, items, batch)
             pct, line = run.progress()
             update_progress_artifact(progress_id, pct, description=line)  # the Prefect UI's view
             if bar is not None:
-                bar.n = len(run.accepted)
-                bar.set_postfix(generated=run.counts["generated"], planned=run.planned, refresh=False)
+                bar.n = len(ledger.accepted)
+                bar.set_postfix(generated=ledger.counts["generated"], planned=ledger.planned, refresh=False)
                 bar.refresh()
         if bar is not None:
             bar.close()
@@ -325,6 +289,10 @@ def run_recipe(
             pending.wait()
         run.close()
     return _artifacts(run, summary)
+
+
+def _generate(spec: RunSpec, items: list[Item], batch: int) -> Any:
+    return generate.with_options(task_run_name=f"generate-{batch}").submit(spec, items)
 
 
 def _artifacts(run: Run, summary: dict[str, Any]) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -53,37 +52,45 @@ def _reap_orphan_prefect_servers() -> None:
 
 
 # ---- run -----------------------------------------------------------------------------------------
+def overrides(a: argparse.Namespace, *names: str) -> Any:
+    """The run's :class:`Overrides` from the parsed options (all of them, or ``names``)."""
+    from synthflow.spec import Overrides
+
+    fields = names or tuple(Overrides.model_fields)
+    return Overrides(**{f: getattr(a, "set" if f == "sets" else f, None) for f in fields})
+
+
+def add_override_options(p: argparse.ArgumentParser, *names: str) -> None:
+    """``--n``, ``--model``, ... ``--set``: one option per :class:`Overrides` field (or ``names``)."""
+    from synthflow.spec import Overrides
+
+    for name, f in Overrides.model_fields.items():
+        if names and name not in names:
+            continue
+        if name == "sets":
+            p.add_argument("--set", action="append", metavar="KEY=VALUE", help=f.description)
+            continue
+        ann = f.annotation
+        typ = int if ann in (int, int | None) else str
+        p.add_argument(f"--{name.replace('_', '-')}", type=typ, help=f.description)
+
+
 def cmd_run(a: argparse.Namespace) -> int:
     _prefect_env()
-    from synthflow.runner import Overrides, Run, format_summary
+    from synthflow import run
+    from synthflow.summary import format_summary
 
-    ov = Overrides(
-        n=a.n,
-        model=a.model,
-        out=a.out,
-        engine=a.engine,
-        base_url=a.base_url,
-        seed=a.seed,
-        batch_size=a.batch_size,
-        max_items=a.max_items,
-        sets=a.set,
-    )
+    ov = overrides(a)
     if a.shards < 1:
         raise UserError(f"--shards {a.shards}: give 1 or more")
     if a.work_pool and a.shards < 2:
         raise UserError("--work-pool: only for a sharded run (--shards 2 or more)")
-    Run.check(a.recipe, ov, shards=a.shards)  # bad input fails here, before Prefect starts
+    run.check(a.recipe, ov, shards=a.shards)  # bad input fails here, before Prefect starts
     _reap_orphan_prefect_servers()
     from flows.recipe_flow import run_recipe
 
-    summary = run_recipe(
-        recipe=a.recipe,
-        **dataclasses.asdict(ov),
-        shards=a.shards,
-        work_pool=a.work_pool,
-        redis=a.redis,
-        dask=a.dask,
-    )
+    summary = run_recipe(recipe=a.recipe, overrides=ov, shards=a.shards, work_pool=a.work_pool, redis=a.redis,
+                         dask=a.dask)  # fmt: skip
     print(format_summary(summary))
     return 0
 
@@ -92,16 +99,16 @@ def cmd_run(a: argparse.Namespace) -> int:
 def cmd_target(a: argparse.Namespace) -> int:
     """Evaluate a student per skill, then generate for its weakest skills, ``--rounds`` times."""
     _prefect_env()
+    from synthflow import run
     from synthflow.engines.pool import EnginePool
     from synthflow.recipe import EngineConfig
-    from synthflow.runner import Overrides, Run
     from synthflow.target import load_eval, run_target
 
     rows = load_eval(a.eval)
     if a.rounds < 1:
         raise UserError(f"--rounds {a.rounds}: give 1 or more")
-    ov = Overrides(n=a.n, out=a.out, max_items=a.max_items)
-    recipe = Run.check(a.recipe, ov)  # a bad recipe fails before the student is loaded
+    ov = overrides(a, "n", "out", "max_items", "sets")
+    recipe = run.check(a.recipe, ov)  # a bad recipe fails before the student is loaded
     if recipe.generator.name != "skillmix":
         raise UserError(
             f"--recipe {a.recipe}: synthflow target weights SkillMix skills; give a skillmix recipe"
@@ -113,32 +120,26 @@ def cmd_target(a: argparse.Namespace) -> int:
     _reap_orphan_prefect_servers()
     from flows.recipe_flow import run_recipe
 
-    class Loaded:  # an engine that lives while it answers and grades; the generation loads its own
-        def __init__(self, role: str, cfg: Any, where: str):
-            self.role, self.cfg, self.where, self.pool, self.eng = role, cfg, where, None, None
-
-        def generate(self, reqs: list[Any], sampling: Any) -> list[Any]:
-            if self.eng is None:
-                self.pool = EnginePool()
-                self.eng = self.pool.add(self.role, self.cfg, where=self.where)
-                if self.cfg.name == "openai":
-                    self.eng.engine.preflight()  # a down endpoint: one line, exit 2
-            return self.eng.generate(reqs, sampling)
-
-        def close(self) -> None:
-            if self.pool is not None:
-                self.pool.close()
-            self.pool = self.eng = None
-
-    student = Loaded("student", cfg, "--student")
+    # engines by role from one pool; each starts on its first call and is stopped (its memory
+    # freed) before a generation run, which loads its own
+    pool = EnginePool()
+    student = pool.add("student", cfg, where="--student")
+    if cfg.name == "openai":
+        student.engine.preflight()  # a down endpoint: one line, exit 2
     judge = None  # the student grades free-text answers against their references unless told
     if a.judge_url:
-        judge = Loaded("judge", EngineConfig(name="openai", base_url=a.judge_url, model=a.judge), "--judge")
+        judge = pool.add(
+            "judge", EngineConfig(name="openai", base_url=a.judge_url, model=a.judge), where="--judge"
+        )
+        judge.engine.preflight()
     elif a.judge != "student":
-        judge = Loaded("judge", EngineConfig(name="vllm", model=a.judge, max_model_len=2048), "--judge")
+        judge = pool.add(
+            "judge", EngineConfig(name="vllm", model=a.judge, max_model_len=2048), where="--judge"
+        )
 
     def generate(recipe_path: str, sets: list[str]) -> dict[str, Any]:
-        return run_recipe(recipe=recipe_path, **{**dataclasses.asdict(ov), "sets": [*(a.set or []), *sets]})
+        round_ov = ov.model_copy(update={"sets": [*(ov.sets or []), *sets]})
+        return run_recipe(recipe=recipe_path, overrides=round_ov)
 
     from datetime import UTC, datetime
 
@@ -150,9 +151,7 @@ def cmd_target(a: argparse.Namespace) -> int:
         run_target(student, rows, a.recipe, a.rounds, out, generate, judge=judge, grader=a.grader,
                    judge_min=a.judge_min)  # fmt: skip
     finally:
-        for e in (student, judge):
-            if e is not None:
-                e.close()
+        pool.close()
     print(f"wrote {out / 'target.json'}")
     return 0
 
@@ -254,23 +253,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run a recipe through the Prefect flow and publish its dataset")
     r.add_argument("recipe", help="recipe YAML (or a name under recipes/, e.g. math)")
-    r.add_argument("--n", type=int, help="accepted rows to produce (overrides the recipe)")
-    r.add_argument(
-        "--model", help="model: 'default' (embedded SmolLM2-135M-Instruct), a folder, or a served name"
-    )
-    r.add_argument("--out", help="output root (default: the recipe's output.root, usually ./out)")
-    r.add_argument("--engine", help="engine: vllm (in process), openai (HTTP endpoint)")
-    r.add_argument("--base-url", help="OpenAI-compatible base URL for --engine openai")
-    r.add_argument("--seed", type=int, help="run seed (sampling seed and seed order)")
-    r.add_argument("--batch-size", type=int, help="records per engine call / task")
-    r.add_argument("--max-items", type=int, help="generation budget: stop after this many items")
-    r.add_argument(
-        "--set",
-        action="append",
-        metavar="KEY=VALUE",
-        help="override any recipe field (VALUE is YAML), e.g. --set generator.options.self_consistency=4 "
-        "or --set scoring.judge.sample=1 (repeatable)",
-    )
+    add_override_options(r)
     r.add_argument(
         "--shards",
         type=int,
@@ -336,16 +319,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     t.add_argument("--student-url", help="OpenAI-compatible base URL of the student")
     t.add_argument("--rounds", type=int, default=2, help="evaluate-and-generate rounds (default 2)")
-    t.add_argument("--n", type=int, help="accepted rows per round's generation (overrides the recipe)")
-    t.add_argument("--max-items", type=int, help="generation budget per round")
-    t.add_argument("--out", help="output root of the generation runs (default: the recipe's)")
+    add_override_options(t, "n", "max_items", "out")
     t.add_argument(
         "--target-out",
         help="folder for target.json and the per-round skill files (default OUT/target/<time>)",
     )
-    t.add_argument(
-        "--set", action="append", metavar="KEY=VALUE", help="recipe override, as for run (repeatable)"
-    )
+    add_override_options(t, "sets")
     t.set_defaults(fn=cmd_target)
 
     q = sub.add_parser("query", help="DuckDB SQL over all finished runs (views: examples, rejects)")

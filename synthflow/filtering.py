@@ -1,5 +1,13 @@
-"""Filter contract. A filter is a stage with validated params; stateful filters (dedup) may persist
-state in ``commit()`` once the run's data is final."""
+"""The component contract that filters and scorers share, and the filter contract.
+
+A component has validated params, declares the record fields it reads and the fields it writes
+(each written field is a typed Parquet column, and each column has one owner), and may summarize
+and release what it holds. A recipe whose components read a field nobody before them writes fails
+when it is loaded (``synthflow.recipe.check_fields``), with one line naming the field.
+
+A filter is a component that runs in one step of the data's way and keeps or rejects each row;
+stateful filters (dedup) may persist state in ``commit()`` once the run's data is final.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +28,49 @@ class NoParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def text_fields(spec: str) -> set[str]:
+    """The fields a text spec (``problem``, ``instruction+input``, ``messages``) reads."""
+    return {k for k in spec.split("+") if k and k != "messages"}
+
+
+class Component:
+    """What filters and scorers share: params, declared reads and writes, summary, close."""
+
+    name: ClassVar[str] = ""
+    Params: ClassVar[type[BaseModel]] = NoParams
+    # the fields it fills in record.fields, with their Parquet types
+    columns: ClassVar[dict[str, pa.DataType]] = {}
+
+    def __init__(self, params: Any = None, ctx: Any = None):
+        self.params = (
+            params if isinstance(params, BaseModel) else self.validate_params(params or {}, self.name)
+        )
+        self.ctx = ctx
+
+    @classmethod
+    def validate_params(cls, params: dict[str, Any], where: str) -> Any:
+        return validate_model(cls.Params, params, where)
+
+    @classmethod
+    def reads_of(cls, params: Any) -> set[str]:
+        """The record fields a component with these params reads (beyond messages and scores)."""
+        return set()
+
+    @classmethod
+    def writes_of(cls, params: Any) -> set[str]:
+        return set(cls.columns)
+
+    @property
+    def writes(self) -> set[str]:
+        return self.writes_of(self.params)
+
+    def summary(self) -> dict[str, Any]:
+        return {}
+
+    def close(self) -> None:
+        """Release processes or connections (default: none)."""
+
+
 @dataclass
 class FilterContext:
     recipe: Any = None
@@ -33,40 +84,19 @@ class FilterContext:
         return getattr(self.generator, "text_field", "messages")
 
 
-class Filter(ABC):
-    name: ClassVar[str] = ""
+class Filter(Component, ABC):
     stage: ClassVar[str] = ""  # funnel bucket: verify | dedup | decontam | score | accept
-    Params: ClassVar[type[BaseModel]] = NoParams
-    # columns this filter fills in record.fields (typed Parquet columns, like a generator's)
-    columns: ClassVar[dict[str, pa.DataType]] = {}
     # False when a row's verdict depends on the rows of earlier batches other than through admit
     # (e.g. select's distance to the rows it kept): not usable in a sharded run
     shardable: ClassVar[bool] = True
 
     def __init__(self, params: Any = None, ctx: FilterContext | None = None):
-        self.params = (
-            params if isinstance(params, BaseModel) else self.validate_params(params or {}, self.name)
-        )
-        self.ctx = ctx or FilterContext()
-
-    @classmethod
-    def validate_params(cls, params: dict[str, Any], where: str) -> Any:
-        return validate_model(cls.Params, params, where)
+        super().__init__(params, ctx or FilterContext())
 
     @property
     def bucket(self) -> str:
         """The step of the data's way it runs in: decontamination runs with dedup."""
         return "dedup" if self.stage == "decontam" else self.stage
-
-    @classmethod
-    def contract_params(cls) -> dict[str, Any]:
-        """Params under which the contract test's inputs make this filter reject something."""
-        return {}
-
-    @classmethod
-    def contract_text(cls, i: int) -> str:
-        """Text of the i-th contract record (the same text for all: duplicates)."""
-        return "Tom has three apples and buys two more apples at the market today. How many now?"
 
     @abstractmethod
     def __call__(self, records: Sequence[Record]) -> StageResult:
@@ -83,9 +113,3 @@ class Filter(ABC):
 
     def commit(self, accepted: set[str]) -> None:
         """Persist state once the run's output is final; ``accepted`` are the published row ids."""
-
-    def summary(self) -> dict[str, Any]:
-        return {}
-
-    def close(self) -> None:
-        """Release processes or connections (default: none)."""

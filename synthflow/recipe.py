@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 from pathlib import Path
@@ -39,14 +38,8 @@ class EngineConfig(_Strict):
     price_per_mtok: dict[Literal["prompt", "completion"], float] | None = None
     # structured outputs (JSON schema) where the generator declares one
     structured_outputs: bool = False
-    # fake engine (tests only)
-    script: str | None = None
-    delay_s: float = 0.0
-    fail_call: int = Field(0, ge=0, description="fake engine: raise once on this call (1-based); 0 never")
-    kill_file: str | None = Field(
-        None,
-        description="fake engine: on call fail_call, SIGKILL the process instead, once (this file marks it)",
-    )
+    # settings of a particular engine, validated by it (the scripted test engine's script)
+    options: dict[str, Any] = Field(default_factory=dict)
 
 
 class SamplingConfig(_Strict):
@@ -158,8 +151,6 @@ class Recipe(_Strict):
     def fingerprint(self) -> str:
         """Hash of everything that decides the rows (not the output root). A scorer model counts by
         its content, not its path."""
-        from synthflow.scoring import validate_scorer
-
         d = self.model_dump(mode="json")
         out = d.pop("output", None) or {}
         if out.get("target_tokenizer") or out.get("max_seq_len"):  # they decide which rows pass
@@ -167,10 +158,10 @@ class Recipe(_Strict):
         d.pop("pipeline", None)  # how the run is scheduled, not what it makes
         if d.get("revise") is None:  # unset, it changes nothing (earlier runs keep their fingerprint)
             d.pop("revise", None)
-        if d["engine"].get("kill_file") is None:  # a test-only field: unset, it changes nothing
-            d["engine"].pop("kill_file", None)
+        if not d["engine"].get("options"):  # unset, it changes nothing (earlier fingerprints stay)
+            d["engine"].pop("options", None)
         d["engine"].pop("price_per_mtok", None)  # what rows cost, not what they are
-        parts = [validate_scorer(spec, p, f"scoring.{spec}") for spec, p in self.scoring.items()]
+        parts = [registry.component("scorer", spec, p, f"scoring.{spec}") for spec, p in self.scoring.items()]
         d["scoring"] = [[cls.name, cls.fingerprint_part(params)] for cls, params in parts]
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -207,11 +198,9 @@ def format_validation_error(path: str, err: ValidationError) -> str:
     msg = e.get("msg", "invalid")
     if e.get("type") == "extra_forbidden":
         model = _model_at(loc)
-        hint = ""
-        if model is not None:
-            close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.5)
-            if close:
-                hint = f"; did you mean {close[0]!r}?"
+        hint = (
+            f"; {registry.did_you_mean(str(loc[-1]), list(model.model_fields))}" if model is not None else ""
+        )
         return f"{path}: field {where}: unknown field{hint}"
     more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
     return f"{path}: field {where}: {msg}{more}"
@@ -285,11 +274,9 @@ def check_names(recipe: Recipe, where: str) -> None:
     for i, f in enumerate(recipe.filters):
         cls = registry.get("filter", f.name, f"{where}: field filters[{i}].name")
         cls.validate_params(f.params, f"{where}: field filters[{i}]")
-    from synthflow.scoring import validate_scorer
-
     seen: dict[str, str] = {}
     for spec, params in recipe.scoring.items():
-        cls, _ = validate_scorer(spec, params, f"{where}: field scoring.{spec}")
+        cls, _ = registry.component("scorer", spec, params, f"{where}: field scoring.{spec}")
         if cls.name in seen:
             raise UserError(
                 f"{where}: field scoring.{spec}: scorer {cls.name!r} is named twice ({seen[cls.name]!r})"

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 
 @dataclass
@@ -48,11 +47,50 @@ class Record:
         return "\n".join(parts)
 
 
+# reasons that name another row or a benchmark item after their kind (dedup:near:<id>:jaccard=..,
+# contaminated:<set>:<item>:ngram13): the kind is the first two parts
+_NAMING = ("dedup", "contaminated")
+
+
+def reason_head(reason: str) -> str:
+    """A reason without what is particular to the row (another row's or an item's name, a
+    parenthesis): ``dedup:near``, ``verify:answer_mismatch``, ``quality:judge<5``. Summaries and
+    reports group rejects by it. The one place a reason string is read apart."""
+    parts = reason.split(" (")[0].split(":")
+    if parts[0] in _NAMING and len(parts) > 2:
+        return ":".join(parts[:2])
+    return ":".join(parts)
+
+
+def reason_kind(reason: str) -> str:
+    """The head without a threshold: ``quality:judge``, ``shirker:too_short``."""
+    head = reason_head(reason)
+    for op in ("<", ">"):
+        head = head.split(op)[0]
+    return head
+
+
 @dataclass
 class Reject:
+    """A dropped row: the step that dropped it and why. ``reason`` is ``kind[:detail]``, e.g.
+    ``verify:answer_mismatch``, ``dedup:near:<id>:jaccard=0.91``, ``quality:judge<5 (judge=3)``;
+    ``kind`` and ``detail`` read it apart, so nothing else parses the string."""
+
     record: Record
     stage: str
     reason: str
+
+    @property
+    def head(self) -> str:
+        return reason_head(self.reason)
+
+    @property
+    def kind(self) -> str:
+        return reason_kind(self.reason)
+
+    @property
+    def detail(self) -> str:
+        return self.reason[len(self.kind) :].lstrip(":")
 
 
 @dataclass
@@ -66,22 +104,15 @@ class StageResult:
         self.rejects.extend(other.rejects)
 
 
-@runtime_checkable
-class Stage(Protocol):
-    """A batch-in, batch-out step. ``stage`` is the funnel bucket it reports under
-    (``verify``, ``dedup``, ``score``...)."""
-
-    name: str
-    stage: str
-
-    def __call__(self, records: Sequence[Record]) -> StageResult: ...
-
-
 def stable_id(*parts: Any) -> str:
     """A short content hash, stable across runs and machines."""
     h = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
     return h[:16]
 
 
-def reject_all(records: Iterable[Record], stage: str, reason: str) -> list[Reject]:
-    return [Reject(r, stage, reason) for r in records]
+def finish_reason(gen: dict[str, Any]) -> str:
+    """A row's finish reason: ``length`` when any step was cut at max_tokens, else the last step's."""
+    steps = gen.get("steps") or []
+    if any(st["finish_reason"] == "length" for st in steps):
+        return "length"
+    return steps[-1]["finish_reason"] if steps else gen.get("finish_reason", "")

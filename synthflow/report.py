@@ -178,7 +178,7 @@ def _chat(messages: list[dict[str, Any]] | None) -> str:
 
 
 def _reason_head(reason: str) -> str:
-    from synthflow.runner import _reason_head as head
+    from synthflow.record import reason_head as head
 
     return head(reason or "")
 

@@ -153,4 +153,7 @@ def summary(accepted: list[Record], tried: Counter, rounds: int, rejects: Any = 
 
 
 def head(reason: str) -> str:
-    return reason.split(" ")[0].split("<")[0].split(">")[0]
+    """A revision reason's kind (``quality:judge``), as ``revise.reasons`` names them."""
+    from synthflow.record import reason_kind
+
+    return reason_kind(reason)

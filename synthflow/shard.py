@@ -4,12 +4,13 @@ The run's parent process claims the run and its item range as usual (:meth:`Run.
 rebuilds the run's stages from a JSON job (the validated recipe, run id, fingerprint, item range)
 and takes batch indices from a Redis queue shared by all shards (``INCR``), so no two shards make
 the same batch. Batch ``i`` holds the items the one-process run would plan as its ``i``-th batch.
-A shard runs generate -> verify -> dedup -> score -> accept on it and stages the five results as
-one file on the shared output storage. Shards stop once the staged batches ``0..k`` (no gap) give
+A shard runs the batch loop (:func:`synthflow.pipeline.process_batch`) on it and stages the
+result as one file on the shared output storage. Shards stop once the staged batches ``0..k`` (no gap) give
 ``n`` rows when admitted in order (:class:`Admission`), or the budget is used up.
 
-The merge, in the parent, reads the staged batches in index order and admits their rows into the
-dedup indexes in that order (:meth:`Run.add_admitted`), exactly as the one-process run does, so
+The merge, in the parent, reads the staged batches in index order and replays them into the run's
+ledger (:func:`synthflow.pipeline.replay`), admitting their rows into the dedup indexes in that
+order, exactly as the one-process run does, so
 the published rows are the one-process run's rows. Cross-shard duplicates are dropped there, in
 row order, not in whichever order shards finished. A batch that is missing (its shard was killed
 and not retried) is made by the parent. Batches past the point where the run reached ``n`` are
@@ -35,22 +36,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from synthflow import pipeline
 from synthflow.atomic import atomic_path
+from synthflow.engines.pool import usage_fields, usage_totals
 from synthflow.errors import UserError
-from synthflow.record import StageResult
-from synthflow.runner import Run, RunSpec, Stages
+from synthflow.run import Run
+from synthflow.spec import RunSpec
+from synthflow.stages import Stages, recipe_filters
 from synthflow.store import STAGING
-
-STEPS = ("generate", "verify", "dedup", "score", "accept")
 
 
 @dataclass
 class Batch:
-    """One batch's five stage results (and its revision passes), as a shard staged them."""
+    """One batch's result (its passes), as a shard staged it."""
 
     index: int
     items: int
-    results: dict[str, Any]
+    result: pipeline.BatchResult
     shard: int
     key: str = ""  # what the batch was made from (see batch_key): a stale file is not reused
 
@@ -64,56 +66,6 @@ def batch_key(spec: RunSpec, items: list[Any]) -> str:
     payload = [spec.fingerprint, spec.item_start, spec.recipe.batch_size]
     payload += [[it.seed.seed_id, it.index, it.seed.data] for it in items]
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def process_batch(st: Stages, items: list[Any]) -> dict[str, Any]:
-    """generate -> verify -> dedup -> score -> accept for one batch (no admission, no accounting);
-    with the recipe's ``revise``, then the revision rounds as the one-process flow runs them: the
-    rejects of a pass (verify, score, accept) are revised and the revisions checked again, each
-    round a ``{"revise": ..., "verify": ..., ...}`` pass under ``"revisions"``."""
-    out: dict[str, Any] = _checks(st, st.generate(items), "generate")
-    cfg = st.spec.recipe.revise
-    last, passes = out, []
-    for rnd in range(1, (cfg.rounds if cfg else 0) + 1):
-        rejects = [*last["verify"].rejects, *last["score"].rejects, *last["accept"].rejects]
-        revised = st.revise(rejects, rnd)
-        if not revised.kept:
-            passes.append({"revise": revised})
-            break
-        last = _checks(st, revised, "revise")
-        passes.append(last)
-    if passes:
-        out["revisions"] = passes
-    return out
-
-
-def _checks(st: Stages, first: StageResult, name: str) -> dict[str, StageResult]:
-    out = {name: first}
-    prev = first
-    for step in STEPS[1:]:
-        prev = out[step] = st.apply(step, prev.kept)
-    return out
-
-
-def accepted_passes(results: dict[str, Any]) -> list[StageResult]:
-    """The accept results of a staged batch, in the order the one-process run admits them."""
-    return [results["accept"], *(p["accept"] for p in results.get("revisions", []) if "accept" in p)]
-
-
-def check_shardable(st: Stages) -> None:
-    gen = st.generator
-    if not gen.shardable:
-        raise UserError(
-            f"--shards: generator {gen.name} makes each batch from the rows of earlier batches; "
-            "run it without --shards"
-        )
-    for fs in st.filters.values():
-        for f in fs:
-            if not getattr(f, "shardable", True):
-                raise UserError(
-                    f"--shards: filter {f.name} compares each row with every row kept before it; "
-                    "run this recipe without --shards"
-                )
 
 
 def shard_dir(spec: RunSpec) -> Path:
@@ -227,23 +179,7 @@ class Admission:
     are duplicates of each other across shards do not count)."""
 
     def __init__(self, st: Stages):
-        from synthflow import registry
-        from synthflow.filtering import Filter
-
-        self.filters: list[Any] = []
-        recipe = st.spec.recipe
-        try:
-            for i, fc in enumerate(recipe.filters):
-                cls_ = registry.get("filter", fc.name, f"field filters[{i}].name")
-                if cls_.admit is Filter.admit:
-                    continue
-                params = cls_.validate_params(fc.params, f"filters[{i}]")
-                if getattr(params, "redis", None) is not None:  # a replica must not write the shared index
-                    params = params.model_copy(update={"redis": None})
-                self.filters.append(cls_(params, st.ctx))
-        except BaseException:
-            self.close()
-            raise
+        self.filters = recipe_filters(st.spec.recipe, st.spec.recipe_path, st.ctx, replica=True)
         self.cursor = 0
         self.admitted = 0
 
@@ -252,7 +188,7 @@ class Admission:
             b = load_batch(d, self.cursor)
             if b is None:  # listed but not visible yet (e.g. shared storage): look again later
                 break
-            for acc in accepted_passes(b.results):
+            for acc in b.result.accepted():
                 kept = acc.kept
                 for f in self.filters:
                     kept = f.admit(kept).kept
@@ -285,7 +221,7 @@ def run_shard(job: dict[str, Any], shard: int) -> dict[str, Any]:
     done: list[int] = []
     adm: Admission | None = None
     try:
-        check_shardable(st)
+        st.check_shardable()
         adm = Admission(st)
         st.prepare()
         redo = q.inflight(shard)  # a restarted shard first finishes the batch it had claimed
@@ -303,21 +239,19 @@ def run_shard(job: dict[str, Any], shard: int) -> dict[str, Any]:
             key = batch_key(spec, items)
             b = load_batch(d, i, key)
             if b is None:
-                b = Batch(i, len(items), process_batch(st, items), shard, key)
+                b = Batch(i, len(items), pipeline.process_batch(st, items), shard, key)
                 save_batch(d, b)
-            staged = q.finish(shard, i, sum(len(a.kept) for a in accepted_passes(b.results)))
+            staged = q.finish(shard, i, sum(len(a.kept) for a in b.result.accepted()))
             done.append(i)
             if adm.advance(d, staged) >= spec.recipe.n:
                 q.set_done()
-        e = st.engine
+        engines = {id(st.engine): st.engine, **{id(g): g for g in st.generator.generation_engines()}}
         report = {
             "shard": shard,
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "batches": done,
-            "cache": {"hits": e.hits, "misses": e.misses},
-            "tokens": {"prompt": e.prompt_tokens, "completion": e.completion_tokens},
-            "engine_seconds": round(e.engine_seconds, 2),
+            **usage_fields(usage_totals([g.usage() for g in engines.values()])),
             "wall_seconds": round(time.time() - t0, 2),
         }
     finally:
@@ -332,37 +266,28 @@ def run_shard(job: dict[str, Any], shard: int) -> dict[str, Any]:
 
 # ---- the parent's side ------------------------------------------------------------------------
 def merge(run: Run, reports: list[dict[str, Any]]) -> None:
-    """Admit the staged batches into the run's ledger in batch order, as the one-process run would;
+    """Replay the staged batches into the run's ledger in batch order, as the one-process run would;
     make any missing batch here; discard the batches past the point where the run reached ``n``."""
-    spec = run.spec
+    spec, ledger = run.spec, run.ledger
     d = shard_dir(spec)
     st = run.stages
     B = spec.recipe.batch_size
-    while not run.reached_target():
-        i = run.planned // B
+    while not ledger.reached_target():
+        i = ledger.planned // B
         items = run.next_items()
         if not items:
             break
         b = load_batch(d, i, batch_key(spec, items))
         # a batch no shard staged (its shard died after claiming it): the parent, prepared
         # before the shards started, makes it
-        res = b.results if b is not None else process_batch(st, items)
-        run.add_generated(res["generate"])
-        for step in STEPS[1:]:
-            run.add_stage(step, res[step])
-        run.add_admitted(st.admit(res["accept"].kept))
-        for p in res.get("revisions", []):
-            run.add_revised(p["revise"])
-            if "accept" in p:
-                for step in STEPS[1:]:
-                    run.add_stage(step, p[step])
-                run.add_admitted(st.admit(p["accept"].kept))
+        result = b.result if b is not None else pipeline.process_batch(st, items)
+        pipeline.replay(result, st, ledger)
     for p in sorted(d.glob("batch-*.pkl")):
         i = int(p.stem.split("-")[1])
-        if i * B >= run.planned:
+        if i * B >= ledger.planned:
             b = load_batch(d, i)
-            run.discarded += b.items if b is not None else 0
-    run.shard_reports = sorted(reports, key=lambda r: r["shard"])
+            ledger.discarded += b.items if b is not None else 0
+    ledger.shard_reports = sorted(reports, key=lambda r: r["shard"])
 
 
 def cleanup(spec: RunSpec) -> None:

@@ -25,8 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from synthflow.generators.base import finish_reason
-from synthflow.record import Record, Reject
+from synthflow.record import Record, Reject, finish_reason
 
 STAGING = ".synthflow-staging"
 SUCCESS = "_SUCCESS"

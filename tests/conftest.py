@@ -64,9 +64,9 @@ def scorers_on_generator_engine(data: dict) -> dict:
 
 def fake_recipe(tmp_path: Path, recipe: str, script: str, name: str = "recipe.yaml", **changes) -> Path:
     """A shipped recipe pointed at a scripted fake engine and tmp output, with changes applied
-    (``engine__delay_s=0.2`` sets ``engine.delay_s``)."""
+    (``engine__options__delay_s=0.2`` sets ``engine.options.delay_s``)."""
     data = yaml.safe_load((ROOT / "recipes" / f"{recipe}.yaml").read_text())
-    data["engine"] = {"name": "fake", "script": str(DATA / script)}
+    data["engine"] = {"name": "fake", "options": {"script": str(DATA / script)}}
     data["output"] = {"root": str(tmp_path / "out")}
     for key, val in changes.items():
         cur = data

@@ -70,7 +70,7 @@ def _gen(tmp_path):
     (docs / "library.txt").write_text(PASSAGE)
     data = yaml.safe_load((ROOT / "recipes" / "bonito.yaml").read_text())
     (tmp_path / "none.json").write_text("[]")
-    data["engine"] = {"name": "fake", "script": str(tmp_path / "none.json")}
+    data["engine"] = {"name": "fake", "options": {"script": str(tmp_path / "none.json")}}
     data["seeds"] = [{"source": "docs", "path": str(docs), "chunk_words": 200}]
     p = tmp_path / "bonito.yaml"
     p.write_text(yaml.safe_dump(data))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import yaml
 
-from filters.verify import codet_select
+from filters.verify_code import codet_select
 from synthflow.engines.base import Sampling
 from synthflow.engines.fake import FakeEngine
 from synthflow.generators.code_codet import CodeCodeT, parse_problem, parse_solution, parse_tests
@@ -51,7 +51,7 @@ def test_parsers():
 
 def test_generator_loop_with_fake_engine(tmp_path):
     data = yaml.safe_load((ROOT / "recipes" / "code.yaml").read_text())
-    data["engine"] = {"name": "fake", "script": str(DATA / "fake_code.json")}
+    data["engine"] = {"name": "fake", "options": {"script": str(DATA / "fake_code.json")}}
     p = tmp_path / "code.yaml"
     p.write_text(yaml.safe_dump(data))
     recipe = load_recipe(p)
@@ -78,7 +78,7 @@ def test_generator_loop_with_fake_engine(tmp_path):
         v.close()
     assert len(out.kept) == 3
     r = out.kept[0]
-    gen.refresh(r)
+    r.messages = gen.messages(r.fields)
     assert (
         r.fields["codet_consensus"] == 2
         and r.fields["codet_tests_passed"] == 4
@@ -173,7 +173,7 @@ def _codet_run(tmp_path, script: str, **verify):
     from filters.verify import Verify
 
     data = yaml.safe_load((ROOT / "recipes" / "code.yaml").read_text())
-    data["engine"] = {"name": "fake", "script": str(DATA / script)}
+    data["engine"] = {"name": "fake", "options": {"script": str(DATA / script)}}
     p = tmp_path / "code.yaml"
     p.write_text(yaml.safe_dump(data))
     recipe = load_recipe(p)

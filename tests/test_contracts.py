@@ -83,14 +83,31 @@ def _record(i: int, text: str) -> Record:
     )
 
 
+# params under which the contract records make a filter reject something (default: none)
+CONTRACT_PARAMS = {
+    "thresholds": {"min": {"prompt_words": 1000}},
+    "select": {"by": "prompt_words", "min_distance": 0.5},
+    "sft": {"max_seq_len": 8},
+}
+
+
+def _contract_text(name: str, i: int) -> str:
+    """The i-th contract record's text: the same for all (duplicates), or a benchmark's for decontam."""
+    if name == "decontaminate":
+        from synthflow.dedup.decontam import load_benchmark
+
+        return load_benchmark("humaneval").texts[i]
+    return "Tom has three apples and buys two more apples at the market today. How many now?"
+
+
 @pytest.mark.parametrize("name", registry.names("filter"))
 def test_every_filter_returns_reasons(name, tmp_path):
     cls = registry.get("filter", name)
     assert issubclass(cls, Filter) and cls.stage
-    params = cls.validate_params(cls.contract_params(), name)
+    params = cls.validate_params(CONTRACT_PARAMS.get(name, {}), name)
     f = cls(params, FilterContext(out_root=tmp_path, run_id="contract"))
     try:
-        recs = [_record(i, cls.contract_text(i)) for i in range(4)]
+        recs = [_record(i, _contract_text(name, i)) for i in range(4)]
         res = f(recs)
         if cls.stage != "score":  # what the accept step kept is admitted (dedup indexes it then)
             admitted = f.admit(res.kept)

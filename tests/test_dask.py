@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from .conftest import THREAD_ENV, math_recipe, run_cli
-from .test_pipeline import _content, _run
+from .helpers import content, run_flow
 
 PROGRAMS = [
     ("ok", "def add(a, b):\n    return a + b\n", "assert add(2, 3) == 5"),
@@ -112,8 +112,10 @@ def test_flow_verify_step_on_dask_publishes_the_same_rows(tmp_path, prefect_harn
     before = {k: os.environ.get(k) for k in THREAD_ENV}
 
     recipe = math_recipe(tmp_path, n=6, batch_size=16, max_items=64)
-    one = _run(run_recipe, recipe, tmp_path / "one", tmp_path / "one.sqlite3", monkeypatch)
-    two = _run(run_recipe, recipe, tmp_path / "two", tmp_path / "two.sqlite3", monkeypatch, dask="local:2")
-    assert _content(Path(one["path"])) and _content(Path(one["path"])) == _content(Path(two["path"]))
+    one = run_flow(run_recipe, recipe, tmp_path / "one", tmp_path / "one.sqlite3", monkeypatch)
+    two = run_flow(
+        run_recipe, recipe, tmp_path / "two", tmp_path / "two.sqlite3", monkeypatch, dask="local:2"
+    )
+    assert content(Path(one["path"])) and content(Path(one["path"])) == content(Path(two["path"]))
     assert two["filters"]["verify"]["sandbox"] == one["filters"]["verify"]["sandbox"]
     assert {k: os.environ.get(k) for k in THREAD_ENV} == before

@@ -160,7 +160,7 @@ def test_second_run_finds_first_runs_rows(tmp_path, prefect_harness):
         n=3,
         batch_size=8,
         max_items=24,
-        engine={"name": "fake", "script": str(DATA / "fake_math_fixed.json")},
+        engine={"name": "fake", "options": {"script": str(DATA / "fake_math_fixed.json")}},
     )
     s1 = run_recipe(recipe=str(recipe))
     assert s1["counts"]["accepted"] == 3
@@ -199,35 +199,40 @@ def _row(i: str, problem: str, answer: str = "12"):
 
 
 def _batch(run, rows):
-    """The flow's steps after verification, for hand-made rows."""
-    rows = run.apply("dedup", rows)
-    rows = run.apply("score", rows)
-    run.accept(run.apply("accept", rows))
+    """Hand-made rows through the batch loop, as if the generator had made them."""
+    from synthflow import pipeline
+    from synthflow.record import StageResult
+
+    pipeline.process_batch(run.stages, [], sink=run.ledger, generated=StageResult(kept=rows))
 
 
 def test_dedup_indexes_only_accepted_rows(tmp_path):
     """A row rejected after dedup (here by thresholds: no answer) must not block a later good copy;
     within a batch the first accepted row of a duplicate pair wins."""
-    from synthflow.runner import Run
+    from synthflow.run import Run
 
     from .conftest import math_recipe
 
-    run = Run.open(str(math_recipe(tmp_path, n=10)))
+    # no verify step: the hand-made rows state their answers
+    filters = [{"name": "exact_dedup", "field": "problem"}, {"name": "near_dedup", "field": "problem"},
+               {"name": "thresholds", "min": {"answer_present": 1}}]  # fmt: skip
+    run = Run.open(str(math_recipe(tmp_path, n=10, filters=filters)))
     try:
         p = "Tom has 3 bags with 4 apples in each bag and gives none away today. How many apples?"
         q = "A farmer plants 9 rows of 8 cabbages and rabbits eat 4 of them overnight. How many are left?"
         _batch(run, [_row("r1", p, answer="")])  # rejected by thresholds (answer_present)
-        assert not run.accepted and run.rejects[-1].reason.startswith("quality:answer_present")
+        ledger = run.ledger
+        assert not ledger.accepted and ledger.rejects[-1].reason.startswith("quality:answer_present")
         _batch(run, [_row("r2", p)])  # used to be dedup:exact:r1
-        assert [r.id for r in run.accepted] == ["r2"]
+        assert [r.id for r in ledger.accepted] == ["r2"]
         _batch(run, [_row("r3", q, answer=""), _row("r4", q), _row("r5", q)])
-        assert [r.id for r in run.accepted] == ["r2", "r4"]  # r3 failed thresholds, r4 is first accepted
-        assert {(j.record.id, j.reason) for j in run.rejects if j.stage == "dedup"} == {
+        assert [r.id for r in ledger.accepted] == ["r2", "r4"]  # r3 failed thresholds, r4 is first accepted
+        assert {(j.record.id, j.reason) for j in ledger.rejects if j.stage == "dedup"} == {
             ("r5", "dedup:exact:r4")
         }
         _batch(run, [_row("r6", p + " ")])  # a copy of an accepted row is still a duplicate
-        assert run.rejects[-1].reason == "dedup:exact:r2"
-        c = run.counts
+        assert ledger.rejects[-1].reason == "dedup:exact:r2"
+        c = ledger.counts
         assert c["deduped"] == c["scored"] == 4  # r1 to r4 survived dedup; r5 (late) and r6 did not
     finally:
         run.close()

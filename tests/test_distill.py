@@ -21,9 +21,7 @@ def _split(tmp_path):
     """Labelled rows from both seed sets, split by task: no task is in train and test."""
     from synthflow.seeds import BUILTIN_DIR
 
-    rows = labelled_rows(SEED_TASKS) + labelled_rows(
-        BUILTIN_DIR / "self_instruct_seeds.jsonl", seed=1
-    )
+    rows = labelled_rows(SEED_TASKS) + labelled_rows(BUILTIN_DIR / "self_instruct_seeds.jsonl", seed=1)
     tasks = sorted({r["task"].split("#")[0] for r in rows})
     random.Random(0).shuffle(tasks)
     test_tasks = set(tasks[: len(tasks) // 4])

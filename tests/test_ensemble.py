@@ -19,7 +19,7 @@ from synthflow.recipe import load_recipe
 from synthflow.seeds import extract_seeds
 
 from .conftest import ROOT, scorers_on_generator_engine
-from .test_pipeline import _run
+from .helpers import run_flow
 
 INSTRUCTION = "Explain why the sky looks blue on a clear day."
 SKY = "The sky looks blue because air molecules scatter blue sunlight much more than red light."
@@ -36,7 +36,7 @@ def _seeds(tmp_path: Path, instructions: list[str]) -> Path:
 def _script(tmp_path: Path, name: str, reply: str | list[str], finish: str = "stop") -> dict:
     p = tmp_path / f"{name}.json"
     p.write_text(json.dumps([{"match": "", "reply": reply, "finish_reason": finish}]))
-    return {"name": "fake", "script": str(p), "model": name}
+    return {"name": "fake", "model": name, "options": {"script": str(p)}}
 
 
 def _recipe(
@@ -171,7 +171,7 @@ def test_an_endpoint_and_a_local_engine_in_one_run(tmp_path, prefect_harness, mo
         recipe = _recipe(
             tmp_path, members, [INSTRUCTION, "Explain why the sea looks blue."], top, min_agreement=0.5
         )
-        s = _run(run_recipe, recipe, tmp_path / "out", tmp_path / "c.sqlite3", monkeypatch)
+        s = run_flow(run_recipe, recipe, tmp_path / "out", tmp_path / "c.sqlite3", monkeypatch)
     finally:
         ep.httpd.shutdown()
     rows = pq.read_table(next((Path(s["path"]) / "data").glob("*.parquet"))).to_pylist()

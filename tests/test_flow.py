@@ -94,7 +94,7 @@ def test_template_recipe_publishes_disjoint_splits(tmp_path, prefect_harness):
     from .conftest import DATA, ROOT, scorers_on_generator_engine
 
     data = yaml.safe_load((ROOT / "recipes" / "math_templates.yaml").read_text())
-    data["engine"] = {"name": "fake", "script": str(DATA / "fake_templates.json")}
+    data["engine"] = {"name": "fake", "options": {"script": str(DATA / "fake_templates.json")}}
     scorers_on_generator_engine(data)
     data["generator"]["options"].update(test_fraction=0.5, variants_per_template=4)
     data["output"] = {"root": str(tmp_path / "out")}
@@ -150,7 +150,7 @@ def test_rows_past_the_target_are_over_target_rejects(tmp_path, prefect_harness)
         })  # fmt: skip
     script = tmp_path / "distinct.json"
     script.write_text(json.dumps(rules))
-    engine = {"name": "fake", "script": str(script)}
+    engine = {"name": "fake", "options": {"script": str(script)}}
     s = run_recipe(recipe=str(math_recipe(tmp_path, n=2, batch_size=40, max_items=40, engine=engine)))
     run_dir = tmp_path / "out" / "math" / s["run_id"]
     data = pq.read_table(next((run_dir / "data").glob("*.parquet"))).to_pylist()

@@ -20,7 +20,7 @@ from .conftest import DATA, ROOT, SEED_TASKS, assert_golden
 
 def make(tmp_path: Path, recipe: str, script: str, **options):
     data = yaml.safe_load((ROOT / "recipes" / f"{recipe}.yaml").read_text())
-    data["engine"] = {"name": "fake", "script": str(DATA / script)}
+    data["engine"] = {"name": "fake", "options": {"script": str(DATA / script)}}
     data["generator"].setdefault("options", {}).update(options)
     p = tmp_path / f"{recipe}.yaml"
     p.write_text(yaml.safe_dump(data))
@@ -334,7 +334,7 @@ def test_math_templates_sampling_and_verification(tmp_path):
         a = json.loads(r.fields["assignment"])
         assert int(r.fields["answer"]) == a["rows"] * a["per_row"]  # correct by construction
         assert r.fields["solution"].endswith(f"= {a['rows'] * a['per_row']} apple trees.")
-        gen.refresh(r)
+        r.messages = gen.messages(r.fields)
         assert r.messages[1]["content"].startswith(r.fields["solution"])
         assert r.messages[1]["content"].endswith(f"The answer is {r.fields['answer']}.")
     # the constraint b <= a held for every draw, so no variant of that template went negative

@@ -78,10 +78,11 @@ def golden(summary: dict) -> str:
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_shipped_recipe_publishes_its_pinned_rows(name, tmp_path, prefect_harness, monkeypatch):
     from flows.recipe_flow import run_recipe
+    from synthflow.spec import Overrides
 
     changes = dict(RECIPES[name])
     script = changes.pop("script")
     recipe = fake_recipe(tmp_path, name, script, **SIZE, **changes)
     monkeypatch.setenv("SYNTHFLOW_RESPONSE_CACHE", str(tmp_path / "cache.sqlite3"))
-    summary = run_recipe(recipe=str(recipe), out=str(tmp_path / "out"))
+    summary = run_recipe(recipe=str(recipe), overrides=Overrides(out=str(tmp_path / "out")))
     assert_golden(f"recipes/{name}.json", golden(summary))

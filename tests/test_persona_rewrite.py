@@ -22,7 +22,7 @@ from synthflow.recipe import load_recipe
 from synthflow.seeds import extract_seeds
 
 from .conftest import assert_golden, fake_recipe
-from .test_pipeline import _run
+from .helpers import run_flow
 
 SEEDS = [
     {"id": "s-pears", "problem": "Sara buys 5 boxes of pears. Each box holds 6 pears. She eats 2 pears. How many pears are left?", "answer": "28"},
@@ -66,7 +66,7 @@ def _recipe(tmp_path, seeds=SEEDS, **changes):
         "n": 4,
         "batch_size": 4,
         "max_items": 4,
-        "engine__script": str(tmp_path / "script.json"),
+        "engine__options__script": str(tmp_path / "script.json"),
         **changes,
     }
     return fake_recipe(tmp_path, "persona_math", "fake_math.json", **changes)
@@ -145,7 +145,7 @@ def test_a_rewrite_program_uses_the_originals_numbers():
 def test_the_seed_answer_decides_and_every_reason_is_kept(tmp_path, prefect_harness, monkeypatch):
     from flows.recipe_flow import run_recipe
 
-    s = _run(run_recipe, _recipe(tmp_path), tmp_path / "out", tmp_path / "c.sqlite3", monkeypatch)
+    s = run_flow(run_recipe, _recipe(tmp_path), tmp_path / "out", tmp_path / "c.sqlite3", monkeypatch)
     rows = pq.read_table(next((tmp_path / "out").glob("**/data/*.parquet"))).to_pylist()
     rejects = pq.read_table(next((tmp_path / "out").glob("**/rejects/*.parquet"))).to_pylist()
     assert s["counts"]["accepted"] == 1 and [r["source_problem"] for r in rows] == [SEEDS[0]["problem"]]

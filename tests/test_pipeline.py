@@ -13,48 +13,17 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from synthflow import pipeline
 from synthflow.model import default_model_dir
 from synthflow.record import StageResult
-from synthflow.runner import Run
+from synthflow.run import Run
 
 from .conftest import fake_recipe, math_recipe, synthflow_exe
-
-# what a row is, apart from its run (ids and run ids differ per run; timings differ per call)
-_VOLATILE = {
-    "id",
-    "run_id",
-    "created_at",
-    "engine_seconds",
-    "verify_duration_s",
-    "cache_hit",
-    "verify_details",
-}
-
-
-def _content(run_dir: Path, table: str = "data") -> list[str]:
-    rows = [r for f in sorted((run_dir / table).glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
-    out = []
-    for r in rows:
-        r = {k: v for k, v in r.items() if k not in _VOLATILE and not k.startswith("si_in_context")}
-        out.append(json.dumps(r, sort_keys=True, default=str))
-    return sorted(out)
-
-
-def _reasons(run_dir: Path) -> list[tuple[int, str, str]]:
-    from synthflow.runner import _reason_head
-
-    rows = [r for f in sorted((run_dir / "rejects").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
-    return sorted((r["item"], r["reject_stage"], _reason_head(r["reject_reason"])) for r in rows)
-
-
-def _run(run_recipe, recipe: Path, out: Path, cache: Path, monkeypatch, **kw) -> dict:
-    monkeypatch.setenv("SYNTHFLOW_RESPONSE_CACHE", str(cache))
-    return run_recipe(recipe=str(recipe), out=str(out), **kw)
-
+from .helpers import content, reasons, run_flow, task_upstreams
 
 CASES = {
     # math: n reached in the 2nd batch while the 3rd is being made (discarded)
-    "math": lambda tmp: math_recipe(tmp, n=6, batch_size=16, max_items=160, engine__delay_s=0.05),
+    "math": lambda tmp: math_recipe(tmp, n=6, batch_size=16, max_items=160, engine__options__delay_s=0.05),
     # self_instruct: generator state (pool, rounds) changes every batch; the judge takes every row
     # (its sample is drawn by row id, and row ids differ per run)
     "self_instruct": lambda tmp: fake_recipe(
@@ -64,7 +33,7 @@ CASES = {
         n=4,
         batch_size=2,
         max_items=12,
-        engine__delay_s=0.05,
+        engine__options__delay_s=0.05,
         scoring__judge__sample=1.0,
     ),
 }
@@ -75,14 +44,14 @@ def test_pipelined_run_publishes_the_sequential_rows(case, tmp_path, prefect_har
     from flows.recipe_flow import run_recipe
 
     recipe = CASES[case](tmp_path)
-    seq = _run(
+    seq = run_flow(
         run_recipe, recipe, tmp_path / "seq", tmp_path / "seq.sqlite3", monkeypatch, sets=["pipeline=false"]
     )
-    pip = _run(run_recipe, recipe, tmp_path / "pip", tmp_path / "pip.sqlite3", monkeypatch)
+    pip = run_flow(run_recipe, recipe, tmp_path / "pip", tmp_path / "pip.sqlite3", monkeypatch)
     assert seq["pipeline"] is False and pip["pipeline"] is True
     a, b = Path(seq["path"]), Path(pip["path"])
-    assert _content(a) and _content(a) == _content(b)
-    assert _reasons(a) == _reasons(b)
+    assert content(a) and content(a) == content(b)
+    assert reasons(a) == reasons(b)
     assert seq["counts"] == pip["counts"] and seq["items_planned"] == pip["items_planned"]
     assert seq["items_discarded"] == 0
     if case == "math":
@@ -114,13 +83,13 @@ def test_a_generate_that_fails_once_is_retried_with_the_same_rows(tmp_path, pref
         n=4,
         batch_size=2,
         max_items=8,
-        engine__fail_call=2,
+        engine__options__fail_call=2,
         **judge_all,
     )
-    ref = _run(rf.run_recipe, clean, tmp_path / "ref", tmp_path / "ref.sqlite3", monkeypatch)
-    got = _run(rf.run_recipe, failing, tmp_path / "got", tmp_path / "got.sqlite3", monkeypatch)
+    ref = run_flow(rf.run_recipe, clean, tmp_path / "ref", tmp_path / "ref.sqlite3", monkeypatch)
+    got = run_flow(rf.run_recipe, failing, tmp_path / "got", tmp_path / "got.sqlite3", monkeypatch)
     assert got["cache"]["hits"] >= 1  # the retry found the first step's answers in the cache
-    assert _content(Path(ref["path"])) and _content(Path(ref["path"])) == _content(Path(got["path"]))
+    assert content(Path(ref["path"])) and content(Path(ref["path"])) == content(Path(got["path"]))
     assert ref["generator"]["bootstrap rounds"] == got["generator"]["bootstrap rounds"]
 
 
@@ -133,7 +102,7 @@ def test_a_failed_batch_restores_generator_state(tmp_path):
         n=4,
         batch_size=2,
         max_items=8,
-        engine__fail_call=2,
+        engine__options__fail_call=2,
     )
     run = Run.open(str(recipe))
     try:
@@ -149,34 +118,13 @@ def test_a_failed_batch_restores_generator_state(tmp_path):
 def test_spec_and_ledger_pickle(tmp_path):
     run = Run.open(str(math_recipe(tmp_path, n=2, batch_size=8, max_items=16)))
     try:
-        run.generate(run.next_items())
+        pipeline.process_batch(run.stages, run.next_items(), sink=run.ledger)
         spec = pickle.loads(pickle.dumps(run.spec))
         assert spec == run.spec and spec.item_start == 0
-        ledger = pickle.loads(pickle.dumps(run))  # no engine, lock or sandbox inside
-        assert ledger.counts == run.counts and ledger._lock is None
+        copy = pickle.loads(pickle.dumps(run))  # no engine, lock or sandbox inside
+        assert copy.ledger.counts == run.ledger.counts and copy._lock is None
     finally:
         run.close()
-
-
-def task_upstreams() -> dict[str, set[str]]:
-    """For the newest flow run: each task name -> the names of the tasks whose results it took."""
-    import asyncio
-
-    from prefect.client.orchestration import get_client
-
-    async def graph():
-        async with get_client() as c:
-            return await c.read_task_runs()
-
-    runs = [r for r in asyncio.run(graph()) if r.state and r.state.is_completed()]
-    last_flow = max(runs, key=lambda r: r.expected_start_time).flow_run_id
-    runs = [r for r in runs if r.flow_run_id == last_flow]
-    by_id = {r.id: r for r in runs}
-    upstream: dict[str, set[str]] = {}
-    for r in runs:
-        ups = {by_id[i.id].name.rsplit("-", 1)[0] for v in r.task_inputs.values() for i in v if i.id in by_id}
-        upstream.setdefault(r.name.rsplit("-", 1)[0], set()).update(ups)
-    return upstream
 
 
 def test_tasks_take_data_and_the_graph_follows_the_data(tmp_path, prefect_harness):
@@ -210,8 +158,7 @@ def test_two_runs_started_together_both_publish(tmp_path):
     items, no shared rows, and a cross-run index holding both runs' rows."""
     engine = {
         "name": "fake",
-        "script": str(Path(__file__).parent / "data" / "fake_math.json"),
-        "delay_s": 0.3,
+        "options": {"script": str(Path(__file__).parent / "data" / "fake_math.json"), "delay_s": 0.3},
     }
     # 40 items = one sample of each of the 40 seeds: the scripted texts differ between the two ranges
     # SYNTHFLOW_CACHE moves the cache home (no embedded model there): name its tokenizer instead
@@ -262,7 +209,7 @@ def test_stage_result_has_no_state():
 
 def test_a_closed_run_builds_no_new_stages(tmp_path):
     """A retry that fires after its run was closed must not load engines again."""
-    from synthflow.runner import stages_for
+    from synthflow.stages import stages_for
 
     run = Run.open(str(math_recipe(tmp_path, n=2, batch_size=8, max_items=16)))
     run.close()

@@ -11,7 +11,7 @@ import pytest
 
 from .browser import assert_drawn, render
 from .conftest import fake_recipe, math_recipe, run_cli
-from .test_pipeline import _run
+from .helpers import run_flow
 
 
 def _self_contained(text: str) -> None:
@@ -51,7 +51,7 @@ def test_every_run_writes_a_report_with_its_plots(tmp_path, prefect_harness, mon
 
     price = {"prompt": 1.0, "completion": 2.0}  # per million tokens
     recipe = math_recipe(tmp_path, n=6, batch_size=16, max_items=64, engine__price_per_mtok=price)
-    s = _run(run_recipe, recipe, tmp_path / "out", tmp_path / "c.sqlite3", monkeypatch)
+    s = run_flow(run_recipe, recipe, tmp_path / "out", tmp_path / "c.sqlite3", monkeypatch)
     text = (Path(s["path"]) / "report.html").read_text()
     _self_contained(text)
     money = s["tokens"]["prompt"] / 1e6 * 1.0 + s["tokens"]["completion"] / 1e6 * 2.0
@@ -71,7 +71,7 @@ def test_skillmix_report_shows_skill_coverage(tmp_path, prefect_harness, monkeyp
 
     recipe = fake_recipe(tmp_path, "skillmix", "fake_skillmix.json", n=3, batch_size=4, max_items=8,
                          scoring__judge__sample=1.0)  # fmt: skip
-    s = _run(run_recipe, recipe, tmp_path / "out", tmp_path / "c.sqlite3", monkeypatch)
+    s = run_flow(run_recipe, recipe, tmp_path / "out", tmp_path / "c.sqlite3", monkeypatch)
     text = (Path(s["path"]) / "report.html").read_text()
     assert s["counts"]["accepted"] > 0
     assert "SkillMix: skills in accepted rows" in text and "SkillMix: skill x skill pairs" in text
@@ -86,7 +86,7 @@ def test_report_renders_in_headless_chromium(tmp_path, prefect_harness, monkeypa
 
     recipe = fake_recipe(tmp_path, "skillmix", "fake_skillmix.json", n=3, batch_size=4, max_items=8,
                          scoring__judge__sample=1.0)  # fmt: skip
-    s = _run(run_recipe, recipe, tmp_path / "out", tmp_path / "c.sqlite3", monkeypatch)
+    s = run_flow(run_recipe, recipe, tmp_path / "out", tmp_path / "c.sqlite3", monkeypatch)
     run_dir = Path(s["path"])
     shot = tmp_path / "report.png"
     result = render(run_dir / "report.html", screenshot=shot)
@@ -117,7 +117,7 @@ def test_report_across_runs_and_bad_input(tmp_path, prefect_harness, monkeypatch
     recipe = math_recipe(tmp_path, n=2, batch_size=8, max_items=16)
     out = tmp_path / "out"
     for _ in range(3):  # each run continues the sample stream: three runs, three points
-        _run(run_recipe, recipe, out, tmp_path / "c.sqlite3", monkeypatch)
+        run_flow(run_recipe, recipe, out, tmp_path / "c.sqlite3", monkeypatch)
     p = run_cli("report", "--recipe", "math", "--root", str(out))
     assert p.returncode == 0, p.stderr
     text = (out / "math-report.html").read_text()

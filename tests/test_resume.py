@@ -51,7 +51,7 @@ def _children(pid: int) -> list[int]:
 
 
 def test_kill_and_resume(tmp_path):
-    engine = {"name": "fake", "script": str(DATA / "fake_math.json"), "delay_s": 0.4}
+    engine = {"name": "fake", "options": {"script": str(DATA / "fake_math.json"), "delay_s": 0.4}}
     # the moved cache home has no embedded model: its tokenizer is named for the SFT check
     tok = str(default_model_dir())
     recipe = math_recipe(

@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from .conftest import DATA, math_recipe
-from .test_pipeline import _run, task_upstreams
+from .helpers import run_flow, task_upstreams
 
 FIXED = (
     "Problem: A garden has 5 rows of 9 tulips and 15 are picked. How many tulips remain now?\nProgram:\n"
@@ -40,8 +40,8 @@ def test_revision_rescues_a_failed_row_and_rechecks_it(tmp_path, prefect_harness
     from flows.recipe_flow import run_recipe
 
     recipe = math_recipe(tmp_path, n=50, batch_size=16, max_items=32, revise={"rounds": 2},
-                         engine__script=str(_script(tmp_path)))  # fmt: skip
-    s = _run(run_recipe, recipe, tmp_path / "out", tmp_path / "c.sqlite3", monkeypatch)
+                         engine__options__script=str(_script(tmp_path)))  # fmt: skip
+    s = run_flow(run_recipe, recipe, tmp_path / "out", tmp_path / "c.sqlite3", monkeypatch)
     run_dir = Path(s["path"])
     data, rej = _rows(run_dir, "data"), _rows(run_dir, "rejects")
     by_id = {r["id"]: r for r in data + rej}
@@ -79,8 +79,10 @@ def test_revision_rescues_a_failed_row_and_rechecks_it(tmp_path, prefect_harness
 def test_without_revise_nothing_is_revised(tmp_path, prefect_harness, monkeypatch):
     from flows.recipe_flow import run_recipe
 
-    recipe = math_recipe(tmp_path, n=50, batch_size=16, max_items=16, engine__script=str(_script(tmp_path)))
-    s = _run(run_recipe, recipe, tmp_path / "out", tmp_path / "c.sqlite3", monkeypatch)
+    recipe = math_recipe(
+        tmp_path, n=50, batch_size=16, max_items=16, engine__options__script=str(_script(tmp_path))
+    )
+    s = run_flow(run_recipe, recipe, tmp_path / "out", tmp_path / "c.sqlite3", monkeypatch)
     assert s["revision"] is None
     assert (
         "revised_from" not in pq.read_table(next((Path(s["path"]) / "data").glob("*.parquet"))).column_names
@@ -92,7 +94,7 @@ def test_summary_counts_rescues_and_revisions_that_came_too_late():
 
     from synthflow import revise as revising
     from synthflow.record import Record, Reject
-    from synthflow.runner import format_summary
+    from synthflow.summary import format_summary
 
     def rec(i, reason=None):
         f = {"revised_from": f"orig{i}", "revision_reason": reason} if reason else {}
@@ -104,7 +106,7 @@ def test_summary_counts_rescues_and_revisions_that_came_too_late():
     s = revising.summary(accepted, Counter({"quality:judge": 2, "shirker:evasive": 1}), 1, rejects)
     assert s["rescued"] == {"quality:judge": 1} and s["rescued_rows"] == 1
     assert s["passed_over_target"] == {"shirker:evasive": 1}
-    from synthflow.runner import FUNNEL
+    from synthflow.ledger import FUNNEL
 
     base = {"recipe": "x", "run_id": "r", "engine": "fake", "model": "m", "counts": dict.fromkeys(FUNNEL, 0),
             "cache": {"hits": 0, "misses": 0}, "tokens": {"prompt": 0, "completion": 0}, "engine_seconds": 0,

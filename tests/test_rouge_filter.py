@@ -28,10 +28,7 @@ def _perturb(text: str, rng: random.Random) -> str:
 
 
 def test_pruned_rouge_matches_brute_force():
-    seeds = [
-        json.loads(line)["instruction"]
-        for line in (SEED_TASKS).read_text().splitlines()
-    ]
+    seeds = [json.loads(line)["instruction"] for line in (SEED_TASKS).read_text().splitlines()]
     rng = random.Random(5)
     queries = [_perturb(_perturb(s, rng), rng) for s in seeds] + [_perturb(s, rng) for s in seeds]
     pruned, brute = RougePool(), RougePool(brute_force=True)

@@ -29,7 +29,7 @@ def rec(i: int | str, instruction: str, response: str, generator: str = "self_in
 
 
 def fake_cfg(script: str = "fake_math.json") -> dict:
-    return {"name": "fake", "script": str(DATA / script)}
+    return {"name": "fake", "options": {"script": str(DATA / script)}}
 
 
 def stage(scoring: dict, tmp_path, generator: str = "self_instruct", engine: dict | None = None):
@@ -137,7 +137,7 @@ def test_judge_asks_for_a_json_verdict_under_structured_outputs(tmp_path):
             seen.extend(requests)
             return super().generate(requests, sampling)
 
-    cfg = {"name": "fake", "script": str(path)}
+    cfg = {"name": "fake", "options": {"script": str(path)}}
     for structured in (True, False):
         seen.clear()
         pool = EnginePool()
@@ -172,7 +172,7 @@ def _judge_script(tmp_path) -> dict:
     ]
     path = tmp_path / "judge.json"
     path.write_text(json.dumps(script))
-    return {"name": "fake", "script": str(path)}
+    return {"name": "fake", "options": {"script": str(path)}}
 
 
 def test_judge_scores_batch_in_one_call_and_refuses_injection(tmp_path):
@@ -204,7 +204,7 @@ def test_judge_scores_batch_in_one_call_and_refuses_injection(tmp_path):
 def test_judge_unparsable_answer_is_a_null_score_with_a_reason(tmp_path):
     path = tmp_path / "bad.json"
     path.write_text(json.dumps([{"match": ".", "reply": "Rationale: I would rather not say."}]))
-    st, pool = stage({"judge": {"engine": {"name": "fake", "script": str(path)}}}, tmp_path)
+    st, pool = stage({"judge": {"engine": {"name": "fake", "options": {"script": str(path)}}}}, tmp_path)
     rows = [rec(1, "Name a color.", "Blue.")]
     st(rows)
     assert rows[0].scores["judge"] is None and rows[0].fields["judge_error"] == "unparsed"

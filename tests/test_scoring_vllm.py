@@ -19,9 +19,7 @@ pytestmark = pytest.mark.slow
 
 
 def probe(path) -> list[dict]:
-    tasks = [
-        json.loads(line) for line in (SEED_TASKS).read_text().splitlines()
-    ]
+    tasks = [json.loads(line) for line in (SEED_TASKS).read_text().splitlines()]
     pairs = []
     for t in tasks:
         inst = t["instances"][0]

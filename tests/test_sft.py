@@ -16,7 +16,7 @@ from synthflow.model import default_model_dir
 from synthflow.record import Record
 
 from .conftest import math_recipe
-from .test_pipeline import _run
+from .helpers import run_flow
 
 
 def _rec(i: int, user: str, assistant: str) -> Record:
@@ -59,7 +59,7 @@ def test_every_published_row_has_n_tokens_and_long_ones_are_rejects(tmp_path, pr
     from flows.recipe_flow import run_recipe
 
     ok = math_recipe(tmp_path, n=6, batch_size=16, max_items=64)
-    s = _run(run_recipe, ok, tmp_path / "ok", tmp_path / "ok.sqlite3", monkeypatch)
+    s = run_flow(run_recipe, ok, tmp_path / "ok", tmp_path / "ok.sqlite3", monkeypatch)
     data = pq.read_table(next((Path(s["path"]) / "data").glob("*.parquet")))
     lengths = data.column("n_tokens").to_pylist()
     assert lengths and all(isinstance(n, int) and n > 0 for n in lengths)
@@ -71,7 +71,7 @@ def test_every_published_row_has_n_tokens_and_long_ones_are_rejects(tmp_path, pr
     tight = math_recipe(
         tmp_path, name="tight.yaml", n=6, batch_size=16, max_items=64, output__max_seq_len=limit
     )
-    t = _run(run_recipe, tight, tmp_path / "tight", tmp_path / "tight.sqlite3", monkeypatch)
+    t = run_flow(run_recipe, tight, tmp_path / "tight", tmp_path / "tight.sqlite3", monkeypatch)
     assert t["counts"]["accepted"] == 0
     rej = pq.read_table(next((Path(t["path"]) / "rejects").glob("*.parquet"))).to_pylist()
     too_long = [r for r in rej if r["reject_reason"].startswith("sft:too_long")]
@@ -87,7 +87,7 @@ def test_the_prefect_run_has_a_progress_artifact_updated_per_batch(tmp_path, pre
     from flows.recipe_flow import run_recipe
 
     recipe = math_recipe(tmp_path, n=6, batch_size=16, max_items=64)
-    s = _run(run_recipe, recipe, tmp_path / "out", tmp_path / "c.sqlite3", monkeypatch)
+    s = run_flow(run_recipe, recipe, tmp_path / "out", tmp_path / "c.sqlite3", monkeypatch)
     with get_client(sync_client=True) as client:
         arts = [a for a in client.read_artifacts() if a.type == "progress" and a.key == "math-progress"]
     assert arts, "no progress artifact"

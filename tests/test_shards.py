@@ -10,15 +10,16 @@ from pathlib import Path
 
 import pytest
 
+from synthflow.spec import Overrides
 from synthflow.store import completed_runs
 
 from .conftest import ROOT, fake_recipe, math_recipe, run_cli
-from .test_pipeline import _content, _reasons, _run
+from .helpers import content, reasons, run_flow
 
 
 def _recipe(tmp_path: Path, **kw) -> Path:
     # n reached in the 2nd batch of 16; a dup-heavy script, so admission order matters
-    return math_recipe(tmp_path, n=6, batch_size=16, max_items=160, engine__delay_s=0.05, **kw)
+    return math_recipe(tmp_path, n=6, batch_size=16, max_items=160, engine__options__delay_s=0.05, **kw)
 
 
 def _no_retry_delay(monkeypatch, retries: int | None = None):
@@ -34,11 +35,11 @@ def _no_retry_delay(monkeypatch, retries: int | None = None):
 def test_two_local_shards_publish_the_one_process_rows(tmp_path, prefect_harness, monkeypatch):
     rf = _no_retry_delay(monkeypatch)
     recipe = _recipe(tmp_path)
-    one = _run(rf.run_recipe, recipe, tmp_path / "one", tmp_path / "one.sqlite3", monkeypatch)
-    two = _run(rf.run_recipe, recipe, tmp_path / "two", tmp_path / "two.sqlite3", monkeypatch, shards=2)
+    one = run_flow(rf.run_recipe, recipe, tmp_path / "one", tmp_path / "one.sqlite3", monkeypatch)
+    two = run_flow(rf.run_recipe, recipe, tmp_path / "two", tmp_path / "two.sqlite3", monkeypatch, shards=2)
     a, b = Path(one["path"]), Path(two["path"])
-    assert _content(a) and _content(a) == _content(b)
-    assert _reasons(a) == _reasons(b)
+    assert content(a) and content(a) == content(b)
+    assert reasons(a) == reasons(b)
     assert two["counts"]["accepted"] == one["counts"]["accepted"] == 6
     assert two["items_planned"] == one["items_planned"]
     shards = two["shards"]
@@ -61,14 +62,14 @@ def test_a_killed_shard_is_retried_and_the_rows_are_the_same(tmp_path, prefect_h
         n=6,
         batch_size=16,
         max_items=160,
-        engine__delay_s=0.05,
-        engine__fail_call=2,
-        engine__kill_file=str(marker),
+        engine__options__delay_s=0.05,
+        engine__options__fail_call=2,
+        engine__options__kill_file=str(marker),
     )
-    one = _run(rf.run_recipe, clean, tmp_path / "one", tmp_path / "one.sqlite3", monkeypatch)
-    two = _run(rf.run_recipe, killing, tmp_path / "two", tmp_path / "two.sqlite3", monkeypatch, shards=2)
+    one = run_flow(rf.run_recipe, clean, tmp_path / "one", tmp_path / "one.sqlite3", monkeypatch)
+    two = run_flow(rf.run_recipe, killing, tmp_path / "two", tmp_path / "two.sqlite3", monkeypatch, shards=2)
     assert marker.is_file()  # a shard was killed
-    assert _content(Path(one["path"])) == _content(Path(two["path"]))
+    assert content(Path(one["path"])) == content(Path(two["path"]))
 
 
 def test_a_shard_that_keeps_failing_fails_the_run_and_publishes_nothing(
@@ -77,10 +78,10 @@ def test_a_shard_that_keeps_failing_fails_the_run_and_publishes_nothing(
     from synthflow.errors import UserError
 
     rf = _no_retry_delay(monkeypatch, retries=0)
-    recipe = _recipe(tmp_path, engine__fail_call=1)  # every shard process fails its first call
+    recipe = _recipe(tmp_path, engine__options__fail_call=1)  # every shard process fails its first call
     # the first failure stops the other shard, which may end cleanly first: 1 or 2 of 2 failed
     with pytest.raises(UserError, match=r"[12] of 2 shards failed after 1 attempts; nothing was published"):
-        _run(rf.run_recipe, recipe, tmp_path / "out", tmp_path / "c.sqlite3", monkeypatch, shards=2)
+        run_flow(rf.run_recipe, recipe, tmp_path / "out", tmp_path / "c.sqlite3", monkeypatch, shards=2)
     assert completed_runs(tmp_path / "out") == []
 
 
@@ -91,13 +92,13 @@ def test_revision_in_two_shards_publishes_the_one_process_rows(tmp_path, prefect
 
     rf = _no_retry_delay(monkeypatch)
     recipe = math_recipe(tmp_path, n=50, batch_size=16, max_items=32, revise={"rounds": 2},
-                         engine__script=str(_script(tmp_path)))  # fmt: skip
-    one = _run(rf.run_recipe, recipe, tmp_path / "one", tmp_path / "one.sqlite3", monkeypatch)
-    two = _run(rf.run_recipe, recipe, tmp_path / "two", tmp_path / "two.sqlite3", monkeypatch, shards=2)
+                         engine__options__script=str(_script(tmp_path)))  # fmt: skip
+    one = run_flow(rf.run_recipe, recipe, tmp_path / "one", tmp_path / "one.sqlite3", monkeypatch)
+    two = run_flow(rf.run_recipe, recipe, tmp_path / "two", tmp_path / "two.sqlite3", monkeypatch, shards=2)
     a, b = Path(one["path"]), Path(two["path"])
     assert one["revision"]["rescued_rows"] > 0
     # ids (and so revised_from, and the row a duplicate is of) are per run; the rest is the same
-    assert _no_ids(_content(a)) == _no_ids(_content(b)) and _reasons(a) == _reasons(b)
+    assert _no_ids(content(a)) == _no_ids(content(b)) and reasons(a) == reasons(b)
     assert two["revision"] == one["revision"] and two["counts"] == one["counts"]
 
 
@@ -155,12 +156,16 @@ def test_two_shards_on_two_process_workers(tmp_path, prefect_harness, monkeypatc
     ]
     try:
         recipe = _recipe(tmp_path)
-        one = _run(rf.run_recipe, recipe, tmp_path / "one", tmp_path / "one.sqlite3", monkeypatch)
+        one = run_flow(rf.run_recipe, recipe, tmp_path / "one", tmp_path / "one.sqlite3", monkeypatch)
         monkeypatch.setenv("SYNTHFLOW_RESPONSE_CACHE", str(tmp_path / "two.sqlite3"))
         two = rf.run_recipe(
-            recipe=str(recipe), out=str(tmp_path / "two"), shards=2, work_pool=pool, redis=url
+            recipe=str(recipe),
+            overrides=Overrides(out=str(tmp_path / "two")),
+            shards=2,
+            work_pool=pool,
+            redis=url,
         )
-        assert _content(Path(one["path"])) == _content(Path(two["path"]))
+        assert content(Path(one["path"])) == content(Path(two["path"]))
         assert [s["shard"] for s in two["shards"]] == [0, 1]
         with get_client(sync_client=True) as client:
             runs = client.read_flow_runs()
@@ -180,9 +185,11 @@ def test_two_shards_on_two_process_workers(tmp_path, prefect_harness, monkeypatc
 def test_a_staged_batch_made_from_other_items_is_not_reused(tmp_path):
     """A resumed run whose seed file changed keeps its fingerprint (paths are hashed, not
     contents): batches staged before the change must be made again, not merged."""
+    from synthflow.pipeline import BatchResult
     from synthflow.recipe import load_recipe
-    from synthflow.runner import RunSpec, Stages
     from synthflow.shard import Batch, batch_items, batch_key, load_batch, save_batch, shard_dir
+    from synthflow.spec import RunSpec
+    from synthflow.stages import Stages
 
     recipe = load_recipe(_recipe(tmp_path))
     spec = RunSpec(recipe, "r.yaml", "rid", recipe.fingerprint())
@@ -190,7 +197,7 @@ def test_a_staged_batch_made_from_other_items_is_not_reused(tmp_path):
     try:
         items = batch_items(spec, st, 0)
         d = shard_dir(spec)
-        save_batch(d, Batch(0, len(items), {}, 0, batch_key(spec, items)))
+        save_batch(d, Batch(0, len(items), BatchResult([]), 0, batch_key(spec, items)))
         assert load_batch(d, 0, batch_key(spec, items)) is not None
         items[0].seed.data["question"] = "edited after the batch was staged"
         assert load_batch(d, 0, batch_key(spec, items)) is None

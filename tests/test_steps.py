@@ -23,7 +23,7 @@ from .conftest import DATA, ROOT
 
 def make(tmp_path, recipe: str, **changes):
     data = yaml.safe_load((ROOT / "recipes" / f"{recipe}.yaml").read_text())
-    data["engine"] = {"name": "fake", "script": str(DATA / "fake_math.json")}
+    data["engine"] = {"name": "fake", "options": {"script": str(DATA / "fake_math.json")}}
     data["generator"].update(changes)
     p = tmp_path / f"{recipe}.yaml"
     p.write_text(yaml.safe_dump(data))

@@ -14,7 +14,7 @@ from synthflow.errors import UserError
 from synthflow.target import evaluate, final_answer, grade, grader_for, load_eval, run_target, weights
 
 from .conftest import fake_recipe
-from .test_pipeline import _run
+from .helpers import run_flow
 
 EVAL = [
     {"skill": "arithmetic", "question": "What is 7 times 8?", "answer": "56"},
@@ -118,7 +118,7 @@ def test_generation_draws_the_weak_skill_more(tmp_path, prefect_harness, monkeyp
     recipe = fake_recipe(tmp_path, "skillmix", "fake_skillmix.json", n=60, batch_size=30, max_items=60)
 
     def generate(path, sets):
-        return _run(run_recipe, recipe, tmp_path / "out", tmp_path / "c.sqlite3", monkeypatch, sets=sets)
+        return run_flow(run_recipe, recipe, tmp_path / "out", tmp_path / "c.sqlite3", monkeypatch, sets=sets)
 
     res = run_target(
         FakeEngine(STUDENT), eval_rows, str(recipe), 1, tmp_path / "t", generate, log=lambda *a: None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from synthflow.errors import UserError
 from synthflow.registry import register
 
@@ -48,18 +50,32 @@ def make_openai(cfg: Any) -> Any:
     )
 
 
+class FakeOptions(BaseModel):
+    """``engine.options`` of the scripted engine (tests only)."""
+
+    model_config = ConfigDict(extra="forbid")
+    script: str
+    delay_s: float = Field(0.0, ge=0)
+    fail_call: int = Field(0, ge=0, description="raise once on this call (1-based); 0 never")
+    kill_file: str | None = Field(
+        None, description="on call fail_call, SIGKILL the process instead, once (this file marks it)"
+    )
+
+
 @register("engine", "fake")
 def make_fake(cfg: Any) -> Any:
-    """Tests only: answers from ``engine.script`` (a JSON rules file)."""
+    """Tests only: answers from ``engine.options.script`` (a JSON rules file)."""
     from synthflow.engines.fake import FakeEngine
+    from synthflow.registry import validate_model
 
-    if not cfg.script:
-        raise UserError("field engine.script: the fake engine (tests only) needs a script file")
-    if not os.path.isfile(cfg.script):
-        raise UserError(f"{cfg.script}: fake engine script not found")
+    if not cfg.options.get("script"):
+        raise UserError("field engine.options.script: the fake engine (tests only) needs a script file")
+    o = validate_model(FakeOptions, cfg.options, "field engine.options")
+    if not os.path.isfile(o.script):
+        raise UserError(f"{o.script}: fake engine script not found")
     model_id = (
         cfg.model if cfg.model not in ("", "default") else "fake-model"
     )  # a named fake is its own model
     return FakeEngine(
-        cfg.script, model_id=model_id, delay_s=cfg.delay_s, fail_call=cfg.fail_call, kill_file=cfg.kill_file
+        o.script, model_id=model_id, delay_s=o.delay_s, fail_call=o.fail_call, kill_file=o.kill_file
     )

@@ -261,5 +261,7 @@ class CachedEngine:
         }
 
     def close(self) -> None:
+        """Stop the engine if this role started it; a later call starts it again."""
         if self._started:
             self.engine.close()
+            self._started = False

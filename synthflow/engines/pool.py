@@ -9,6 +9,7 @@ Engines are built lazily and start on their first call.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import threading
 import time
@@ -37,7 +38,7 @@ def engine_identity(cfg: Any) -> tuple[Any, ...]:
     model = cfg.model
     if cfg.name == "vllm" and model in ("", "default", DEFAULT_MODEL_NAME):
         model = "default"
-    return (cfg.name, model, cfg.base_url, cfg.script)
+    return (cfg.name, model, cfg.base_url, json.dumps(cfg.options, sort_keys=True, default=str))
 
 
 class EnginePool:
@@ -101,6 +102,16 @@ class EnginePool:
         self.roles[role] = cached
         return cached
 
+    def release(self) -> None:
+        """Stop the engines that started (free their memory); the next call of a role starts its
+        engine again. ``synthflow target`` releases the student before each generation run."""
+        closed: set[int] = set()
+        for c in self.roles.values():
+            if c._started and id(c.engine) not in closed:
+                closed.add(id(c.engine))
+                c.engine.close()
+            c._started = False
+
     def usage(self) -> dict[str, dict[str, Any]]:
         """Per-role accounting for the run summary."""
         return {role: c.usage() for role, c in self.roles.items()}
@@ -113,3 +124,38 @@ class EnginePool:
                 c.engine.close()
         if self._cache is not None:
             self._cache.close()
+
+
+USAGE_KEYS = ("hits", "misses", "prompt_tokens", "completion_tokens", "engine_seconds")
+
+
+def usage_totals(usages: list[dict[str, Any]]) -> dict[str, Any]:
+    """Engine usage summed: cache hits and misses, tokens, engine seconds. The one place token
+    totals are added up (a run's generation roles, a shard's, the shards of a run)."""
+    out: dict[str, Any] = dict.fromkeys(USAGE_KEYS, 0)
+    for u in usages:
+        for k in USAGE_KEYS:
+            out[k] += u.get(k, 0) or 0
+    out["engine_seconds"] = round(float(out["engine_seconds"]), 2)
+    return out
+
+
+def usage_fields(u: dict[str, Any]) -> dict[str, Any]:
+    """Usage as a summary (and a shard's report) shows it: cache, tokens, engine seconds."""
+    return {
+        "cache": {"hits": u["hits"], "misses": u["misses"]},
+        "tokens": {"prompt": u["prompt_tokens"], "completion": u["completion_tokens"]},
+        "engine_seconds": u["engine_seconds"],
+    }
+
+
+def usage_of(fields: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of :func:`usage_fields` (a shard's report summed into its run's summary)."""
+    c, t = fields["cache"], fields["tokens"]
+    return {
+        "hits": c["hits"],
+        "misses": c["misses"],
+        "prompt_tokens": t["prompt"],
+        "completion_tokens": t["completion"],
+        "engine_seconds": fields["engine_seconds"],
+    }

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict
 from synthflow.engines.base import Completion, Request, Sampling
 from synthflow.personas import load_personas, persona_for
 from synthflow.prompts import Prompt, load_prompt
-from synthflow.record import Record, Reject, StageResult, stable_id
+from synthflow.record import Record, Reject, StageResult, finish_reason, stable_id  # noqa: F401 - finish_reason: re-exported
 from synthflow.registry import validate_model
 from synthflow.seeds import Seed
 
@@ -72,8 +72,11 @@ class Generator(ABC):
     # assistant's answer (None: this generator's rows cannot be revised)
     revise_prompt: ClassVar[str] = "revise/coach.jinja2"
     response_field: ClassVar[str | None] = None
+    # the fields the training conversation is rendered from (``messages``): a later step that sets
+    # one of them (a verifier choosing CodeT's solution) has the conversation rendered again
+    message_fields: ClassVar[frozenset[str]] = frozenset()
 
-    def __init__(self, recipe: Any, seeds: list[Seed]):
+    def __init__(self, recipe: Any, seeds: list[Seed], run_id: str = ""):
         self.recipe = recipe
         self.seeds = seeds
         self.opts: Any = self.validate_options(recipe.generator.options, "generator.options")
@@ -90,7 +93,7 @@ class Generator(ABC):
         self._order = list(range(len(seeds)))
         rng.shuffle(self._order)
         self.structured = bool(recipe.engine.structured_outputs)
-        self.run_id = ""
+        self.run_id = run_id  # row ids are unique per run and stable when it resumes
 
     @classmethod
     def validate_options(cls, options: dict[str, Any], where: str) -> Any:
@@ -188,8 +191,13 @@ class Generator(ABC):
         for k, v in state.items():
             setattr(self, k, copy.deepcopy(v))
 
-    def refresh(self, rec: Record) -> None:
-        """Called after verification (which may change fields, e.g. CodeT's chosen solution)."""
+    def messages(self, fields: dict[str, Any]) -> list[dict[str, str]]:
+        """The training conversation rendered from ``fields`` (generators with ``message_fields``)."""
+        raise NotImplementedError(f"generator {self.name} renders no messages from its fields")
+
+    def bind_engines(self, pool: Any, where: str) -> None:
+        """Engines of roles of its own, besides the recipe's (an ensemble's members), from the run's
+        engine pool: the one place engines come from."""
 
     def revision_context(self, rec: Record) -> dict[str, Any]:
         """Template variables of a revision: the pair as the model will be trained on it."""
@@ -262,14 +270,6 @@ def add_usage(rec: Record, comp: Completion) -> None:
     step = comp.extra.get("step")
     if step is not None:
         g.setdefault("steps", []).append(dict(step))
-
-
-def finish_reason(gen: dict[str, Any]) -> str:
-    """A row's finish reason: ``length`` when any step was cut at max_tokens, else the last step's."""
-    steps = gen.get("steps") or []
-    if any(st["finish_reason"] == "length" for st in steps):
-        return "length"
-    return steps[-1]["finish_reason"] if steps else gen.get("finish_reason", "")
 
 
 def parse_or_reject(

@@ -204,7 +204,7 @@ class Bonito(Generator):
     }
     text_field = "instruction"
 
-    def __init__(self, recipe: Any, seeds: list[Seed]):
+    def __init__(self, recipe: Any, seeds: list[Seed], run_id: str = ""):
         # passages: prose chunks long enough to ask about (code chunks are AgentInstruct's)
         opts = self.validate_options(recipe.generator.options, "generator.options")
         prose = [
@@ -212,7 +212,7 @@ class Bonito(Generator):
             for s in seeds
             if s.data.get("doc_kind") != "code" and len(s.text.split()) >= opts.min_passage_words
         ]
-        super().__init__(recipe, prose or seeds)
+        super().__init__(recipe, prose or seeds, run_id)
 
     def task_type(self, item: Item) -> str:
         return self.opts.task_types[item.index % len(self.opts.task_types)]

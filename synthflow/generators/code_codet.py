@@ -195,22 +195,16 @@ class CodeCodeT(Generator):
         "problem": pa.string(),
         "signature": pa.string(),
         "entry_point": pa.string(),
-        "solution": pa.string(),
-        "tests": pa.string(),
         "candidates": pa.list_(pa.string()),
         "all_tests": pa.list_(pa.string()),
-        "codet_score": pa.float64(),
-        "codet_consensus": pa.int64(),
-        "codet_tests_passed": pa.int64(),
-        "codet_candidates": pa.int64(),
-        "codet_tests_total": pa.int64(),
-    }
+    }  # solution, tests and codet_* are the codet verifier's
     text_field = "problem+solution"
+    message_fields = frozenset({"problem", "signature", "solution"})
     # a candidate or test sample cut at max_tokens does not compile and is dropped; the row stays
     truncation_ok = frozenset({"solve", "tests"})
 
-    def __init__(self, recipe: Any, seeds: list[Seed]):
-        super().__init__(recipe, seeds)
+    def __init__(self, recipe: Any, seeds: list[Seed], run_id: str = ""):
+        super().__init__(recipe, seeds, run_id)
         self.example_pool = [s.data for s in jsonl_seeds(self.opts.examples) if s.data.get("solution")]
 
     def _examples(self, item: Item) -> list[dict[str, Any]]:
@@ -234,8 +228,8 @@ class CodeCodeT(Generator):
             self.templates["tests"].render(**self._step_context(it, fields)),
         ]
 
-    def refresh(self, rec: Any) -> None:
-        rec.messages = code_messages(rec.fields)
+    def messages(self, fields: dict[str, Any]) -> list[dict[str, str]]:
+        return code_messages(fields)
 
     def summary(self, accepted: list[Any]) -> dict[str, Any]:
         from collections import Counter
@@ -307,10 +301,9 @@ class CodeCodeT(Generator):
             if not tests_.get(j):
                 out.rejects.append(Reject(rec, "parse", "parse:no_tests"))
                 continue
-            rec.fields.update(
-                candidates=cands[j], all_tests=tests_[j], solution=cands[j][0], tests="\n".join(tests_[j])
-            )
-            rec.messages = code_messages(rec.fields)
+            rec.fields.update(candidates=cands[j], all_tests=tests_[j])
+            # the conversation with the first candidate until the verifier chooses the solution
+            rec.messages = code_messages({**rec.fields, "solution": cands[j][0]})
             out.kept.append(rec)
         return out
 

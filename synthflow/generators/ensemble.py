@@ -95,8 +95,8 @@ class Ensemble(Generator):
     # a member's output cut at max_tokens is never chosen (not a candidate), so the row stands
     truncation_ok = frozenset({"answer", "math"})
 
-    def __init__(self, recipe: Any, seeds: list[Any]):
-        super().__init__(recipe, [s for s in seeds if instruction_text(s.data)])
+    def __init__(self, recipe: Any, seeds: list[Any], run_id: str = ""):
+        super().__init__(recipe, [s for s in seeds if instruction_text(s.data)], run_id)
         from rouge_score import rouge_scorer
 
         self._rouge = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)

@@ -195,10 +195,7 @@ class MathPAL(Generator):
         "problem": pa.string(),
         "program": pa.string(),
         "answer": pa.string(),
-        "sc_programs": pa.list_(pa.string()),
-        "sc_votes": pa.list_(pa.string()),
-        "sc_majority": pa.string(),
-        "sc_agreement": pa.float64(),
+        "sc_programs": pa.list_(pa.string()),  # sc_votes, sc_majority, sc_agreement: the verifier's
         "persona": pa.string(),
         # persona rewrite (PersonaMath): the seed problem restated, and its known answer
         "source_problem": pa.string(),
@@ -219,8 +216,8 @@ class MathPAL(Generator):
     # a self-consistency sample cut at max_tokens does not compile: it votes against, the row stays
     truncation_ok = frozenset({"solve"})
 
-    def __init__(self, recipe: Any, seeds: list[Seed]):
-        super().__init__(recipe, seeds)
+    def __init__(self, recipe: Any, seeds: list[Seed], run_id: str = ""):
+        super().__init__(recipe, seeds, run_id)
         pool = [s for s in jsonl_seeds(self.opts.examples) if s.data.get("program") and s.data.get("problem")]
         self.example_pool = pool
         self.rewrite = self.opts.persona_mode == "rewrite"
@@ -354,7 +351,7 @@ class MathPAL(Generator):
         got = self.parse(text)
         if got["program"].strip() == (rec.fields.get("program") or "").strip():
             raise ParseError("unchanged")
-        rec.fields.update(got, sc_programs=[], sc_votes=None, sc_majority=None, sc_agreement=None)
+        rec.fields.update(got, sc_programs=[])
         rec.messages = pal_messages(got)
 
     def after_revision(self, recs: list[Any], engine: Any, sampling: Sampling) -> None:

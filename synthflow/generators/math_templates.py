@@ -192,13 +192,13 @@ class MathTemplates(Generator):
         "program": pa.string(),
         "constraints": pa.list_(pa.string()),
         "solution": pa.string(),
-        "answer": pa.string(),
-    }  # `split` is a core column of every row (train/test), filled from fields["split"]
+    }  # `answer` is the template verifier's; `split` is a core column of every row (train/test), filled from fields["split"]
     text_field = "problem"
+    message_fields = frozenset({"problem", "program", "assignment", "solution", "answer"})
     state_attrs = ("templates_made",)
 
-    def __init__(self, recipe: Any, seeds: list[Seed]):
-        super().__init__(recipe, seeds)
+    def __init__(self, recipe: Any, seeds: list[Seed], run_id: str = ""):
+        super().__init__(recipe, seeds, run_id)
         self.example_pool = [s.data for s in jsonl_seeds(self.opts.examples)]
         self.templates_made = 0
 
@@ -256,13 +256,13 @@ class MathTemplates(Generator):
                 out.kept.append(v)
         return out
 
-    def refresh(self, rec: Any) -> None:
-        """After verification the answer is known: build the training conversation."""
-        f = rec.fields
+    def messages(self, fields: dict[str, Any]) -> list[dict[str, str]]:
+        """Once verification knows the answer: the training conversation."""
+        f = fields
         a = json.loads(f["assignment"])
         call = ", ".join(f"{k}={v!r}" for k, v in sorted(a.items()))
         words = f"{f['solution']}\n\n" if f.get("solution") else ""
-        rec.messages = [
+        return [
             {"role": "user", "content": f["problem"]},
             {
                 "role": "assistant",

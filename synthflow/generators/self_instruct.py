@@ -175,8 +175,8 @@ class SelfInstruct(Generator):
     state_attrs = ("pool", "machine", "rounds", "classified")
     shardable = False  # each round's prompts sample the pool the earlier rounds grew
 
-    def __init__(self, recipe: Any, seeds: list[Seed]):
-        super().__init__(recipe, seeds)
+    def __init__(self, recipe: Any, seeds: list[Seed], run_id: str = ""):
+        super().__init__(recipe, seeds, run_id)
         self.human = [s for s in seeds if s.data.get("instruction")]
         o = self.opts
         self.pool = RougePool(threshold=o.rouge_threshold)

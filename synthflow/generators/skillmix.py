@@ -139,8 +139,8 @@ class SkillMix(Generator):
     response_field = "response"
     step_sampling: ClassVar[dict[str, dict[str, Any]]] = {"respond": {"max_tokens": 512}}
 
-    def __init__(self, recipe: Any, seeds: list[Seed]):
-        super().__init__(recipe, seeds)
+    def __init__(self, recipe: Any, seeds: list[Seed], run_id: str = ""):
+        super().__init__(recipe, seeds, run_id)
         self.skills: list[dict[str, Any]] = []
         self.query_types: list[dict[str, Any]] = []
         self.extracted_from: list[str] = []

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict
 
 from synthflow import registry
 from synthflow.errors import UserError
-from synthflow.filtering import Filter
+from synthflow.filtering import Component, Filter
 from synthflow.record import Record, StageResult
 
 
@@ -53,26 +53,20 @@ class ScoreContext:
         return self.engines.add(role, cfg, where=f"{self.where}.engine.name")
 
 
-class Scorer(ABC):
-    name: ClassVar[str] = ""
+class Scorer(Component, ABC):
+    """A component of the score step: it writes ``score_<name>`` for each of its ``outputs`` and
+    its declared ``columns``, and never drops a row."""
+
     Params: ClassVar[type[BaseModel]] = ScorerParams
     outputs: ClassVar[tuple[str, ...]] = ()  # score names: columns score_<name> (float64)
-    columns: ClassVar[dict[str, pa.DataType]] = {}  # further columns it fills in record.fields
     prompts: ClassVar[dict[str, str]] = {}  # its templates under prompts/
     role: ClassVar[str] = ""  # engine role, '' when it needs no model
     arg_param: ClassVar[str | None] = None  # ``name:ARG`` sets this param
 
     def __init__(self, params: Any, ctx: ScoreContext):
-        self.params = (
-            params if isinstance(params, BaseModel) else self.validate_params(params or {}, self.name)
-        )
-        self.ctx = ctx
+        super().__init__(params, ctx)
         self.seconds = 0.0
         self.rows = 0
-
-    @classmethod
-    def validate_params(cls, params: dict[str, Any], where: str) -> Any:
-        return registry.validate_model(cls.Params, params, where)
 
     @classmethod
     def fingerprint_part(cls, params: Any) -> Any:
@@ -112,33 +106,9 @@ class Scorer(ABC):
         """Set ``r.scores[name]`` for every output (None when it cannot score) and declared columns
         in ``r.fields``. One engine call per batch at most per step; never drop a row."""
 
-    def summary(self) -> dict[str, Any]:
-        return {}
-
-    def close(self) -> None:
-        pass
-
-
-def split_spec(spec: str) -> tuple[str, str | None]:
-    """``sklearn:models/q`` -> (``sklearn``, ``models/q``); ``ifd`` -> (``ifd``, None)."""
-    name, sep, arg = spec.partition(":")
-    return name, (arg if sep else None)
-
-
-def scorer_class(spec: str, where: str) -> tuple[type[Scorer], str | None]:
-    name, arg = split_spec(spec)
-    cls = registry.get("scorer", name, where)
-    if arg is not None and not cls.arg_param:
-        raise UserError(f"{where}: scorer {name!r} takes no ':' argument")
-    return cls, arg
-
 
 def validate_scorer(spec: str, params: dict[str, Any] | None, where: str) -> tuple[type[Scorer], Any]:
-    cls, arg = scorer_class(spec, where)
-    raw = dict(params or {})
-    if arg is not None:
-        raw[cls.arg_param] = arg  # type: ignore[index]
-    return cls, cls.validate_params(raw, where)
+    return registry.component("scorer", spec, params, where)
 
 
 def build_scorers(scoring: dict[str, dict[str, Any]], ctx: ScoreContext) -> list[Scorer]:
@@ -166,6 +136,10 @@ class ScoreStage(Filter):
         for s in self.scorers:
             cols.update(s.columns)
         return cols
+
+    @property
+    def writes(self) -> set[str]:
+        return {c for s in self.scorers for c in s.writes}
 
     @property
     def outputs(self) -> list[str]:
