@@ -55,19 +55,10 @@ def write_recipe(tmp: Path, items: int, batch: int) -> Path:
 
 def raw_loop(recipe: Path, out: Path) -> dict:
     """The same batch loop as the flow, called directly: no Prefect."""
-    from synthflow import pipeline
-    from synthflow.run import Run
+    from synthflow.run import run_plain
     from synthflow.spec import Overrides
 
-    run = Run.open(str(recipe), Overrides(out=str(out)))
-    try:
-        run.ledger.seconds["prepare"] += run.stages.prepare()
-        while items := run.next_items():
-            pipeline.process_batch(run.stages, items, sink=run.ledger)
-        _, summary = run.finish()
-    finally:
-        run.close()
-    return summary
+    return run_plain(str(recipe), Overrides(out=str(out)))
 
 
 def flow(recipe: Path, out: Path, pipeline: bool) -> dict:

@@ -96,8 +96,8 @@ def main() -> None:
         # in process, one core
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
         from filters.clf import SklearnScorer
+        from synthflow.rescore import to_records
         from synthflow.scoring import ScoreContext
-        from synthflow.scoring.cli import to_records
 
         recs = to_records(pa.Table.from_pylist(rows), "instruction", "response")
         scorer = SklearnScorer({"model": str(tmp / "m")}, ScoreContext())

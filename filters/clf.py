@@ -15,6 +15,9 @@ The folder holds ``scorer.json`` (format, feature spec, label, training-data fin
 ``vocab.json`` and ``model.npz``: the linear model's weights as plain float arrays, loaded with
 ``allow_pickle=False``, so loading a scorer never executes code (and needs neither scikit-learn nor
 pickle at scoring time).
+
+Size: training, saving, loading and scoring share one feature function and one file format; they
+stay together so that a scorer trained here is always read back with the same features.
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ class DecontamParams(BaseModel):
 class Decontaminate(Filter):
     name = "decontaminate"
     stage = "decontam"
+    reads_text = True
     Params = DecontamParams
 
     def __init__(self, params: Any = None, ctx: Any = None):

@@ -49,6 +49,7 @@ class ExactDedup(Filter):
 
     name = "exact_dedup"
     stage = "dedup"
+    reads_text = True
     Params = ExactParams
 
     def __init__(self, params: Any = None, ctx: Any = None):
@@ -122,6 +123,7 @@ class NearDedup(Filter):
 
     name = "near_dedup"
     stage = "dedup"
+    reads_text = True
     Params = NearParams
 
     def __init__(self, params: Any = None, ctx: Any = None):

@@ -12,8 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from synthflow.filtering import Filter
-from synthflow.generators.base import finish_reason
-from synthflow.record import Record, Reject, StageResult
+from synthflow.record import Record, Reject, StageResult, finish_reason
 from synthflow.registry import register
 from synthflow.scoring import Scorer
 from synthflow.text import words

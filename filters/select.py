@@ -46,6 +46,7 @@ def _vectorize(texts: list[str]) -> Any:
 class Select(Filter):
     name = "select"
     stage = "accept"
+    reads_text = True
     Params = SelectParams
     shardable = False  # min_distance compares with every row kept so far, in order
     columns: ClassVar[dict[str, pa.DataType]] = {"select_nn_distance": pa.float64(), "cluster_id": pa.int64()}

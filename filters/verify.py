@@ -128,7 +128,7 @@ class Verify(Filter):
         return validate_model(verifier(str(kind), where).Params, params, where)
 
     @classmethod
-    def reads_of(cls, params: Any) -> set[str]:
+    def reads_of(cls, params: Any, text_field: str = "messages") -> set[str]:
         return set(verifier(params.kind).reads)
 
     @classmethod

@@ -355,7 +355,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
         add_dedup(sub)
     if "scoring" in want:
-        from synthflow.scoring.cli import add_parsers as add_scoring
+        from synthflow.rescore import add_parsers as add_scoring
 
         add_scoring(sub)
     if "report" in want:

@@ -23,6 +23,14 @@ from pydantic import BaseModel, ConfigDict
 from synthflow.record import Record, StageResult
 from synthflow.registry import validate_model
 
+# The data's way after generation, in order: each filter runs in one of these steps.
+STEPS = ("verify", "dedup", "score", "accept")
+
+
+def step_of(stage: str) -> str:
+    """The step a filter of this funnel stage runs in: decontamination runs with dedup."""
+    return "dedup" if stage == "decontam" else stage
+
 
 class NoParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -51,9 +59,16 @@ class Component:
     def validate_params(cls, params: dict[str, Any], where: str) -> Any:
         return validate_model(cls.Params, params, where)
 
+    # True for components that read the text their ``field`` param names (default: the
+    # generator's text field), such as dedup and decontamination
+    reads_text: ClassVar[bool] = False
+
     @classmethod
-    def reads_of(cls, params: Any) -> set[str]:
-        """The record fields a component with these params reads (beyond messages and scores)."""
+    def reads_of(cls, params: Any, text_field: str = "messages") -> set[str]:
+        """The record fields a component with these params reads (beyond messages and scores);
+        ``text_field``: the generator's default text field."""
+        if cls.reads_text:
+            return text_fields(getattr(params, "field", None) or text_field)
         return set()
 
     @classmethod
@@ -95,8 +110,8 @@ class Filter(Component, ABC):
 
     @property
     def bucket(self) -> str:
-        """The step of the data's way it runs in: decontamination runs with dedup."""
-        return "dedup" if self.stage == "decontam" else self.stage
+        """The step of the data's way it runs in."""
+        return step_of(self.stage)
 
     @abstractmethod
     def __call__(self, records: Sequence[Record]) -> StageResult:

@@ -13,8 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from synthflow.filtering import STEPS
 from synthflow.record import Record, StageResult
-from synthflow.stages import STEPS, Stages
+from synthflow.stages import Stages
 
 # a step runner: step name ("generate", "revise", or one of STEPS) and its arguments -> its result
 StepRunner = Callable[..., StageResult]

@@ -93,7 +93,6 @@ class FilterConfig(BaseModel):
 class OutputConfig(_Strict):
     root: str = "out"
     shard_rows: int = Field(10_000, gt=0)
-    test_fraction: float = Field(0.0, ge=0, lt=1)
     target_tokenizer: str | None = Field(
         None,
         description="tokenizer (folder or HF id) whose chat template renders each row for n_tokens; "
@@ -243,6 +242,7 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
     except ValidationError as e:
         raise UserError(format_validation_error(str(p), e)) from None
     check_names(recipe, str(p))
+    check_fields(recipe, str(p))
     return recipe
 
 
@@ -282,3 +282,36 @@ def check_names(recipe: Recipe, where: str) -> None:
                 f"{where}: field scoring.{spec}: scorer {cls.name!r} is named twice ({seen[cls.name]!r})"
             )
         seen[cls.name] = spec
+
+
+def check_fields(recipe: Recipe, where: str) -> None:
+    """The components fit together: each reads only fields that the generator, or a component
+    before it on the data's way, writes. A verifier that needs ``tests`` after a generator that
+    writes none fails here, with one line, rather than on the first batch."""
+    from synthflow.filtering import STEPS, step_of
+
+    gen = registry.get("generator", recipe.generator.name)
+    parts: list[tuple[int, int, str, Any, Any]] = []
+    for i, f in enumerate(recipe.filters):
+        cls = registry.get("filter", f.name)
+        parts.append(
+            (
+                STEPS.index(step_of(cls.stage)),
+                i,
+                f"filters[{i}] ({f.name})",
+                cls,
+                cls.validate_params(f.params, ""),
+            )
+        )
+    for spec, params in recipe.scoring.items():  # the score step runs the scorers first
+        cls, p = registry.component("scorer", spec, params, "")
+        parts.append((STEPS.index("score"), -1, f"scoring.{spec}", cls, p))
+    have = set(gen.columns)
+    for _, _, label, cls, p in sorted(parts, key=lambda t: t[:2]):
+        missing = sorted(cls.reads_of(p, gen.text_field) - have)
+        if missing:
+            raise UserError(
+                f"{where}: field {label}: reads field {missing[0]!r}, which generator {gen.name} "
+                f"and the steps before it do not write (they write: {', '.join(sorted(have))})"
+            )
+        have |= cls.writes_of(p)

@@ -3,6 +3,9 @@
 Everything is inline: the plots are matplotlib SVGs, there is no script and no network access. A run
 writes ``report.html`` next to its card when it publishes; ``synthflow report RUN_DIR`` rebuilds it
 and ``synthflow report --recipe NAME`` draws the runs of a recipe over time.
+
+Size: one section builder per plot, each short; they share the page's helpers (SVG export, table
+rendering, escaping) and nothing else imports them.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from synthflow import runlock
+from synthflow import pipeline, runlock
 from synthflow import summary as summaries
 from synthflow.generators.base import Item
 from synthflow.ledger import Ledger
@@ -129,6 +129,21 @@ class Run:
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+
+
+def run_plain(recipe_path: str, overrides: Overrides | None = None) -> dict[str, Any]:
+    """A whole run in this process without Prefect: the batch loop over the planned batches, one
+    after the other, then publish. The benches' baseline, and how tests run a recipe on the real
+    engine they share (the flow adds tasks, retries and making the next batch ahead)."""
+    run = Run.open(recipe_path, overrides)
+    try:
+        run.ledger.seconds["prepare"] += run.stages.prepare()
+        while items := run.next_items():
+            pipeline.process_batch(run.stages, items, sink=run.ledger)
+        _, summary = run.finish()
+    finally:
+        run.close()
+    return summary
 
 
 def publish(run: Run) -> Path:

@@ -14,7 +14,7 @@ from synthflow.engines.base import Sampling
 from synthflow.engines.cache import CachedEngine
 from synthflow.engines.pool import EnginePool
 from synthflow.errors import UserError
-from synthflow.filtering import Filter, FilterContext
+from synthflow.filtering import STEPS, Filter, FilterContext
 from synthflow.generators.base import Generator, Item
 from synthflow.recipe import Recipe
 from synthflow.record import Record, StageResult
@@ -22,9 +22,6 @@ from synthflow.scoring import ScoreContext, ScoreStage, build_scorers
 from synthflow.seeds import extract_seeds
 from synthflow.spec import RunSpec
 from synthflow.store import RunWriter
-
-# The data's way after generation, in order: each filter runs in one of these steps.
-STEPS = ("verify", "dedup", "score", "accept")
 
 
 def open_engines(recipe: Recipe, recipe_path: str, pool: EnginePool) -> tuple[CachedEngine, ScoreStage]:

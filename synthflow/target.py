@@ -16,6 +16,9 @@ of a finished run whose rows carry skills (a SkillMix run: ``skills``, ``instruc
 
 Training the student is out of scope: with the same student, each round's evaluation repeats the
 last one, and its weights follow that round's weaknesses.
+
+Size: the evaluation set's readers, the three graders and the round loop are one command's parts
+and are used nowhere else.
 """
 
 from __future__ import annotations

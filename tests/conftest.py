@@ -45,10 +45,27 @@ def _isolated_env(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="session")
 def prefect_harness():
+    """The session's one Prefect server (a temporary one). CLI runs started by :func:`run_cli`
+    while it is up use it too, instead of each starting a server of its own."""
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def real_engine():
+    """The session's one real engine: vLLM with the embedded model on the CPU, provided through
+    the engine factory, so every run in this process (``Run.open``, the plain loop) uses it
+    instead of loading the model again. Real-model tests that go through the CLI start their own."""
+    from synthflow.engines.pool import build_engine, provide
+    from synthflow.recipe import EngineConfig
+
+    cfg = EngineConfig(name="vllm", model="default")
+    engine = build_engine(cfg)
+    with provide(cfg, engine):
+        yield engine
+    engine.close()
 
 
 def scorers_on_generator_engine(data: dict) -> dict:
@@ -92,13 +109,30 @@ def synthflow_exe() -> str:
     return str(local) if local.exists() else (shutil.which("synthflow") or "synthflow")
 
 
+def _prefect_api_url() -> str | None:
+    if "prefect" not in sys.modules:
+        return None
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value()
+
+
 def run_cli(
-    *args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 600
+    *args: str,
+    env: dict | None = None,
+    cwd: Path | None = None,
+    timeout: float = 600,
+    shared_prefect: bool = False,
 ) -> subprocess.CompletedProcess:
     """The CLI in a process group of its own: on a timeout the whole group is killed, so the vLLM
-    engine processes it started do not outlive it (orphans slowed every later real-model test)."""
+    engine processes it started do not outlive it (orphans slowed every later real-model test).
+    ``shared_prefect``: use the session's Prefect server (the test requests ``prefect_harness``)
+    instead of the run's own temporary one."""
     e = dict(os.environ)
     e.update(env or {})
+    api = _prefect_api_url() if shared_prefect else None
+    if api and "PREFECT_API_URL" not in e:
+        e["PREFECT_API_URL"] = api  # the session's server (prefect_harness)
     cmd = [synthflow_exe(), *args]
     with subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e, cwd=cwd, start_new_session=True

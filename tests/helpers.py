@@ -52,6 +52,16 @@ def run_flow(
     return run_recipe(recipe=str(recipe), overrides=Overrides(out=str(out), sets=sets), **kw)
 
 
+def run_local(recipe: Path, out: Path, cache: Path, monkeypatch, sets: list[str] | None = None) -> dict:
+    """A whole run without Prefect (the plain batch loop), with its own response cache: for tests
+    of what the steps do to rows. Prefect's part (tasks, retries, artifacts) has tests of its own."""
+    from synthflow.run import run_plain
+    from synthflow.spec import Overrides
+
+    monkeypatch.setenv("SYNTHFLOW_RESPONSE_CACHE", str(cache))
+    return run_plain(str(recipe), Overrides(out=str(out), sets=sets))
+
+
 def task_upstreams() -> dict[str, set[str]]:
     """For the newest flow run: each task name -> the names of the tasks whose results it took."""
     import asyncio
@@ -71,3 +81,46 @@ def task_upstreams() -> dict[str, set[str]]:
         ups = {by_id[i.id].name.rsplit("-", 1)[0] for v in r.task_inputs.values() for i in v if i.id in by_id}
         upstream.setdefault(r.name.rsplit("-", 1)[0], set()).update(ups)
     return upstream
+
+
+def make_generator(tmp_path: Path, recipe: str, script: str, **options):
+    """The generator of a shipped recipe on the scripted engine ``script`` (tests/data), with
+    generator ``options`` changed: (generator, engine)."""
+    import yaml
+
+    from synthflow import registry
+    from synthflow.engines.fake import FakeEngine
+    from synthflow.recipe import load_recipe
+    from synthflow.seeds import extract_seeds
+
+    from .conftest import DATA, ROOT
+
+    data = yaml.safe_load((ROOT / "recipes" / f"{recipe}.yaml").read_text())
+    data["engine"] = {"name": "fake", "options": {"script": str(DATA / script)}}
+    data["generator"].setdefault("options", {}).update(options)
+    p = tmp_path / f"{recipe}.yaml"
+    p.write_text(yaml.safe_dump(data))
+    r = load_recipe(p)
+    gen = registry.get("generator", r.generator.name)(r, extract_seeds(r.seeds))
+    return gen, FakeEngine(DATA / script)
+
+
+def expected_figures(run_dir: Path) -> int:
+    """How many plots a run's report should draw, counted from its Parquet files."""
+    data, rej = table_rows(run_dir, "data"), table_rows(run_dir, "rejects")
+    rows = data + rej
+
+    def has(col: str, among: list[dict]) -> bool:
+        return any(r.get(col) is not None and r.get(col) == r.get(col) for r in among)
+
+    n = 1  # the funnel
+    n += sum(has(c, rows) for c in {k for r in rows for k in r if k.startswith("score_")})
+    n += has("n_tokens", rows)
+    n += any(r.get("prompt_tokens") or r.get("completion_tokens") for r in data)
+    n += any(r.get("skills") for r in data)  # skill counts
+    n += any(len(set(r.get("skills") or [])) > 1 for r in data)  # skill x skill pairs
+    n += any(r.get("ai_skill") for r in data)
+    n += has("template_id", data) + has("cluster_id", data)
+    splits = {r.get("split") for r in data} - {None}
+    n += bool(splits) and (len(splits) > 1 or has("template_id", data))
+    return n

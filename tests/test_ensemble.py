@@ -19,7 +19,7 @@ from synthflow.recipe import load_recipe
 from synthflow.seeds import extract_seeds
 
 from .conftest import ROOT, scorers_on_generator_engine
-from .helpers import run_flow
+from .helpers import run_local
 
 INSTRUCTION = "Explain why the sky looks blue on a clear day."
 SKY = "The sky looks blue because air molecules scatter blue sunlight much more than red light."
@@ -156,10 +156,8 @@ class _Endpoint:
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
 
-def test_an_endpoint_and_a_local_engine_in_one_run(tmp_path, prefect_harness, monkeypatch):
+def test_an_endpoint_and_a_local_engine_in_one_run(tmp_path, monkeypatch):
     """The whole flow with an OpenAI-compatible member beside a local one: both answer every row."""
-    from flows.recipe_flow import run_recipe
-
     ep = _Endpoint(SKY2)
     try:
         members = [
@@ -171,7 +169,7 @@ def test_an_endpoint_and_a_local_engine_in_one_run(tmp_path, prefect_harness, mo
         recipe = _recipe(
             tmp_path, members, [INSTRUCTION, "Explain why the sea looks blue."], top, min_agreement=0.5
         )
-        s = run_flow(run_recipe, recipe, tmp_path / "out", tmp_path / "c.sqlite3", monkeypatch)
+        s = run_local(recipe, tmp_path / "out", tmp_path / "c.sqlite3", monkeypatch)
     finally:
         ep.httpd.shutdown()
     rows = pq.read_table(next((Path(s["path"]) / "data").glob("*.parquet"))).to_pylist()

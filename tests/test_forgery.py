@@ -15,7 +15,8 @@ import subprocess
 import pytest
 
 from synthflow.sandbox import Job
-from synthflow.sandbox.forkserver import UID_BASE, SandboxExecutor
+from synthflow.sandbox.forkserver import SandboxExecutor
+from synthflow.sandbox.isolation import UID_BASE
 
 WRONG = "def add(a, b):\n    return a - b\n"
 HONEST = "def add(a, b):\n    return a + b\n"

@@ -22,7 +22,7 @@ from synthflow.recipe import load_recipe
 from synthflow.seeds import extract_seeds
 
 from .conftest import assert_golden, fake_recipe
-from .helpers import run_flow
+from .helpers import run_local
 
 SEEDS = [
     {"id": "s-pears", "problem": "Sara buys 5 boxes of pears. Each box holds 6 pears. She eats 2 pears. How many pears are left?", "answer": "28"},
@@ -142,10 +142,8 @@ def test_a_rewrite_program_uses_the_originals_numbers():
     assert rewrite_problem_reason("Tom has 3 bags of 4 apples. How many apples?", "In 2024 I pack 3 crates of 4 mangoes at my stall. How many mangoes?") is None  # fmt: skip
 
 
-def test_the_seed_answer_decides_and_every_reason_is_kept(tmp_path, prefect_harness, monkeypatch):
-    from flows.recipe_flow import run_recipe
-
-    s = run_flow(run_recipe, _recipe(tmp_path), tmp_path / "out", tmp_path / "c.sqlite3", monkeypatch)
+def test_the_seed_answer_decides_and_every_reason_is_kept(tmp_path, monkeypatch):
+    s = run_local(_recipe(tmp_path), tmp_path / "out", tmp_path / "c.sqlite3", monkeypatch)
     rows = pq.read_table(next((tmp_path / "out").glob("**/data/*.parquet"))).to_pylist()
     rejects = pq.read_table(next((tmp_path / "out").glob("**/rejects/*.parquet"))).to_pylist()
     assert s["counts"]["accepted"] == 1 and [r["source_problem"] for r in rows] == [SEEDS[0]["problem"]]

@@ -17,7 +17,7 @@ from synthflow.recipe import load_recipe
 from synthflow.seeds import extract_seeds
 
 from .conftest import DATA, ROOT, assert_golden, math_recipe
-from .helpers import run_flow
+from .helpers import run_local
 
 
 def _gen(path):
@@ -93,13 +93,11 @@ def test_distinct_n():
     assert distinct_n(["a b", "a b"], 1) == 0.5 and distinct_n([""], 2) is None
 
 
-def test_run_summary_reports_diversity_and_personas(tmp_path, prefect_harness, monkeypatch):
-    from flows.recipe_flow import run_recipe
-
+def test_run_summary_reports_diversity_and_personas(tmp_path, monkeypatch):
     recipe = math_recipe(
         tmp_path, n=4, batch_size=16, max_items=32, generator__options__personas="builtin:personas.jsonl"
     )
-    s = run_flow(run_recipe, recipe, tmp_path / "out", tmp_path / "c.sqlite3", monkeypatch)
+    s = run_local(recipe, tmp_path / "out", tmp_path / "c.sqlite3", monkeypatch)
     d = s["diversity"]
     assert d["field"] == "problem" and d["parsed"]["rows"] > 0 and 0 < d["parsed"]["distinct_2"] <= 1
     assert d["accepted"]["rows"] == s["counts"]["accepted"] and d["distinct_personas"] >= 1

@@ -6,17 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import subprocess
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from synthflow import pipeline
 from synthflow.model import default_model_dir
-from synthflow.record import StageResult
-from synthflow.run import Run
 
 from .conftest import fake_recipe, math_recipe, synthflow_exe
 from .helpers import content, reasons, run_flow, task_upstreams
@@ -93,40 +89,6 @@ def test_a_generate_that_fails_once_is_retried_with_the_same_rows(tmp_path, pref
     assert ref["generator"]["bootstrap rounds"] == got["generator"]["bootstrap rounds"]
 
 
-def test_a_failed_batch_restores_generator_state(tmp_path):
-    """Without Prefect: the stage call itself restores the checkpoint when the engine raises."""
-    recipe = fake_recipe(
-        tmp_path,
-        "self_instruct",
-        "fake_self_instruct.json",
-        n=4,
-        batch_size=2,
-        max_items=8,
-        engine__options__fail_call=2,
-    )
-    run = Run.open(str(recipe))
-    try:
-        gen = run.stages.generator
-        before = (gen.rounds, list(gen.machine), len(gen.pool))
-        with pytest.raises(RuntimeError, match="scripted failure"):
-            run.stages.generate(run.next_items())
-        assert (gen.rounds, list(gen.machine), len(gen.pool)) == before
-    finally:
-        run.close()
-
-
-def test_spec_and_ledger_pickle(tmp_path):
-    run = Run.open(str(math_recipe(tmp_path, n=2, batch_size=8, max_items=16)))
-    try:
-        pipeline.process_batch(run.stages, run.next_items(), sink=run.ledger)
-        spec = pickle.loads(pickle.dumps(run.spec))
-        assert spec == run.spec and spec.item_start == 0
-        copy = pickle.loads(pickle.dumps(run))  # no engine, lock or sandbox inside
-        assert copy.ledger.counts == run.ledger.counts and copy._lock is None
-    finally:
-        run.close()
-
-
 def test_tasks_take_data_and_the_graph_follows_the_data(tmp_path, prefect_harness):
     """Each stage task's input is the previous stage's result: generate -> verify -> dedup ->
     score -> accept, read back from the Prefect API."""
@@ -199,19 +161,3 @@ def test_two_runs_started_together_both_publish(tmp_path):
     assert ids <= set(exact.seen.values())
     assert all(i in near.index for i in ids)
     assert len(list((out / ".synthflow-index" / "exact-v1").glob("*.tsv"))) == 2
-
-
-def test_stage_result_has_no_state():
-    """The contract tasks exchange: plain data, picklable."""
-    res = StageResult()
-    assert pickle.loads(pickle.dumps(res)) == res
-
-
-def test_a_closed_run_builds_no_new_stages(tmp_path):
-    """A retry that fires after its run was closed must not load engines again."""
-    from synthflow.stages import stages_for
-
-    run = Run.open(str(math_recipe(tmp_path, n=2, batch_size=8, max_items=16)))
-    run.close()
-    with pytest.raises(RuntimeError, match="closed"):
-        stages_for(run.spec)

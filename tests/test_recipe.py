@@ -75,3 +75,29 @@ def test_fingerprint_ignores_output_root(tmp_path):
     b = load_recipe(math_recipe(tmp_path, output={"root": "elsewhere"}))
     c = load_recipe(math_recipe(tmp_path, n=7))
     assert a.fingerprint() == b.fingerprint() != c.fingerprint()
+
+
+def test_a_verifier_that_reads_what_the_generator_does_not_write_fails_at_load(tmp_path):
+    """math_pal writes no ``tests``: a recipe that verifies its rows with python_tests is refused
+    when it is loaded, naming the filter and the field, not on the first batch."""
+    p = math_recipe(tmp_path, filters=[{"name": "verify", "kind": "python_tests"}])
+    msg = _err(p)
+    assert msg.startswith(f"{p}: field filters[0] (verify): reads field 'solution'"), msg
+    assert "generator math_pal" in msg
+
+
+def test_a_text_field_that_nothing_writes_fails_at_load(tmp_path):
+    p = math_recipe(tmp_path, filters=[{"name": "exact_dedup", "field": "problem+instruction"}])
+    assert "field filters[0] (exact_dedup): reads field 'instruction'" in _err(p)
+
+
+def test_fields_written_by_an_earlier_step_may_be_read_later(tmp_path):
+    """CodeT's verifier writes ``solution``; the code recipe's dedup reads it (problem+solution)."""
+    d = yaml.safe_load((ROOT / "recipes" / "code.yaml").read_text())
+    d["filters"] = [{"name": "exact_dedup", "field": "problem+solution"}, *d["filters"]]
+    p = tmp_path / "code.yaml"
+    p.write_text(yaml.safe_dump(d))
+    assert load_recipe(p).filters[0].name == "exact_dedup"
+    d["filters"] = [f for f in d["filters"] if f["name"] != "verify"]
+    p.write_text(yaml.safe_dump(d))
+    assert "reads field 'solution'" in _err(p)

@@ -6,12 +6,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 from .browser import assert_drawn, render
 from .conftest import fake_recipe, math_recipe, run_cli
-from .helpers import run_flow
+from .helpers import expected_figures, run_local
 
 
 def _self_contained(text: str) -> None:
@@ -21,37 +20,10 @@ def _self_contained(text: str) -> None:
     assert len(text) < 5 * 2**20
 
 
-def _table_rows(run_dir: Path, sub: str) -> list[dict]:
-    return [r for f in sorted((run_dir / sub).glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
-
-
-def expected_figures(run_dir: Path) -> int:
-    """How many plots a run's report should draw, counted from its Parquet files."""
-    data, rej = _table_rows(run_dir, "data"), _table_rows(run_dir, "rejects")
-    rows = data + rej
-
-    def has(col: str, among: list[dict]) -> bool:
-        return any(r.get(col) is not None and r.get(col) == r.get(col) for r in among)
-
-    n = 1  # the funnel
-    n += sum(has(c, rows) for c in {k for r in rows for k in r if k.startswith("score_")})
-    n += has("n_tokens", rows)
-    n += any(r.get("prompt_tokens") or r.get("completion_tokens") for r in data)
-    n += any(r.get("skills") for r in data)  # skill counts
-    n += any(len(set(r.get("skills") or [])) > 1 for r in data)  # skill x skill pairs
-    n += any(r.get("ai_skill") for r in data)
-    n += has("template_id", data) + has("cluster_id", data)
-    splits = {r.get("split") for r in data} - {None}
-    n += bool(splits) and (len(splits) > 1 or has("template_id", data))
-    return n
-
-
-def test_every_run_writes_a_report_with_its_plots(tmp_path, prefect_harness, monkeypatch):
-    from flows.recipe_flow import run_recipe
-
+def test_every_run_writes_a_report_with_its_plots(tmp_path, monkeypatch):
     price = {"prompt": 1.0, "completion": 2.0}  # per million tokens
     recipe = math_recipe(tmp_path, n=6, batch_size=16, max_items=64, engine__price_per_mtok=price)
-    s = run_flow(run_recipe, recipe, tmp_path / "out", tmp_path / "c.sqlite3", monkeypatch)
+    s = run_local(recipe, tmp_path / "out", tmp_path / "c.sqlite3", monkeypatch)
     text = (Path(s["path"]) / "report.html").read_text()
     _self_contained(text)
     money = s["tokens"]["prompt"] / 1e6 * 1.0 + s["tokens"]["completion"] / 1e6 * 2.0
@@ -66,27 +38,22 @@ def test_every_run_writes_a_report_with_its_plots(tmp_path, prefect_harness, mon
     assert "engine seconds per accepted row" in text
 
 
-def test_skillmix_report_shows_skill_coverage(tmp_path, prefect_harness, monkeypatch):
-    from flows.recipe_flow import run_recipe
-
+def test_skillmix_report_shows_skill_coverage(tmp_path, monkeypatch):
     recipe = fake_recipe(tmp_path, "skillmix", "fake_skillmix.json", n=3, batch_size=4, max_items=8,
                          scoring__judge__sample=1.0)  # fmt: skip
-    s = run_flow(run_recipe, recipe, tmp_path / "out", tmp_path / "c.sqlite3", monkeypatch)
+    s = run_local(recipe, tmp_path / "out", tmp_path / "c.sqlite3", monkeypatch)
     text = (Path(s["path"]) / "report.html").read_text()
     assert s["counts"]["accepted"] > 0
     assert "SkillMix: skills in accepted rows" in text and "SkillMix: skill x skill pairs" in text
     assert text.count('<figure class="plot">') == expected_figures(Path(s["path"]))
 
 
-@pytest.mark.slow
-def test_report_renders_in_headless_chromium(tmp_path, prefect_harness, monkeypatch):
+def test_report_renders_in_headless_chromium(tmp_path, monkeypatch):
     """Every plot of a SkillMix run's report is drawn by a real browser, with no console errors and
     no request leaving the file."""
-    from flows.recipe_flow import run_recipe
-
     recipe = fake_recipe(tmp_path, "skillmix", "fake_skillmix.json", n=3, batch_size=4, max_items=8,
                          scoring__judge__sample=1.0)  # fmt: skip
-    s = run_flow(run_recipe, recipe, tmp_path / "out", tmp_path / "c.sqlite3", monkeypatch)
+    s = run_local(recipe, tmp_path / "out", tmp_path / "c.sqlite3", monkeypatch)
     run_dir = Path(s["path"])
     shot = tmp_path / "report.png"
     result = render(run_dir / "report.html", screenshot=shot)
@@ -94,7 +61,6 @@ def test_report_renders_in_headless_chromium(tmp_path, prefect_harness, monkeypa
     assert shot.stat().st_size > 10_000
 
 
-@pytest.mark.slow
 def test_a_broken_page_fails_the_browser_check(tmp_path):
     """The browser check can fail: a script error, a figure without its SVG and a remote image."""
     page = tmp_path / "bad.html"
@@ -111,13 +77,11 @@ def test_a_broken_page_fails_the_browser_check(tmp_path):
         assert_drawn(result, 2)
 
 
-def test_report_across_runs_and_bad_input(tmp_path, prefect_harness, monkeypatch):
-    from flows.recipe_flow import run_recipe
-
+def test_report_across_runs_and_bad_input(tmp_path, monkeypatch):
     recipe = math_recipe(tmp_path, n=2, batch_size=8, max_items=16)
     out = tmp_path / "out"
     for _ in range(3):  # each run continues the sample stream: three runs, three points
-        run_flow(run_recipe, recipe, out, tmp_path / "c.sqlite3", monkeypatch)
+        run_local(recipe, out, tmp_path / "c.sqlite3", monkeypatch)
     p = run_cli("report", "--recipe", "math", "--root", str(out))
     assert p.returncode == 0, p.stderr
     text = (out / "math-report.html").read_text()

@@ -13,7 +13,8 @@ import time
 import pytest
 
 from synthflow.sandbox import Job
-from synthflow.sandbox.forkserver import UID_BASE, SandboxExecutor, detect_mode
+from synthflow.sandbox.forkserver import SandboxExecutor
+from synthflow.sandbox.isolation import UID_BASE, detect_mode
 
 SECRET = "synthflow-test-secret-5f3a"
 
@@ -259,12 +260,12 @@ def test_weaker_modes_still_refuse(mode, tmp_path):
 
 
 def test_auto_mode_says_when_a_stronger_mode_fails(monkeypatch, capsys):
-    from synthflow.sandbox import forkserver
+    from synthflow.sandbox import isolation
 
-    monkeypatch.setattr(forkserver.shutil, "which", lambda name: f"/usr/bin/{name}")
-    monkeypatch.setattr(forkserver, "_bwrap_prefix", lambda: ["bwrap"])
-    monkeypatch.setattr(forkserver, "_works", lambda prefix: prefix[0] == "unshare")
-    mode, prefix = forkserver.detect_mode.__wrapped__("auto")
+    monkeypatch.setattr(isolation.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(isolation, "_bwrap_prefix", lambda: ["bwrap"])
+    monkeypatch.setattr(isolation, "_works", lambda prefix: prefix[0] == "unshare")
+    mode, prefix = isolation.detect_mode.__wrapped__("auto")
     assert (mode, prefix[0]) == ("unshare", "unshare")
     assert "bwrap is installed but fails to start" in capsys.readouterr().err
 
@@ -333,9 +334,9 @@ def test_the_seccomp_allow_list_refuses_what_could_outlive_or_escape_a_job():
     import errno
     import json
 
-    from synthflow.sandbox import server
+    from synthflow.sandbox import seccomp
 
-    if not server.seccomp_works():
+    if not seccomp.seccomp_works():
         pytest.skip("seccomp is not available here")
     denied = {
         "add_key": (248, b"user", b"synthflow-probe", b"x", 1, -3),
@@ -373,7 +374,7 @@ def test_the_seccomp_allow_list_refuses_what_could_outlive_or_escape_a_job():
             libc = ctypes.CDLL(None, use_errno=True)
             libc.syscall.restype = ctypes.c_long
             # as in the sandbox: the clean parent's allow-list, then the child's own short filter
-            out["installed"] = server.install_base_seccomp() and server.install_seccomp()
+            out["installed"] = seccomp.install_base_seccomp() and seccomp.install_seccomp()
             for name, (nr, *args) in denied.items():
                 ctypes.set_errno(0)
                 ret = libc.syscall(nr, *args)

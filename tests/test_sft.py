@@ -16,7 +16,7 @@ from synthflow.model import default_model_dir
 from synthflow.record import Record
 
 from .conftest import math_recipe
-from .helpers import run_flow
+from .helpers import run_flow, run_local
 
 
 def _rec(i: int, user: str, assistant: str) -> Record:
@@ -55,11 +55,9 @@ def test_a_missing_tokenizer_folder_is_one_line(tmp_path):
         SFTCheck(SFTParams(tokenizer=str(tmp_path / "nope")), FilterContext())
 
 
-def test_every_published_row_has_n_tokens_and_long_ones_are_rejects(tmp_path, prefect_harness, monkeypatch):
-    from flows.recipe_flow import run_recipe
-
+def test_every_published_row_has_n_tokens_and_long_ones_are_rejects(tmp_path, monkeypatch):
     ok = math_recipe(tmp_path, n=6, batch_size=16, max_items=64)
-    s = run_flow(run_recipe, ok, tmp_path / "ok", tmp_path / "ok.sqlite3", monkeypatch)
+    s = run_local(ok, tmp_path / "ok", tmp_path / "ok.sqlite3", monkeypatch)
     data = pq.read_table(next((Path(s["path"]) / "data").glob("*.parquet")))
     lengths = data.column("n_tokens").to_pylist()
     assert lengths and all(isinstance(n, int) and n > 0 for n in lengths)
@@ -71,7 +69,7 @@ def test_every_published_row_has_n_tokens_and_long_ones_are_rejects(tmp_path, pr
     tight = math_recipe(
         tmp_path, name="tight.yaml", n=6, batch_size=16, max_items=64, output__max_seq_len=limit
     )
-    t = run_flow(run_recipe, tight, tmp_path / "tight", tmp_path / "tight.sqlite3", monkeypatch)
+    t = run_local(tight, tmp_path / "tight", tmp_path / "tight.sqlite3", monkeypatch)
     assert t["counts"]["accepted"] == 0
     rej = pq.read_table(next((Path(t["path"]) / "rejects").glob("*.parquet"))).to_pylist()
     too_long = [r for r in rej if r["reject_reason"].startswith("sft:too_long")]

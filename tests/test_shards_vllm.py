@@ -13,11 +13,11 @@ from .conftest import ROOT, run_cli
 pytestmark = pytest.mark.slow
 
 
-def test_two_shards_on_the_embedded_model(tmp_path):
+def test_two_shards_on_the_embedded_model(tmp_path, prefect_harness):
     out = tmp_path / "out"
     p = run_cli(
         "run", str(ROOT / "recipes" / "math.yaml"), "--n", "2", "--batch-size", "16", "--max-items", "32",
-        "--shards", "2", "--out", str(out), env={"SYNTHFLOW_PROGRESS": "0"}, cwd=tmp_path, timeout=1800,
+        "--shards", "2", "--out", str(out), env={"SYNTHFLOW_PROGRESS": "0"}, cwd=tmp_path, shared_prefect=True, timeout=1800,
     )  # fmt: skip
     assert p.returncode == 0, p.stderr[-3000:]
     runs = list(out.glob("math/*/"))

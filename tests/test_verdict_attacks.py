@@ -517,7 +517,7 @@ def test_no_kernel_key_or_ipc_object_survives_a_job(ex):
         with open("/proc/sysvipc/msg") as f:
             assert " 24337 " not in f.read()  # 0x5F11
     out = subprocess.run(["ps", "-eo", "uid="], capture_output=True, text=True).stdout.split()
-    from synthflow.sandbox.forkserver import UID_BASE
+    from synthflow.sandbox.isolation import UID_BASE
 
     assert not [u for u in out if UID_BASE <= int(u) < UID_BASE + 64]
 

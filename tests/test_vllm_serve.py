@@ -61,12 +61,12 @@ def vllm_server(tmp_path_factory):
         log.close()
 
 
-def test_math_recipe_against_vllm_serve(vllm_server, tmp_path):
+def test_math_recipe_against_vllm_serve(vllm_server, tmp_path, prefect_harness):
     out = tmp_path / "out"
     p = run_cli(
         "run", str(ROOT / "recipes" / "math.yaml"), "--n", "1", "--engine", "openai", "--base-url", vllm_server,
         "--model", "smollm2", "--batch-size", "32", "--max-items", "32", "--out", str(out),
-        env={"SYNTHFLOW_PROGRESS": "0"}, cwd=tmp_path, timeout=900,
+        env={"SYNTHFLOW_PROGRESS": "0"}, cwd=tmp_path, shared_prefect=True, timeout=900,
     )  # fmt: skip
     assert p.returncode == 0, p.stderr[-3000:]
     s = json.loads(next(out.glob("math/*/summary.json")).read_text())
@@ -77,9 +77,13 @@ def test_math_recipe_against_vllm_serve(vllm_server, tmp_path):
     assert s["tokens"]["completion"] > 0
 
 
-def test_ensemble_with_the_embedded_model_and_a_served_member(vllm_server, tmp_path):
+def test_ensemble_with_the_embedded_model_and_a_served_member(vllm_server, tmp_path, real_engine):
     """The ensemble with the in-process vLLM engine and an OpenAI-compatible endpoint (a real
-    `vllm serve`) in one run: both answer every instruction, each in its own role."""
+    `vllm serve`) in one run (the plain loop, on the session's engine): both answer every
+    instruction, each in its own role."""
+    from synthflow.run import run_plain
+    from synthflow.spec import Overrides
+
     text = (ROOT / "recipes" / "ensemble.yaml").read_text()
     members = (
         "    members:\n"
@@ -89,18 +93,11 @@ def test_ensemble_with_the_embedded_model_and_a_served_member(vllm_server, tmp_p
     start = text.index("    members:\n")
     end = text.index("\nseeds:")
     text = text[:start] + members + text[end:]
-    # two engines on one machine: the in-process one reserves less memory than its CPU default
-    text = text.replace("  seed: 0\n", "  seed: 0\n  gpu_memory_utilization: 0.25\n", 1)
     recipe = tmp_path / "ensemble_served.yaml"
     recipe.write_text(text)
     out = tmp_path / "out"
-    p = run_cli(
-        "run", str(recipe), "--n", "8", "--batch-size", "8", "--max-items", "8", "--out", str(out),
-        env={"SYNTHFLOW_PROGRESS": "0"}, cwd=tmp_path, timeout=900,
-    )  # fmt: skip
-    assert p.returncode == 0, p.stderr[-3000:]
+    s = run_plain(str(recipe), Overrides(n=8, batch_size=8, max_items=8, out=str(out)))
     run_dir = next(out.glob("ensemble/*/"))
-    s = json.loads((run_dir / "summary.json").read_text())
     assert s["engine"] == "vllm" and s["counts"]["generated"] == 8
     roles = s["roles"]
     assert roles["ensemble_0"]["engine"] == "vllm" and roles["ensemble_1"]["engine"] == "openai", roles

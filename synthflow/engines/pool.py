@@ -41,6 +41,23 @@ def engine_identity(cfg: Any) -> tuple[Any, ...]:
     return (cfg.name, model, cfg.base_url, json.dumps(cfg.options, sort_keys=True, default=str))
 
 
+# engines provided from outside (a test session's one vLLM engine), by identity: every pool in this
+# process uses them instead of building its own, and never closes them (their provider does)
+_PROVIDED: dict[tuple[Any, ...], Any] = {}
+
+
+@contextlib.contextmanager
+def provide(cfg: Any, engine: Any) -> Iterator[Any]:
+    """Within the block, every pool of this process that needs an engine with ``cfg``'s identity
+    gets ``engine`` (started once, closed by the caller). Tests share one real engine this way."""
+    key = engine_identity(cfg)
+    _PROVIDED[key] = engine
+    try:
+        yield engine
+    finally:
+        _PROVIDED.pop(key, None)
+
+
 class EnginePool:
     """Also the engines' guard: one lock per engine instance (a batch call at a time, so a scorer's
     call from another thread waits instead of entering vLLM concurrently), and the timing of the
@@ -96,18 +113,23 @@ class EnginePool:
         key = engine_identity(cfg)
         inst = self._instances.get(key)
         if inst is None:
-            inst = engine if engine is not None else build_engine(cfg, where or f"{role} engine")
+            inst = engine if engine is not None else _PROVIDED.get(key)
+            if inst is None:
+                inst = build_engine(cfg, where or f"{role} engine")
             self._instances[key] = inst
         cached = CachedEngine(inst, self.cache, role=role, guard=self)
         self.roles[role] = cached
         return cached
+
+    def _owned(self, c: CachedEngine) -> bool:
+        return all(c.engine is not e for e in _PROVIDED.values())
 
     def release(self) -> None:
         """Stop the engines that started (free their memory); the next call of a role starts its
         engine again. ``synthflow target`` releases the student before each generation run."""
         closed: set[int] = set()
         for c in self.roles.values():
-            if c._started and id(c.engine) not in closed:
+            if c._started and id(c.engine) not in closed and self._owned(c):
                 closed.add(id(c.engine))
                 c.engine.close()
             c._started = False
@@ -119,7 +141,7 @@ class EnginePool:
     def close(self) -> None:
         closed: set[int] = set()
         for c in self.roles.values():
-            if c._started and id(c.engine) not in closed:
+            if c._started and id(c.engine) not in closed and self._owned(c):
                 closed.add(id(c.engine))
                 c.engine.close()
         if self._cache is not None:

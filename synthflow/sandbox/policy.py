@@ -21,8 +21,11 @@ under test is bound once, by its ``def``, and the program does not reach into th
 
 The same check runs inside the sandbox on source the program compiles at run time (``eval`` of a
 string), from the audit hook's ``compile`` event; the hook also refuses frames, ``gc`` and tracing
-(see ``server._install_guard``). Standard library only, and not even ``ast`` (it imports enum,
+(see ``guard.install_guard``). Standard library only, and not even ``ast`` (it imports enum,
 which a sandbox child may be in the middle of importing): the sandbox server imports it.
+
+Size: one walk over the program decides every rule, so the rules stay together in one module;
+splitting them would split :class:`Analysis`, whose visitor methods share its scope tables.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
-"""One tiny run of every other shipped recipe on the real embedded model (vLLM on the CPU), through
-the CLI and Prefect: it must finish, publish a readable dataset with the generator's provenance
-columns, and put every dropped row in the rejects table."""
+"""End to end on the real embedded model (vLLM on the CPU), once per recipe family (math, code,
+instructions): ``synthflow run`` through the CLI and Prefect (the session's Prefect server) must
+finish, publish a readable dataset with the generator's provenance columns, put every dropped row in
+the rejects table, and write a report a browser draws. Each run loads the model in its own process;
+the other recipes run on the session's one engine (``test_real_model.py``)."""
 
 from __future__ import annotations
 
@@ -12,30 +14,80 @@ import pytest
 
 from synthflow import registry
 from synthflow.recipe import load_recipe
+from synthflow.store import CORE_COLUMNS
 
 from .browser import assert_drawn, render
 from .conftest import ROOT, run_cli
-from .test_report import expected_figures
+from .helpers import expected_figures
 
 pytestmark = pytest.mark.slow
 
 # recipe -> (n, batch size, max items): tiny, but enough for the 135M model to get rows through
 SIZES = {
     "code": (1, 8, 8),
-    "self_instruct": (2, 4, 4),
     "skillmix": (2, 8, 8),
-    "agentinstruct": (1, 8, 8),  # the 135M model's texts often loop to max_tokens (rejected as cut)
-    "math_templates": (2, 32, 32),  # about 1 template in 16 parses on this model
 }
 
 
+def test_math_through_the_cli(tmp_path, prefect_harness):
+    out = tmp_path / "out"
+    p = run_cli(
+        "run",
+        str(ROOT / "recipes" / "math.yaml"),
+        "--n",
+        "2",
+        "--batch-size",
+        "48",
+        "--max-items",
+        "48",
+        "--out",
+        str(out),
+        env={"SYNTHFLOW_PROGRESS": "0"},
+        cwd=tmp_path,
+        shared_prefect=True,
+        timeout=1200,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "funnel: seeds 40 -> generated" in p.stdout
+    run_dir = next(out.glob("math/*/"))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    c = summary["counts"]
+    assert summary["model"] == "SmolLM2-135M-Instruct" and summary["engine"] == "vllm"
+    assert c["generated"] == summary["items_planned"] > 0
+    assert c["parsed"] > 0, "the model should follow the PAL format for some prompts"
+    assert summary["tokens"]["completion"] > 0 and summary["engine_seconds"] > 0
+
+    data = pq.read_table(next((run_dir / "data").glob("*.parquet")))
+    for name, typ in CORE_COLUMNS:
+        assert data.schema.field(name).type == typ
+    rejects = pq.read_table(next((run_dir / "rejects").glob("*.parquet")))
+    assert data.num_rows + rejects.num_rows == c["generated"]  # every row is either data or a reject
+    assert data.num_rows == c["accepted"]
+    # every accepted row really passed: its program ran and matched the stated answer, it computes
+    # the answer (no literal return), and 3 of its 4 self-consistency samples agreed
+    from synthflow.trivial import trivial_reason
+
+    assert all(s == "pass" for s in data.column("verify_status").to_pylist())
+    for row in data.to_pylist():
+        assert not trivial_reason(row["problem"], row["program"], row["answer"])
+        assert row["sc_agreement"] is not None and row["sc_agreement"] >= 0.75
+    assert "verify" in {r.split(":")[0] for r in rejects.column("reject_reason").to_pylist()}
+
+    n = duckdb.sql(f"SELECT count(*) FROM read_parquet('{out}/**/data/*.parquet')").fetchall()[0][0]
+    assert n == c["accepted"]
+    import datasets
+
+    ds = datasets.load_dataset("parquet", data_files=str(run_dir / "rejects" / "*.parquet"), split="train")
+    assert len(ds) == rejects.num_rows and "reject_reason" in ds.column_names
+
+
 @pytest.mark.parametrize("recipe", sorted(SIZES))
-def test_recipe_on_embedded_model(recipe, tmp_path):
+def test_recipe_through_the_cli(recipe, tmp_path, prefect_harness):
     n, batch, budget = SIZES[recipe]
     out = tmp_path / "out"
     p = run_cli(
         "run", str(ROOT / "recipes" / f"{recipe}.yaml"), "--n", str(n), "--batch-size", str(batch),
-        "--max-items", str(budget), "--out", str(out), env={"SYNTHFLOW_PROGRESS": "0"}, cwd=tmp_path, timeout=1800,
+        "--max-items", str(budget), "--out", str(out), env={"SYNTHFLOW_PROGRESS": "0"}, cwd=tmp_path, shared_prefect=True, timeout=1800,
     )  # fmt: skip
     assert p.returncode == 0, p.stderr[-3000:]
     run_dir = next(out.glob(f"{recipe}/*/"))

@@ -1,0 +1,96 @@
+"""A run without Prefect: the batch loop over one run's stages, its ledger and spec (plain, picklable
+data), generator state restored after a failed batch, and a closed run that builds nothing again;
+overrides defined once and the CLI's options derived from them."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from synthflow import pipeline
+from synthflow.record import StageResult
+from synthflow.run import Run
+from synthflow.spec import Overrides
+
+from .conftest import fake_recipe, math_recipe
+
+
+def test_the_batch_loop_counts_every_row_once(tmp_path):
+    """process_batch with the ledger as its sink: every generated row is accepted or a reject."""
+    run = Run.open(str(math_recipe(tmp_path, n=3, batch_size=16, max_items=16)))
+    try:
+        res = pipeline.process_batch(run.stages, run.next_items(), sink=run.ledger)
+        led = run.ledger
+        assert led.counts["generated"] == len(res.generated.kept) + len(res.generated.rejects) == 16
+        # what the accept step kept is admitted (a duplicate of an earlier row becomes a dedup
+        # reject) up to n; the rest are over-target rejects
+        assert 0 < len(led.accepted) <= 3
+        assert len(led.accepted) <= sum(len(a.kept) for a in res.accepted())
+        assert led.counts["generated"] == len(led.accepted) + len(led.rejects)
+    finally:
+        run.close()
+
+
+def test_cli_options_are_derived_from_the_overrides():
+    import argparse
+
+    from synthflow.cli import add_override_options, overrides
+
+    p = argparse.ArgumentParser()
+    add_override_options(p)
+    a = p.parse_args(["--n", "5", "--batch-size", "8", "--set", "seed=3", "--model", "m"])
+    ov = overrides(a)
+    assert ov == Overrides(n=5, batch_size=8, model="m", sets=["seed=3"])
+    assert ov.as_recipe_keys()["engine.model"] == "m" and ov.as_recipe_keys()["seed"] == 3
+    assert set(Overrides.recipe_keys()) == {f for f in Overrides.model_fields if f != "sets"}
+
+
+def test_a_failed_batch_restores_generator_state(tmp_path):
+    """Without Prefect: the stage call itself restores the checkpoint when the engine raises."""
+    recipe = fake_recipe(
+        tmp_path,
+        "self_instruct",
+        "fake_self_instruct.json",
+        n=4,
+        batch_size=2,
+        max_items=8,
+        engine__options__fail_call=2,
+    )
+    run = Run.open(str(recipe))
+    try:
+        gen = run.stages.generator
+        before = (gen.rounds, list(gen.machine), len(gen.pool))
+        with pytest.raises(RuntimeError, match="scripted failure"):
+            run.stages.generate(run.next_items())
+        assert (gen.rounds, list(gen.machine), len(gen.pool)) == before
+    finally:
+        run.close()
+
+
+def test_spec_and_ledger_pickle(tmp_path):
+    run = Run.open(str(math_recipe(tmp_path, n=2, batch_size=8, max_items=16)))
+    try:
+        pipeline.process_batch(run.stages, run.next_items(), sink=run.ledger)
+        spec = pickle.loads(pickle.dumps(run.spec))
+        assert spec == run.spec and spec.item_start == 0
+        copy = pickle.loads(pickle.dumps(run))  # no engine, lock or sandbox inside
+        assert copy.ledger.counts == run.ledger.counts and copy._lock is None
+    finally:
+        run.close()
+
+
+def test_stage_result_has_no_state():
+    """The contract tasks exchange: plain data, picklable."""
+    res = StageResult()
+    assert pickle.loads(pickle.dumps(res)) == res
+
+
+def test_a_closed_run_builds_no_new_stages(tmp_path):
+    """A retry that fires after its run was closed must not load engines again."""
+    from synthflow.stages import stages_for
+
+    run = Run.open(str(math_recipe(tmp_path, n=2, batch_size=8, max_items=16)))
+    run.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        stages_for(run.spec)
