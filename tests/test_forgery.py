@@ -10,13 +10,13 @@ the harness module. What they do not have is the expected value: it never enters
 from __future__ import annotations
 
 import os
-import subprocess
 
 import pytest
 
 from synthflow.sandbox import Job
 from synthflow.sandbox.forkserver import SandboxExecutor
-from synthflow.sandbox.isolation import UID_BASE
+
+from .helpers import sandbox_processes
 
 WRONG = "def add(a, b):\n    return a - b\n"
 HONEST = "def add(a, b):\n    return a + b\n"
@@ -176,6 +176,5 @@ def test_a_malformed_frame_spoils_only_its_own_job(ex):
 
 def test_nothing_is_left_running_after_the_corpus(ex):
     ex.run(_jobs(WRONG + ATTACKS["thread keeps writing pass records"], "none"))
-    out = subprocess.run(["ps", "-eo", "uid=,pid="], capture_output=True, text=True).stdout
-    left = [ln for ln in out.splitlines() if ln.split() and UID_BASE <= int(ln.split()[0]) < UID_BASE + 64]
+    left = sandbox_processes()
     assert not left or os.geteuid() != 0

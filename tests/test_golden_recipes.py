@@ -35,7 +35,7 @@ RECIPES: dict[str, dict] = {
     "self_instruct": {"script": "fake_self_instruct.json", "scoring__judge__sample": 1.0},
     "self_instruct_revise": {"script": "fake_self_instruct.json", "scoring__judge__sample": 1.0},
     "skillmix": {"script": "fake_skillmix.json", "scoring__judge__sample": 1.0},
-    "agentinstruct": {"script": "fake_agentinstruct.json"},
+    "agentinstruct": {"script": "fake_agentinstruct.json", "scoring__judge__sample": 1.0},
     "math_templates": {"script": "fake_templates.json"},
     "bonito": {
         "script": "fake_bonito.json",

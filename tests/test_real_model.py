@@ -87,11 +87,14 @@ def test_structured_outputs_on_the_real_model(tmp_path, real_engine):
 
 
 def _probe(path: Path) -> list[dict]:
-    """Each of the 175 human-written Self-Instruct seed tasks, once with its own output and once with
-    another task's output (data nobody here wrote)."""
+    """Human-written Self-Instruct seed tasks, each once with its own output and once with another
+    task's output (data nobody here wrote): the first 100 of the 175 in the suite,
+    ``SYNTHFLOW_IFD_PROBE_TASKS=175`` for the figure in the README."""
+    import os
     import random
 
-    tasks = [json.loads(line) for line in SEED_TASKS.read_text().splitlines()]
+    size = int(os.environ.get("SYNTHFLOW_IFD_PROBE_TASKS", "100"))
+    tasks = [json.loads(line) for line in SEED_TASKS.read_text().splitlines()][:size]
     pairs = []
     for t in tasks:
         inst = t["instances"][0]
@@ -128,11 +131,11 @@ def test_ifd_separates_matched_pairs_and_the_judge_parses(tmp_path, real_engine,
     assert all(r["score_ifd"] is not None for r in t)
     auc = roc_auc_score([r["match"] for r in t], [-r["score_ifd"] for r in t])
     print(f"IFD AUC matched vs mismatched: {auc:.3f}")
-    assert auc >= 0.9, auc  # measured 0.96 on this model
+    assert auc >= 0.9, auc  # measured 0.96 on this model (all 175 tasks)
     matched = sorted(r["score_ifd"] for r in t if r["match"])
     assert matched[len(matched) // 2] < 1.0  # a typical matched pair: the instruction helps
     judged = [r for r in t if r["score_judge"] is not None or r["judge_error"] is not None]
-    assert 30 <= len(judged) <= 80  # about 15% of 350, chosen by row id
+    assert 0.08 * len(t) <= len(judged) <= 0.25 * len(t)  # about 15%, chosen by row id
     parsed = [r for r in judged if r["score_judge"] is not None]
     assert len(parsed) >= 0.75 * len(judged), [r["judge_error"] for r in judged]
     assert all(1 <= r["score_judge"] <= 10 and r["judge_rubric"] == "judge/general.jinja2@1" for r in parsed)

@@ -50,7 +50,7 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
-def test_kill_and_resume(tmp_path):
+def test_kill_and_resume(tmp_path, prefect_harness):
     engine = {"name": "fake", "options": {"script": str(DATA / "fake_math.json"), "delay_s": 0.4}}
     # the moved cache home has no embedded model: its tokenizer is named for the SFT check
     tok = str(default_model_dir())
@@ -66,6 +66,7 @@ def test_kill_and_resume(tmp_path):
         str(tmp_path / "ref"),
         env={**home, "SYNTHFLOW_RESPONSE_CACHE": str(tmp_path / "ref.sqlite3")},
         cwd=tmp_path,
+        shared_prefect=True,
     )
     assert ref.returncode == 0, ref.stderr[-2000:]
     want = _rows(tmp_path / "ref")
@@ -93,9 +94,12 @@ def test_kill_and_resume(tmp_path):
     out = tmp_path / "out"
     assert not list(out.glob("math/*/data/*.parquet")), "a killed run must not publish data"
 
+    # the killed run had a temporary Prefect server of its own; the rerun (on the session's server)
+    # still stops it
     again = run_cli(
-        "run", str(recipe), "--out", str(out), env={**home, "SYNTHFLOW_RESPONSE_CACHE": str(db)}, cwd=tmp_path
-    )
+        "run", str(recipe), "--out", str(out), env={**home, "SYNTHFLOW_RESPONSE_CACHE": str(db)}, cwd=tmp_path,
+        shared_prefect=True,
+    )  # fmt: skip
     assert again.returncode == 0, again.stderr[-2000:]
     assert "(resumed)" in again.stdout
     summary = json.loads(next(out.glob("math/*/summary.json")).read_text())

@@ -14,7 +14,9 @@ import pytest
 
 from synthflow.sandbox import Job
 from synthflow.sandbox.forkserver import SandboxExecutor
-from synthflow.sandbox.isolation import UID_BASE, detect_mode
+from synthflow.sandbox.isolation import detect_mode
+
+from .helpers import sandbox_processes
 
 SECRET = "synthflow-test-secret-5f3a"
 
@@ -39,14 +41,6 @@ def run1(ex, code, **kw):
 def assert_healthy(ex):
     v = run1(ex, "def f(x):\n    return x + 1", tests="assert f(1) == 2")
     assert v.status == "pass", v
-
-
-def sandbox_processes() -> list[str]:
-    """Host processes owned by the sandbox uids (should be none between programs)."""
-    out = subprocess.run(["ps", "-eo", "uid=,pid=,cmd="], capture_output=True, text=True).stdout
-    return [
-        line for line in out.splitlines() if line.split() and UID_BASE <= int(line.split()[0]) < UID_BASE + 64
-    ]
 
 
 def test_mode_is_reported(sandbox):

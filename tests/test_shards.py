@@ -125,7 +125,8 @@ def test_two_shards_on_two_process_workers(tmp_path, prefect_harness, monkeypatc
 
     rf = _no_retry_delay(monkeypatch)
     api = PREFECT_API_URL.value()
-    env = {**os.environ, "PREFECT_API_URL": api, "SYNTHFLOW_RESPONSE_CACHE": str(tmp_path / "two.sqlite3")}
+    env = {**os.environ, "PREFECT_API_URL": api, "SYNTHFLOW_RESPONSE_CACHE": str(tmp_path / "two.sqlite3"),
+           "PREFECT_WORKER_QUERY_SECONDS": "1"}  # fmt: skip
     prefect = [sys.executable, "-m", "prefect"]
     pool = "synthflow-shards-test"
     subprocess.run(
