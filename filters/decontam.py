@@ -1,6 +1,8 @@
-"""Benchmark decontamination stage: rows sharing an n-gram with a benchmark item, or covering a large
-its task statement, are rejected as ``contaminated:<benchmark>:<item id>:<signal>`` (signal
-``ngram13`` or ``statement=0.88``); the summary counts removals per benchmark."""
+"""Benchmark decontamination stage: rows sharing an n-gram with a benchmark item, containing most of
+its task statement, or most of its word pairs, are rejected as
+``contaminated:<benchmark>:<item id>:<signal>`` (signal ``ngram13``, ``statement=0.88`` or
+``overlap=0.74``); the summary counts removals per benchmark, every set listed. By default the whole
+conversation is checked: the instruction and the response."""
 
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ class DecontamParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     benchmarks: list[str] = Field(
         default_factory=lambda: ["humaneval"],
-        description="humaneval, file:field[:id], hf:name:split:field[:id]",
+        description="built-in sets (gsm8k, math500, humaneval, mbpp, ifeval), file:field[:id], "
+        "hf:name:split:field[:id]",
     )
     ngram: int = Field(13, ge=3)
     short_ngram: int = Field(7, ge=3)
@@ -30,7 +33,9 @@ class DecontamParams(BaseModel):
         le=1,
         description="share of a benchmark task statement's words (in order) that flags a row",
     )
-    field: str | None = None
+    field: str = Field(
+        "messages", description="text checked (default: the conversation, instruction and response)"
+    )
 
 
 @register("filter", "decontaminate")
@@ -50,7 +55,7 @@ class Decontaminate(Filter):
 
     def __call__(self, records: Sequence[Record]) -> StageResult:
         res = StageResult()
-        field = self.params.field or self.ctx.text_field
+        field = self.params.field
         hits = first_hits(self.indexes, [r.text_for(field) for r in records])
         for r, h in zip(records, hits, strict=True):
             if h is None:
@@ -61,4 +66,9 @@ class Decontaminate(Filter):
         return res
 
     def summary(self) -> dict[str, Any]:
-        return {"removed": {idx.name: self.removed.get(idx.name, 0) for idx in self.indexes}}
+        field = (
+            "conversation (instruction and response)"
+            if self.params.field == "messages"
+            else self.params.field
+        )
+        return {"field": field, "removed": {idx.name: self.removed.get(idx.name, 0) for idx in self.indexes}}

@@ -1,12 +1,15 @@
-"""Diversity-aware selection (Deita, Liu et al. 2024), an optional accept-time step.
+"""Selection over the whole pool (Deita, Liu et al. 2024; Superfiltering, Li et al. 2024), an
+optional accept-time step.
 
-Rows are walked best first by one score; a row is kept only when its nearest already-kept neighbour
-(cosine distance over hashed word uni- and bigrams, scikit-learn ``NearestNeighbors``) is farther
-than ``min_distance``. Kept rows of earlier batches count as neighbours too, so the whole run is
-spread, not only each batch. Every row gets ``select_nn_distance``; a dropped row's reason names the
-neighbour: ``select:too_close:<id>``. When the run finishes, KMeans over every row that reached this
-step gives each accepted row a ``cluster_id``; the summary reports how many clusters the accepted
-rows cover.
+The run gathers a pool of ``pool_factor`` x n rows that passed every other check; when it ends, the
+pool is ordered best first by the product of the ``by`` scores (Deita: complexity x quality; a row
+missing one of them comes after every scored row), rows at or above a ``max_scores`` bound leave
+(Superfiltering keeps IFD < 1: ``max_scores: {ifd: 1.0}``, ``by: [ifd]``, the highest IFD first),
+only the first ``keep_fraction`` of the rest are considered, and the diversity walk keeps a row only
+when its nearest kept neighbour (cosine distance over hashed word uni- and bigrams) is farther than
+``min_distance``, until n rows are kept. Every pooled row gets ``select_nn_distance``; rejects:
+``select:too_close:<id>``, ``select:above_max:<score>``, ``select:not_chosen``. KMeans over the pool
+gives each kept row a ``cluster_id``; the summary reports how many clusters the kept rows cover.
 """
 
 from __future__ import annotations
@@ -28,8 +31,20 @@ MAX_CANDIDATES = 20_000  # rows kept in memory for the final clustering
 
 class SelectParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    by: str = Field("judge", description="score to walk by, best first (a score name without score_)")
-    ascending: bool = Field(False, description="lower is better (e.g. by: ifd)")
+    by: list[str] = Field(
+        default_factory=lambda: ["judge"],
+        description="scores (names without score_) whose product orders the pool, highest first "
+        "(Deita: a complexity and a quality score)",
+    )
+    ascending: bool = Field(False, description="lowest first instead")
+    max_scores: dict[str, float] = Field(
+        default_factory=dict,
+        description="rows with a score at or above its bound leave (Superfiltering: {ifd: 1.0})",
+    )
+    keep_fraction: float = Field(
+        1.0, gt=0, le=1, description="consider only this top share of the ordered pool"
+    )
+    pool_factor: float = Field(2.0, ge=1, description="gather this many times n rows before selecting n")
     min_distance: float = Field(0.1, ge=0, le=1, description="cosine distance a kept row must keep")
     field: str | None = Field(None, description="text to compare (default: the generator's text field)")
     clusters: int = Field(8, ge=1, description="KMeans clusters for cluster_id and coverage")
@@ -53,60 +68,60 @@ class Select(Filter):
 
     def __init__(self, params: Any = None, ctx: Any = None):
         super().__init__(params, ctx)
-        self.kept_vecs: list[Any] = []
-        self.kept_ids: list[str] = []
         self.candidates: list[Any] = []
-        self.n_candidates = 0
         self.clusters: dict[str, Any] = {}
+        self.dropped: Counter = Counter()
 
-    def _order(self, records: Sequence[Record]) -> list[int]:
-        by, asc = self.params.by, self.params.ascending
-
-        def key(i: int) -> tuple[int, float, str]:
-            v = records[i].scores.get(by)
-            if v is None or v != v:
-                return (1, 0.0, records[i].id)  # unscored rows last
-            return (0, v if asc else -v, records[i].id)
-
-        return sorted(range(len(records)), key=key)
+    def _key(self, r: Record) -> tuple[int, float, str]:
+        vals = [r.scores.get(b) for b in self.params.by]
+        if any(v is None or v != v for v in vals):
+            return (1, 0.0, r.id)  # a row missing a score comes after every scored row
+        prod = float(np.prod(vals))
+        return (0, prod if self.params.ascending else -prod, r.id)
 
     def __call__(self, records: Sequence[Record]) -> StageResult:
-        import scipy.sparse as sp
-        from sklearn.neighbors import NearestNeighbors
+        """Rows join the pool; the choice is made once the pool is complete (:meth:`choose`)."""
+        return StageResult(kept=list(records))
 
+    def choose(self, pool: list[Record], n: int) -> StageResult:
+        """The pool ordered and walked: up to ``n`` rows kept, every other one a reject with why."""
         res = StageResult()
-        if not records:
-            return res
         field = self.params.field or self.ctx.text_field
-        X = _vectorize([r.text_for(field) for r in records])
-        if self.n_candidates < MAX_CANDIDATES:
-            self.candidates.append(X[: MAX_CANDIDATES - self.n_candidates])
-        self.n_candidates += X.shape[0]
-        prev_d = np.full(len(records), np.inf)
-        prev_j = np.full(len(records), -1)
-        if self.kept_vecs:
-            prev = sp.vstack(self.kept_vecs, format="csr")
-            nn = NearestNeighbors(n_neighbors=1, metric="cosine", algorithm="brute").fit(prev)
-            d, j = nn.kneighbors(X)
-            prev_d, prev_j = d[:, 0], j[:, 0]
-        sims = (X @ X.T).toarray()
-        kept_here: list[int] = []
-        for i in self._order(records):
-            r = records[i]
-            best_d, best_id = float(prev_d[i]), self.kept_ids[prev_j[i]] if prev_j[i] >= 0 else None
-            for k in kept_here:
-                d = 1.0 - float(sims[i, k])
-                if d < best_d:
-                    best_d, best_id = d, records[k].id
+        eligible = []
+        for r in pool:
+            over = next((k for k, bound in self.params.max_scores.items()
+                         if r.scores.get(k) is not None and r.scores[k] >= bound), None)  # fmt: skip
+            if over is not None:
+                res.rejects.append(Reject(r, self.stage, f"select:above_max:{over}"))
+            else:
+                eligible.append(r)
+        eligible.sort(key=self._key)
+        cut = max(1, int(np.ceil(self.params.keep_fraction * len(eligible)))) if eligible else 0
+        walk, rest = eligible[:cut], eligible[cut:]
+        X = _vectorize([r.text_for(field) for r in pool]) if pool else None
+        if X is not None:
+            self.candidates = [X[:MAX_CANDIDATES]]
+        row_of = {r.id: i for i, r in enumerate(pool)}
+        kept_rows: list[int] = []
+        for r in walk:
+            if len(res.kept) >= n:
+                rest.append(r)
+                continue
+            i = row_of[r.id]
+            best_d, best_id = np.inf, None
+            if kept_rows:
+                sims = (X[kept_rows] @ X[i].T).toarray()[:, 0]
+                k = int(np.argmax(sims))
+                best_d, best_id = max(0.0, 1.0 - float(sims[k])), pool[kept_rows[k]].id
             r.fields["select_nn_distance"] = None if best_id is None else round(max(best_d, 0.0), 6)
             if best_id is not None and best_d < self.params.min_distance:
                 res.rejects.append(Reject(r, self.stage, f"select:too_close:{best_id}"))
                 continue
-            kept_here.append(i)
+            kept_rows.append(i)
             res.kept.append(r)
-        for i in kept_here:
-            self.kept_vecs.append(X[i])
-            self.kept_ids.append(records[i].id)
+        res.rejects.extend(Reject(r, self.stage, "select:not_chosen") for r in rest)
+        for j in res.rejects:
+            self.dropped[j.head] += 1
         return res
 
     def finalize(self, accepted: list[Record]) -> None:
@@ -132,4 +147,9 @@ class Select(Filter):
         }
 
     def summary(self) -> dict[str, Any]:
-        return {"by": self.params.by, "min_distance": self.params.min_distance, **self.clusters}
+        return {
+            "by": self.params.by,
+            "min_distance": self.params.min_distance,
+            "dropped": dict(self.dropped),
+            **self.clusters,
+        }

@@ -220,8 +220,9 @@ def verify_template(records: Sequence[Record], executor: Any, p: Any) -> list[Ch
     whose program fails, or whose answer is non-numeric, non-finite, negative, a fraction for a "how
     many" question, or not the number its worded solution ends on, is rejected on its own. A whole
     template goes only when more than half of its variants fail, or when 3+ variants all give the
-    same answer (the variables do not matter)."""
-    from synthflow.mathcheck import as_text, is_whole
+    same answer (the variables do not matter), or (anchored) when its program on the seed's own
+    values does not return the seed's known answer."""
+    from synthflow.mathcheck import as_text, equivalent, is_whole
 
     jobs = [
         Job(
@@ -232,13 +233,33 @@ def verify_template(records: Sequence[Record], executor: Any, p: Any) -> list[Ch
         )
         for r in records
     ]
-    verdicts = executor.run(jobs)
+    # anchored templates: the program on the seed's own values, once per template
+    anchored: dict[str, Record] = {}
+    for r in records:
+        if r.fields.get("seed_answer") and r.fields.get("seed_values"):
+            anchored.setdefault(r.fields["template_id"], r)
+    seed_jobs = [
+        Job(
+            code=r.fields["program"],
+            call=f"solution(**{json.loads(r.fields['seed_values'])!r})",
+            entry_point="solution",
+            timeout_s=p.timeout_s,
+        )
+        for r in anchored.values()
+    ]
+    verdicts_all = executor.run(jobs + seed_jobs)
+    verdicts, seed_verdicts = verdicts_all[: len(jobs)], verdicts_all[len(jobs) :]
     own = [variant_problem(r, v) for r, v in zip(records, verdicts, strict=True)]
     by_tmpl: dict[str, list[int]] = {}
     for i, r in enumerate(records):
         by_tmpl.setdefault(r.fields["template_id"], []).append(i)
     whole: dict[str, str] = {}
+    for (tid, r), v in zip(anchored.items(), seed_verdicts, strict=True):
+        if not (numeric(v) and equivalent(r.fields["seed_answer"], v.value)):
+            whole[tid] = "verify:seed_answer_mismatch"  # the template is not the seed problem it came from
     for tid, idx in by_tmpl.items():
+        if tid in whole:
+            continue
         ok = [i for i in idx if not own[i]]
         if len(ok) * 2 < len(idx):
             whole[tid] = "verify:template_mostly_fails"
@@ -260,7 +281,9 @@ def verify_template(records: Sequence[Record], executor: Any, p: Any) -> list[Ch
 @register("verifier", "template")
 class Template(Verifier):
     name = "template"
-    reads = frozenset({"problem", "program", "assignment", "template_id"})
+    reads = frozenset(
+        {"problem", "program", "assignment", "template_id"}
+    )  # seed_values, seed_answer: anchored
     columns = {"answer": pa.string()}  # the variant's answer: its program's value
 
     def __call__(self, records: Sequence[Record], executor: Any, p: Any) -> list[Check]:

@@ -93,6 +93,7 @@ class FilterContext:
     out_root: Path | None = None
     run_id: str = ""
     dask: str | None = None  # the run's --dask cluster (CPU stages fan out there), not a recipe field
+    engines: Any = None  # the run's EnginePool: engines by role, for filters that ask a model (answer_check)
 
     @property
     def text_field(self) -> str:

@@ -16,8 +16,10 @@ STEP_COUNT = {"verify": "verified", "dedup": "deduped", "score": "scored", "acce
 
 
 class Ledger:
-    def __init__(self, n: int):
+    def __init__(self, n: int, pool_factor: float = 1.0):
         self.n = n
+        # a pool-level selection (``select``) gathers pool_factor x n rows, then chooses n of them
+        self.pool = max(n, int(round(n * pool_factor)))
         self.planned = 0  # items planned by this run
         self.discarded = 0  # items made ahead and discarded (the run reached n first)
         self.counts: Counter = Counter()
@@ -29,7 +31,7 @@ class Ledger:
         self.shard_reports: list[dict[str, Any]] = []  # a sharded run: what each shard did
 
     def reached_target(self) -> bool:
-        return len(self.accepted) >= self.n
+        return len(self.accepted) >= self.pool
 
     def add_generated(self, res: StageResult) -> list[Record]:
         # every generator reject is a parse or generate reject of a generated row
@@ -58,16 +60,23 @@ class Ledger:
         self.rejects.extend(res.rejects)
         for key in ("deduped", "scored", "accepted"):
             self.counts[key] -= len(res.rejects)
-        room = max(0, self.n - len(self.accepted))
+        room = max(0, self.pool - len(self.accepted))
         self.accepted.extend(res.kept[:room])
         extra = res.kept[room:]
         if extra:
             self.counts["over_target"] += len(extra)
             self.rejects.extend(Reject(r, "accept", "over_target") for r in extra)
 
+    def select(self, res: StageResult) -> None:
+        """The pool's choice: the rows not chosen become ``accept`` rejects."""
+        self.accepted = list(res.kept)
+        self.rejects.extend(res.rejects)
+        self.counts["accepted"] -= len(res.rejects)
+        self.counts["selected_out"] += len(res.rejects)
+
     def progress(self, budget: int) -> tuple[float, str]:
         """Percent done (accepted of n) and one line a person can read during a long run."""
-        acc, n = len(self.accepted), self.n
+        acc, n = len(self.accepted), self.pool
         gen = self.counts.get("generated", 0)
         elapsed = time.time() - self.started
         line = f"accepted {acc} of {n}; planned {self.planned} of {budget} items"

@@ -51,7 +51,8 @@ class SamplingConfig(_Strict):
 
 class SeedSourceConfig(_Strict):
     source: str
-    path: str
+    path: str = ""  # a file, or builtin:<name> (sources that read files)
+    split: str | None = None  # the gsm8k source: train (the test split is for decontamination)
     field: str | None = None
     limit: int | None = Field(None, gt=0)
     chunk_words: int = Field(200, gt=0)
@@ -160,6 +161,9 @@ class Recipe(_Strict):
         if not d["engine"].get("options"):  # unset, it changes nothing (earlier fingerprints stay)
             d["engine"].pop("options", None)
         d["engine"].pop("price_per_mtok", None)  # what rows cost, not what they are
+        for src in d.get("seeds") or []:  # unset, they change nothing (earlier fingerprints stay)
+            if src.get("split") is None:
+                src.pop("split", None)
         parts = [registry.component("scorer", spec, p, f"scoring.{spec}") for spec, p in self.scoring.items()]
         d["scoring"] = [[cls.name, cls.fingerprint_part(params)] for cls, params in parts]
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]

@@ -49,7 +49,7 @@ class Record:
 
 # reasons that name another row or a benchmark item after their kind (dedup:near:<id>:jaccard=..,
 # contaminated:<set>:<item>:ngram13): the kind is the first two parts
-_NAMING = ("dedup", "contaminated")
+_NAMING = ("dedup", "contaminated", "select")
 
 
 def reason_head(reason: str) -> str:

@@ -39,6 +39,7 @@ BUILTINS: dict[str, dict[str, str]] = {
         "thresholds": "filters.quality",
         "select": "filters.select",
         "sft": "filters.sft",
+        "answer_check": "filters.answer_check",
     },
     "verifier": {
         "math_pot": "filters.verify_math",
@@ -57,6 +58,7 @@ BUILTINS: dict[str, dict[str, str]] = {
         "table": "synthflow.seeds",
         "docs": "synthflow.seeds",
         "self_instruct": "synthflow.seeds",
+        "gsm8k": "synthflow.seeds",
     },
 }
 

@@ -285,7 +285,7 @@ def run_sections(run: dict[str, Any]) -> list[tuple[str, str]]:
     for r in rej:
         reason = r.get("reject_reason") or ""
         parts = reason.split(":")
-        if reason.startswith("dedup:near:") and len(parts) >= 4:
+        if reason.startswith(("dedup:near:", "dedup:near_short:")) and len(parts) >= 4:
             try:
                 groups[parts[2]].append(float(parts[-1].split("=")[1]))
             except (IndexError, ValueError):
@@ -298,8 +298,12 @@ def run_sections(run: dict[str, Any]) -> list[tuple[str, str]]:
     body = _table(["kept row", "duplicates dropped", "Jaccard"],
                   [[k, len(v), ", ".join(f"{x:.2f}" for x in v[:8])] for k, v in gr]) if gr else "<p>No duplicates.</p>"  # fmt: skip
     body += "<h3>Decontamination hits per benchmark</h3>"
+    checked = ((s.get("filters") or {}).get("decontaminate") or {}).get("removed") or {}
+    per_set = {**dict.fromkeys(checked, 0), **contam}  # every set checked, hits or not
     body += (
-        _table(["benchmark", "rows"], [[k, v] for k, v in contam.most_common()]) if contam else "<p>None.</p>"
+        _table(["benchmark", "rows"], [[k, v] for k, v in sorted(per_set.items(), key=lambda kv: -kv[1])])
+        if per_set
+        else "<p>No benchmark set checked.</p>"
     )
     sec.append(("Dedup and decontamination", body))
 

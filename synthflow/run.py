@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from synthflow import pipeline, runlock
+from synthflow import pipeline, registry, runlock
 from synthflow import summary as summaries
 from synthflow.generators.base import Item
 from synthflow.ledger import Ledger
@@ -39,7 +39,7 @@ class Run:
 
     def __init__(self, spec: RunSpec, lock: Any = None):
         self.spec = spec
-        self.ledger = Ledger(spec.recipe.n)
+        self.ledger = Ledger(spec.recipe.n, pool_factor_of(spec.recipe))
         self.summary_final: dict[str, Any] | None = None
         self._lock = lock
 
@@ -146,10 +146,21 @@ def run_plain(recipe_path: str, overrides: Overrides | None = None) -> dict[str,
     return summary
 
 
+def pool_factor_of(recipe: Recipe) -> float:
+    """How many times n rows a run gathers before choosing: a ``select`` filter's pool_factor."""
+    for f in recipe.filters:
+        if f.name == "select":
+            return float(registry.get("filter", "select").validate_params(f.params, "select").pool_factor)
+    return 1.0
+
+
 def publish(run: Run) -> Path:
     """Write the run's rows and rejects, publish atomically, then persist the dedup indexes and
     write the report."""
     st, ledger = run.stages, run.ledger
+    for f in st.filters["accept"]:
+        if hasattr(f, "choose"):  # a pool-level selection chooses n rows of the pool now
+            ledger.select(f.choose(ledger.accepted, run.recipe.n))
     for fs in st.filters.values():
         for f in fs:
             f.finalize(ledger.accepted)

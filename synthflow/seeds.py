@@ -72,6 +72,45 @@ def jsonl_seeds(path: str, field: str | None = None, limit: int | None = None, *
     return seeds[:limit] if limit else seeds
 
 
+GSM8K_OVERLAPS = BUILTIN_DIR / "benchmarks" / "gsm8k_train_overlaps.json"
+
+
+def gsm8k_answer(solution: str) -> str:
+    """The final answer of a GSM8K solution (after ``#### ``), without thousands separators."""
+    return solution.rsplit("####", 1)[-1].strip().replace(",", "")
+
+
+@register("seed_source", "gsm8k")
+def gsm8k_seeds(split: str | None = None, limit: int | None = None, **_: Any) -> list[Seed]:
+    """GSM8K train problems with their known answers (MIT; shipped in ``synthflow/data/benchmarks``):
+    ``problem``, ``answer`` (the number after ``####``) and ``solution`` (the worked steps). The
+    questions that decontamination flags against the shipped test sets are left out."""
+    import gzip
+
+    split = split or "train"
+    if split != "train":
+        raise UserError(
+            f"seeds: gsm8k split {split!r}: only the train split is a seed source (the test split is "
+            "what decontamination checks against)"
+        )
+    path = BUILTIN_DIR / "benchmarks" / "gsm8k_train.jsonl.gz"
+    skip = set(json.loads(GSM8K_OVERLAPS.read_text())["overlaps"])
+    seeds = []
+    for i, line in enumerate(gzip.decompress(path.read_bytes()).decode("utf-8").splitlines()):
+        if str(i) in skip:
+            continue
+        r = json.loads(line)
+        steps = r["answer"].rsplit("####", 1)[0].strip()
+        seeds.append(
+            Seed(
+                f"gsm8k-train-{i}",
+                "gsm8k",
+                {"problem": r["question"], "answer": gsm8k_answer(r["answer"]), "solution": steps},
+            )
+        )
+    return seeds[:limit] if limit else seeds
+
+
 @register("seed_source", "self_instruct")
 def self_instruct_seeds(path: str, limit: int | None = None, **_: Any) -> list[Seed]:
     """The original Self-Instruct ``seed_tasks.jsonl`` format:
@@ -212,7 +251,7 @@ def extract_seeds(sources: list[Any], where: str = "recipe") -> list[Seed]:
         fn: Callable[..., list[Seed]] = get("seed_source", src.source, f"{where}: field seeds[{i}].source")
         got = fn(**src.model_dump())
         if not got:
-            raise UserError(f"{src.path}: no seeds found (seeds[{i}] of {where})")
+            raise UserError(f"{src.path or src.source}: no seeds found (seeds[{i}] of {where})")
         seeds.extend(got)
     if not seeds:
         raise UserError(f"{where}: no seeds (the recipe lists no seed sources)")

@@ -105,6 +105,7 @@ class Stages:
                 out_root=Path(recipe.output.root),
                 run_id=spec.run_id,
                 dask=spec.dask,
+                engines=self.engines,
             )
             self.filters = build_filters(recipe, where, ctx, score_stage)
             self.ctx = ctx

@@ -277,6 +277,7 @@ def dataset_card(
         f"- rows: {counts.get('accepted', 0)} accepted of {counts.get('generated', 0)} generated",
         *sandbox_lines(summary),
         "",
+        *decontam_lines(summary),
         "## Funnel",
         "",
         "| stage | rows |",
@@ -301,6 +302,24 @@ def dataset_card(
         extra,
     ]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def decontam_lines(summary: dict[str, Any]) -> list[str]:
+    """The benchmark sets the run was checked against, each with its hits (0 included)."""
+    d = (summary.get("filters") or {}).get("decontaminate")
+    if not d:
+        return ["## Decontamination", "", "None: this recipe checks no benchmark set.", ""]
+    return [
+        "## Decontamination",
+        "",
+        f"Every row's {d.get('field', 'text')} was checked against these benchmark test sets "
+        "(n-grams, task statements, word-pair overlap); hits are rejects.",
+        "",
+        "| benchmark | rows removed |",
+        "|---|---|",
+        *[f"| {k} | {v} |" for k, v in (d.get("removed") or {}).items()],
+        "",
+    ]
 
 
 def sandbox_lines(summary: dict[str, Any]) -> list[str]:

@@ -6,7 +6,8 @@ evaluation set in one engine call; answers are graded by math-verify when the re
 by normalized exact match when it is a short phrase (the student's last ``Answer:`` line, so a long
 answer that merely contains the reference does not pass), and by a reference-guided judge
 (``prompts/target/grade.jinja2``, one engine call) when it is free text, e.g. the responses of an
-earlier run; per-skill accuracy is written; then a generation run of the recipe (SkillMix) starts
+earlier run; per-skill accuracy is written; then a generation run of the recipe (SkillMix) starts,
+with the evaluation questions added to its decontamination (no generated row is one of them)
 with the evaluation's skills as its skill list and skill weights ``(1 - accuracy) + floor``,
 normalized, so the weakest skills are drawn most.
 
@@ -442,6 +443,38 @@ def table(accuracy: dict[str, dict[str, Any]], w: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+def decontaminated_recipe(recipe: str, rows: list[dict[str, Any]], out: Path) -> str:
+    """The recipe with its evaluation set added to its decontamination (a generated row that is one
+    of the evaluation questions, or a light edit of one, is a reject), written beside the run's
+    files: the student is never trained on its own test."""
+    import yaml
+
+    from synthflow.recipe import load_recipe
+
+    src = load_recipe(recipe)  # resolves a recipe name to its file, and validates it
+    eval_file = out / "eval-questions.jsonl"
+    eval_file.write_text(
+        "".join(json.dumps({"id": i, "question": r["question"]}) + "\n" for i, r in enumerate(rows))
+    )
+    spec = f"{eval_file}:question:id"
+    data = src.model_dump(mode="json", exclude_none=True)
+    filters = []
+    added = False
+    for f in src.filters:
+        entry = {"name": f.name, **f.params}
+        if f.name == "decontaminate" and not added:
+            entry["benchmarks"] = [*entry.get("benchmarks", ["humaneval"]), spec]
+            added = True
+        filters.append(entry)
+    if not added:
+        filters.insert(next((i for i, f in enumerate(filters) if f["name"] in ("shirker", "thresholds")), len(filters)),
+                       {"name": "decontaminate", "benchmarks": [spec]})  # fmt: skip
+    data["filters"] = filters
+    path = out / f"{src.name}-decontaminated.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return str(path)
+
+
 def run_target(
     student: Any,
     rows: list[dict[str, Any]],
@@ -461,6 +494,7 @@ def run_target(
     the judge) are closed, if they can be, before each generation, which loads its own engine."""
     out.mkdir(parents=True, exist_ok=True)
     sampling = sampling or Sampling(temperature=0.0, top_p=1.0, max_tokens=256)
+    recipe = decontaminated_recipe(recipe, rows, out)
     history = []
     for rnd in range(1, rounds + 1):
         t0 = time.perf_counter()

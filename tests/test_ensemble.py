@@ -1,5 +1,6 @@
-"""Ensemble-Instruct: every member answers each instruction; the answer the others agree
-with most is kept if it clears the threshold; shirking members cannot outvote by agreeing."""
+"""Ensemble-Instruct: members write tasks in turn and answer each other's; the paper's output
+ensemble keeps an exact match, else the best summed ROUGE-L, and drops a task whose worst pair of
+outputs is too far apart; shirking members cannot outvote by agreeing."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ INSTRUCTION = "Explain why the sky looks blue on a clear day."
 SKY = "The sky looks blue because air molecules scatter blue sunlight much more than red light."
 SKY2 = "The sky looks blue because the air scatters blue light from the sun more than red light."
 OTHER = "Bananas are a good source of potassium and are easy to carry."
+SEA = "The sea looks green because of the algae in it."
 
 
 def _seeds(tmp_path: Path, instructions: list[str]) -> Path:
@@ -40,12 +42,12 @@ def _script(tmp_path: Path, name: str, reply: str | list[str], finish: str = "st
 
 
 def _recipe(
-    tmp_path: Path, members: list[dict], instructions: list[str], top: dict | None = None, **opts
+    tmp_path: Path, members: list[dict], seed_texts: list[str], top: dict | None = None, **opts
 ) -> Path:
     data = yaml.safe_load((ROOT / "recipes" / "ensemble.yaml").read_text())
     data.update(top or {})
-    data["generator"]["options"] = {"members": members, **opts}
-    data["seeds"] = [{"source": "jsonl", "path": str(_seeds(tmp_path, instructions))}]
+    data["generator"]["options"] = {"members": members, "instructions": False, **opts}
+    data["seeds"] = [{"source": "jsonl", "path": str(_seeds(tmp_path, seed_texts))}]
     data["engine"] = _script(tmp_path, "base", "unused")
     data["output"] = {"root": str(tmp_path / "out")}
     scorers_on_generator_engine(data)
@@ -67,23 +69,33 @@ def _generate(recipe: Path, n: int = 1):
 
 def test_the_answer_the_others_agree_with_is_kept(tmp_path):
     members = [{"engine": _script(tmp_path, "a", SKY)}, {"engine": _script(tmp_path, "b", SKY2), "label": "b"},
-               {"engine": _script(tmp_path, "c", OTHER)}]  # fmt: skip
+               {"engine": _script(tmp_path, "c", SEA)}]  # fmt: skip
     res, pool = _generate(_recipe(tmp_path, members, [INSTRUCTION]))
     (r,) = res.kept
     f = r.fields
-    assert f["ens_outputs"] == [SKY, SKY2, OTHER] and f["ens_chosen"] in (f["ens_engines"][0], "b")
+    assert f["ens_outputs"] == [SKY, SKY2, SEA] and f["ens_chosen"] in (f["ens_engines"][0], "b")
     assert f["response"] in (SKY, SKY2) and f["ens_agreement"] == max(f["ens_scores"]) >= 0.3
-    assert f["ens_scores"][2] < 0.2  # the odd one out agrees with nobody
+    assert f["ens_scores"][2] < 0.3  # the odd one out agrees little
     assert r.messages[1]["content"] == f["response"]
     # every member answered, each through its own role; the row counts all of their tokens
     assert [(u := pool.roles[f"ensemble_{i}"].usage())["hits"] + u["misses"] for i in range(3)] == [1, 1, 1]
-    assert r.gen["completion_tokens"] == sum(len(t.split()) for t in (SKY, SKY2, OTHER))
+    assert r.gen["completion_tokens"] == sum(len(t.split()) for t in (SKY, SKY2, SEA))
 
 
-def test_disagreement_is_rejected(tmp_path):
-    members = [{"engine": _script(tmp_path, "a", SKY)}, {"engine": _script(tmp_path, "c", OTHER)}]
-    res, _ = _generate(_recipe(tmp_path, members, [INSTRUCTION], min_agreement=0.5))
-    assert not res.kept and res.rejects[0].reason.startswith("ensemble:low_agreement")
+def test_a_task_whose_worst_pair_disagrees_is_dropped(tmp_path):
+    """The paper's bar: the worst pair's ROUGE-L must exceed 0.01, even when two outputs agree."""
+    members = [{"engine": _script(tmp_path, "a", SKY)}, {"engine": _script(tmp_path, "b", SKY2)},
+               {"engine": _script(tmp_path, "c", OTHER)}]  # fmt: skip
+    res, _ = _generate(_recipe(tmp_path, members, [INSTRUCTION]))
+    assert not res.kept and res.rejects[0].reason.startswith("ensemble:outputs_disagree (worst pair 0.00")
+
+
+def test_an_exact_match_is_kept_outright(tmp_path):
+    members = [{"engine": _script(tmp_path, "a", "Paris.")}, {"engine": _script(tmp_path, "b", "paris")},
+               {"engine": _script(tmp_path, "c", OTHER)}]  # fmt: skip
+    res, _ = _generate(_recipe(tmp_path, members, ["What is the capital of France?"]))
+    (r,) = res.kept
+    assert r.fields["response"] == "Paris." and r.fields["ens_chosen"].startswith("fake:a")
 
 
 def test_shirking_members_cannot_outvote_by_agreeing(tmp_path):
@@ -98,8 +110,8 @@ def test_shirking_members_cannot_outvote_by_agreeing(tmp_path):
     ]
     res, _ = _generate(_recipe(tmp_path, members, [INSTRUCTION]))
     (j,) = res.rejects
-    assert j.reason.startswith("ensemble:low_agreement") and j.record.fields["ens_scores"][:4] == [0.0] * 4
-    assert j.record.fields["response"] == SKY  # the only candidate, below the threshold
+    assert j.reason == "ensemble:fewer_than_two_candidates" and j.record.fields["ens_scores"][:4] == [0.0] * 4
+    assert j.record.fields["response"] == SKY  # the only candidate, with no one to agree with
 
 
 def test_a_member_twice_is_refused(tmp_path):
@@ -109,8 +121,11 @@ def test_a_member_twice_is_refused(tmp_path):
 
     same = _script(tmp_path, "a", SKY)
     with pytest.raises(UserError, match=r"members\[1\] is members\[0\] again"):
-        _generate(_recipe(tmp_path, [{"engine": same}, {"engine": same}], [INSTRUCTION]))
-    _generate(_recipe(tmp_path, [{"engine": same}, {"engine": same, "temperature": 0.2}], [INSTRUCTION]))
+        _generate(_recipe(tmp_path, [{"engine": same}, {"engine": same}], [INSTRUCTION], same_model=True))
+    other = [{"engine": same}, {"engine": same, "temperature": 0.2}]
+    with pytest.raises(UserError, match=r"members\[1\] is the same model as members\[0\]"):
+        _generate(_recipe(tmp_path, other, [INSTRUCTION]))  # the paper's members are different models
+    _generate(_recipe(tmp_path, other, [INSTRUCTION], same_model=True))
 
 
 def test_math_mode_votes_on_final_answers(tmp_path):
@@ -166,9 +181,7 @@ def test_an_endpoint_and_a_local_engine_in_one_run(tmp_path, monkeypatch):
              "label": "served"},
         ]  # fmt: skip
         top = {"n": 2, "max_items": 2, "batch_size": 2}
-        recipe = _recipe(
-            tmp_path, members, [INSTRUCTION, "Explain why the sea looks blue."], top, min_agreement=0.5
-        )
+        recipe = _recipe(tmp_path, members, [INSTRUCTION, "Explain why the sea looks blue."], top)
         s = run_local(recipe, tmp_path / "out", tmp_path / "c.sqlite3", monkeypatch)
     finally:
         ep.httpd.shutdown()
@@ -181,3 +194,62 @@ def test_an_endpoint_and_a_local_engine_in_one_run(tmp_path, monkeypatch):
         s["cache"]["misses"] == 4
         and s["tokens"]["completion"] == sum(u["completion_tokens"] for u in roles) > 0
     )
+
+
+def _task_script(tmp_path: Path, name: str, task: str, answer: str) -> dict:
+    """A member that writes ``task`` when asked for a task and answers ``answer`` otherwise."""
+    p = tmp_path / f"{name}.json"
+    p.write_text(json.dumps([{"match": "^Write a new task", "reply": task}, {"match": "", "reply": answer}]))
+    return {"name": "fake", "model": name, "options": {"script": str(p)}}
+
+
+def test_members_write_tasks_in_turn_and_answer_each_others(tmp_path):
+    """As published: one member writes each task (round robin), the others answer it, and there
+    are as many tasks as items, not one per seed."""
+    task = " Name the largest planet in the solar system.\nOutput: Jupiter"
+    members = [
+        {"engine": _task_script(tmp_path, "a", task, "Jupiter")},
+        {"engine": _task_script(tmp_path, "b", task, "jupiter.")},
+        {"engine": _task_script(tmp_path, "c", task, "It is Saturn.")},
+    ]
+    seeds = ["Name a fruit that is red.", "Name a color of the sky.", "Name a large animal."]
+    r = load_recipe(_recipe(tmp_path, members, seeds, instructions=True))
+    gen = registry.get("generator", "ensemble")(r, extract_seeds(r.seeds))
+    pool = EnginePool()
+    gen.bind_engines(pool, "recipe")
+    try:
+        res = gen.run(gen.plan(0, 9), pool.add("generator", r.engine), Sampling())
+    finally:
+        pool.close()
+    assert len(res.kept) == 9 > len(seeds) and not res.rejects
+    writers = [row.fields["ens_writer"] for row in res.kept]
+    assert writers == ["fake:a", "fake:b", "fake:c"] * 3
+    for row in res.kept:
+        f = row.fields
+        assert f["instruction"] == "Name the largest planet in the solar system." and f["input"] is None
+        assert f["response"] in ("Jupiter", "jupiter.")  # the exact (normalized) match is kept
+        assert (
+            f["ens_outputs"][f["ens_engines"].index(f["ens_writer"])] == "Jupiter"
+        )  # the writer's own output
+
+
+def test_written_tasks_that_do_not_parse_or_copy_a_seed_are_rejected(tmp_path):
+    from synthflow.generators.ensemble import parse_task
+
+    assert parse_task(" Sort the list.\nInput: 3, 1, 2\nOutput: 1, 2, 3", True) == {
+        "instruction": "Sort the list.", "input": "3, 1, 2", "output": "1, 2, 3"}  # fmt: skip
+    assert parse_task(" Sort the list.\nOutput: 1", True) == "no_input"
+    assert parse_task(" Say hi.\nOutput: hi\n\nInstruction: another\nOutput: x", False)["output"] == "hi"
+    assert parse_task(" Say hi.", False) == "no_output"
+    copy = " Name a fruit that is red.\nOutput: apple"
+    members = [{"engine": _task_script(tmp_path, "a", copy, "apple")},
+               {"engine": _task_script(tmp_path, "b", copy, "apple")}]  # fmt: skip
+    r = load_recipe(_recipe(tmp_path, members, ["Name a fruit that is red."], instructions=True))
+    gen = registry.get("generator", "ensemble")(r, extract_seeds(r.seeds))
+    pool = EnginePool()
+    gen.bind_engines(pool, "recipe")
+    try:
+        res = gen.run(gen.plan(0, 2), pool.add("generator", r.engine), Sampling())
+    finally:
+        pool.close()
+    assert [j.reason for j in res.rejects] == ["parse:instruction_copies_seed"] * 2

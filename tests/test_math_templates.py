@@ -6,9 +6,15 @@ import json
 import re
 
 import pytest
+import yaml
 
+from synthflow import registry
 from synthflow.engines.base import Sampling
+from synthflow.engines.fake import FakeEngine
+from synthflow.recipe import load_recipe
+from synthflow.seeds import extract_seeds
 
+from .conftest import DATA, ROOT
 from .helpers import make_generator as make
 
 
@@ -106,3 +112,77 @@ def test_template_ids_and_splits_do_not_depend_on_the_run(tmp_path):
         ids.append(sorted({(r.fields["template_id"], r.fields["split"]) for r in res.kept}))
     assert ids[0] == ids[1]
     assert {s for _, s in ids[0]} == {"train", "test"}
+
+
+# ---- anchored to seed problems with known answers (InfinityMATH) ---------------------------------
+def _anchored(tmp_path):
+    data = yaml.safe_load((ROOT / "recipes" / "math_templates.yaml").read_text())
+    data["engine"] = {"name": "fake", "options": {"script": str(DATA / "fake_templates_anchored.json")}}
+    data["seeds"] = [{"source": "gsm8k", "limit": 5}]
+    data["generator"]["options"].update(anchor=True, variants_per_template=6)
+    p = tmp_path / "anchored.yaml"
+    p.write_text(yaml.safe_dump(data))
+    r = load_recipe(p)
+    gen = registry.get("generator", "math_templates")(r, extract_seeds(r.seeds))
+    return gen, FakeEngine(DATA / "fake_templates_anchored.json")
+
+
+def test_an_anchored_template_must_be_its_seed_and_reproduce_its_answer(tmp_path):
+    from filters.verify import Verify
+
+    gen, eng = _anchored(tmp_path)
+    items = [it for it in gen.plan(0, 5)]
+    res = gen.run(items, eng, Sampling())
+    by_seed = {j.record.seed_id: j.reason for j in res.rejects}
+    assert by_seed["gsm8k-train-4"] == "parse:unused_variable:friends"  # a number the answer ignores
+    assert by_seed["gsm8k-train-2"] == "parse:seed_values_mismatch"  # 'twice' became a made-up variable
+    assert by_seed["gsm8k-train-3"] == "parse:seed_values_mismatch"  # not the seed's numbers at all
+    v = Verify({"kind": "template"})
+    try:
+        out = v(res.kept)
+    finally:
+        v.close()
+    rejected = {j.record.seed_id: j.reason for j in out.rejects}
+    # Weng's template returns rate * minutes (600), not the known answer 10: every variant goes
+    assert rejected == {"gsm8k-train-1": "verify:seed_answer_mismatch"}
+    kept = [r for r in out.kept if r.seed_id == "gsm8k-train-0"]
+    assert len(kept) == 6
+    names = {json.loads(r.fields["wording"])["name"] for r in kept}
+    assert len(names) == 6 and "Natalia" not in names  # names vary with the numbers
+    for r in kept:
+        a = json.loads(r.fields["assignment"])
+        assert r.fields["answer"] == str(a["april"] + a["april"] // 2)
+        assert r.fields["seed_answer"] == "72" and json.loads(r.fields["seed_values"]) == {"april": 48}
+        who = json.loads(r.fields["wording"])["name"]
+        assert r.fields["problem"].startswith(f"{who} sold clips to {a['april']} ")
+        r.messages = gen.messages(r.fields)
+        assert r.messages[1]["content"].endswith(f"The answer is {r.fields['answer']}.")
+
+
+def test_anchored_templates_need_seeds_with_answers(tmp_path):
+    from synthflow.errors import UserError
+
+    data = yaml.safe_load((ROOT / "recipes" / "math_templates.yaml").read_text())
+    data["seeds"] = [{"source": "jsonl", "path": "builtin:self_instruct_seeds.jsonl"}]
+    data["generator"]["options"]["anchor"] = True
+    p = tmp_path / "t.yaml"
+    p.write_text(yaml.safe_dump(data))
+    r = load_recipe(p)
+    with pytest.raises(UserError, match="no problem and answer"):
+        registry.get("generator", "math_templates")(r, extract_seeds(r.seeds))
+
+
+def test_shipped_anchored_examples_reproduce_their_seeds():
+    """The few-shot examples of the anchored prompt pass the checks they teach."""
+    from synthflow.generators.math_templates import fill, satisfies
+    from synthflow.mathcheck import equivalent
+    from synthflow.seeds import jsonl_seeds
+
+    for s in jsonl_seeds("builtin:math_templates_anchored.jsonl"):
+        d = s.data
+        scope: dict = {}
+        exec(compile(d["program"], "<example>", "exec"), scope)  # our own shipped example
+        nums = {k: v for k, v in d["seed_values"].items() if not isinstance(v, str)}
+        assert equivalent(d["answer"], scope["solution"](**nums)), d["id"]
+        assert fill(d["template"], d["seed_values"]) == d["problem"], d["id"]
+        assert satisfies(d["constraints"], nums), d["id"]

@@ -249,34 +249,80 @@ def test_thresholds_missing_scores():
     assert threshold_reason({}, ThresholdParams(max={"ifd": 1.0})) == "quality:ifd>1 (missing)"
 
 
-def test_select_keeps_the_best_of_near_duplicates_across_batches():
+def _pool_rows(scores: dict[str, dict[str, float | None]], texts: dict[str, str]) -> list:
+    rows = []
+    for rid, sc in scores.items():
+        r = rec(rid, texts[rid], "x")
+        r.fields["instruction"] = texts[rid]
+        r.scores.update({k: v for k, v in sc.items() if v is not None})
+        rows.append(r)
+    return rows
+
+
+def test_select_orders_the_whole_pool_by_the_product_of_its_scores_then_walks_for_diversity():
+    """Deita: the pool (from every batch) is ordered by complexity x quality, then walked; a row
+    too close to a kept one goes, a row missing a score is never ahead of a scored one."""
     from filters.select import Select
     from synthflow.filtering import FilterContext
 
-    f = Select({"by": "judge", "min_distance": 0.3, "clusters": 2}, FilterContext())
     base = "Explain how a rainbow forms when sunlight passes through water droplets in the air"
-    rows = [
-        rec("a", base, "x"),
-        rec("b", base + " today", "x"),
-        rec("c", "Write a haiku about autumn leaves falling on a quiet pond", "x"),
-    ]
-    for r, s in zip(rows, (4.0, 9.0, 5.0), strict=True):
-        r.scores["judge"] = s
-    for r in rows:
-        r.fields["instruction"] = r.messages[0]["content"]
-    f.params.field = "instruction"
-    res = f(rows)
-    assert [r.id for r in res.kept] == ["b", "c"]  # b is walked first (score 9)
-    assert [(j.record.id, j.reason) for j in res.rejects] == [("a", "select:too_close:b")]
+    texts = {
+        "a": base,
+        "b": base + " today",
+        "c": "Write a haiku about autumn leaves falling on a quiet pond",
+        "d": "List three prime numbers greater than fifty and explain why each is prime",
+        "e": "Translate the sentence into French and keep its formal tone intact",
+    }
+    scores = {
+        "a": {"complexity": 2.0, "judge": 4.0},  # 8
+        "b": {"complexity": 3.0, "judge": 4.0},  # 12: walked first, so a is too close to it
+        "c": {"complexity": 1.0, "judge": 5.0},  # 5
+        "d": {"complexity": 2.0, "judge": None},  # no quality score: after every scored row
+        "e": {"complexity": 1.0, "judge": 6.0},  # 6
+    }
+    f = Select({"by": ["complexity", "judge"], "min_distance": 0.3, "clusters": 2, "field": "instruction"},
+               FilterContext())  # fmt: skip
+    rows = _pool_rows(scores, texts)
+    assert f(rows[:2]).kept == rows[:2] and f(rows[2:]).kept == rows[2:]  # batches only gather
+    res = f.choose(rows, n=3)
+    assert [r.id for r in res.kept] == ["b", "e", "c"]
+    assert sorted((j.record.id, j.reason) for j in res.rejects) == [
+        ("a", "select:too_close:b"), ("d", "select:not_chosen")]  # fmt: skip
     assert rows[0].fields["select_nn_distance"] < 0.3 and rows[1].fields["select_nn_distance"] is None
-    later = rec("d", base + " please", "x")
-    later.fields["instruction"] = later.messages[0]["content"]
-    later.scores["judge"] = 10.0
-    res2 = f([later])
-    assert res2.rejects and res2.rejects[0].reason == "select:too_close:b"  # earlier batches count
     f.finalize(res.kept)
-    assert {r.fields["cluster_id"] for r in res.kept} == {0, 1}
-    assert f.summary()["covered"] == 2 and f.summary()["candidates"] == 4
+    assert f.summary()["candidates"] == 5 and f.summary()["dropped"] == {
+        "select:too_close": 1,
+        "select:not_chosen": 1,
+    }
+
+
+def test_superfiltering_keeps_the_highest_ifd_below_one():
+    from filters.select import Select
+    from synthflow.filtering import FilterContext
+
+    texts = {k: f"Task number {k} about a distinct topic {k * 3} with enough words" for k in "abcde"}
+    scores = {"a": {"ifd": 0.9}, "b": {"ifd": 1.3}, "c": {"ifd": 0.4}, "d": {"ifd": 0.7}, "e": {"ifd": 0.2}}
+    f = Select({"by": ["ifd"], "max_scores": {"ifd": 1.0}, "keep_fraction": 0.5, "min_distance": 0.0,
+                "field": "instruction"}, FilterContext())  # fmt: skip
+    res = f.choose(_pool_rows(scores, texts), n=10)
+    assert [r.id for r in res.kept] == ["a", "d"]  # the top half of the four under 1, highest IFD first
+    assert {j.record.id: j.reason for j in res.rejects} == {
+        "b": "select:above_max:ifd", "c": "select:not_chosen", "e": "select:not_chosen"}  # fmt: skip
+
+
+def test_a_run_with_select_gathers_a_pool_and_publishes_n(tmp_path, monkeypatch):
+    from synthflow.recipe import load_recipe
+
+    from .conftest import math_recipe
+    from .helpers import run_local
+
+    recipe = math_recipe(tmp_path, n=3, batch_size=16, max_items=64,
+                         filters=[{"name": "select", "by": ["prompt_words"], "pool_factor": 2.0,
+                                   "min_distance": 0.0, "field": "problem"}])  # fmt: skip
+    assert load_recipe(recipe).filters[-1].name == "select"
+    s = run_local(recipe, tmp_path / "out", tmp_path / "c.sqlite3", monkeypatch)
+    assert s["counts"]["accepted"] == 3
+    assert s["filters"]["select"]["dropped"] == {"select:not_chosen": 3}  # a pool of 6, 3 chosen
 
 
 # ---- score stage contract ------------------------------------------------------------------------------

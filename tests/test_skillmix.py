@@ -104,6 +104,28 @@ def test_skillmix_skill_names_keep_digits_and_symbols():
     assert normalize_skill("42") == "" and normalize_skill("a") == ""
 
 
+def test_skillmix_merges_synonyms_and_keeps_the_long_tail():
+    """Spellings of one skill are one skill (counted once per list); half the kept skills are the
+    most frequent, the rest come from the long tail, not from the next most frequent names."""
+    from synthflow.generators.skillmix import merge_counts, skill_key
+
+    assert skill_key("Problem-solving") == skill_key("solving problems")
+    assert skill_key("creative writing") != skill_key("technical writing")
+    generic = ["problem solving", "critical thinking", "communication"]
+    lists = [generic + [f"rare skill {i}"] for i in range(30)]
+    lists += [
+        ["Problem-Solving", "solving problems", "critical thinking"]
+    ] * 5  # synonyms, and twice in one list
+    lists += [[f"mid skill {i}"] * 1 for i in range(10)] * 2  # count 2: more frequent than the rare ones
+    got = merge_counts(lists, 10, "0:skills")
+    names = [d["name"] for d in got]
+    assert names[:3] == ["problem solving", "critical thinking", "communication"]
+    assert got[0]["count"] == 35  # 30 + 5 lists, each counted once
+    assert len(got) == 10 and len(set(names)) == 10
+    rest = names[5:]  # the tail half: drawn from every name not in the head, rare ones included
+    assert any(n.startswith("rare skill") for n in rest)
+
+
 def test_skillmix_top_skills_are_not_alphabetical():
     """Most extracted skills have count 1: the cut among ties is a seeded shuffle. (It used to keep
     the first names in alphabetical order: every kept skill began with a-m.)"""

@@ -13,7 +13,7 @@ from synthflow.engines.fake import FakeEngine
 from synthflow.errors import UserError
 from synthflow.target import evaluate, final_answer, grade, grader_for, load_eval, run_target, weights
 
-from .conftest import fake_recipe
+from .conftest import ROOT, fake_recipe
 from .helpers import run_flow
 
 EVAL = [
@@ -207,3 +207,33 @@ def test_eval_from_a_finished_run(tmp_path):
     pq.write_table(pa.table({"problem": ["p"], "answer": ["1"]}), other / "data" / "part-0.parquet")
     with pytest.raises(UserError, match="no skill column"):
         load_eval(str(other))
+
+
+def test_generated_rows_are_decontaminated_against_the_evaluation_set(tmp_path):
+    """The generation run's recipe checks its rows against the evaluation questions: a SkillMix row
+    that asks one of them (or a light edit of it) is a reject, so the student never trains on its test."""
+    from filters.decontam import Decontaminate
+    from synthflow.filtering import FilterContext
+    from synthflow.recipe import load_recipe
+    from synthflow.record import Record
+    from synthflow.target import decontaminated_recipe
+
+    rows = [
+        {"skills": ["geography"], "question": "What is the capital city of Japan, the island nation in East Asia?",
+         "answer": "Tokyo"},
+        {"skills": ["arithmetic"], "question": "What is 17 times 23?", "answer": "391"},
+    ]  # fmt: skip
+    recipe = load_recipe(decontaminated_recipe(str(ROOT / "recipes" / "skillmix.yaml"), rows, tmp_path))
+    (fc,) = [f for f in recipe.filters if f.name == "decontaminate"]
+    assert fc.params["benchmarks"][-1].endswith("eval-questions.jsonl:question:id")
+    assert "ifeval" in fc.params["benchmarks"]  # the recipe's own sets stay
+    f = Decontaminate(Decontaminate.validate_params(fc.params, "t"), FilterContext())
+    asks = (
+        "Quick quiz: what is the capital city of Japan, the island nation in East Asia? Answer in one word."
+    )
+    recs = [Record(id=f"r{i}", recipe="skillmix", generator="skillmix", seed_id="s",
+                   messages=[{"role": "user", "content": t}, {"role": "assistant", "content": "x"}])
+            for i, t in enumerate([asks, "Write a limerick about a cat who learns to juggle oranges."])]  # fmt: skip
+    res = f(recs)
+    assert [j.reason.split(":")[:3] for j in res.rejects] == [["contaminated", "eval-questions", "0"]]
+    assert [r.id for r in res.kept] == ["r1"]

@@ -225,7 +225,7 @@ def dask_signatures(
 
 def cmd_decontam(a: Any) -> int:
     rows, texts, _ = _load(a.inputs, a.field)
-    against = a.against or ["humaneval"]
+    against = [b.strip() for spec in (a.against or ["humaneval"]) for b in spec.split(",") if b.strip()]
     indexes = [NgramIndex(load_benchmark(b), a.ngram, a.short_ngram, a.coverage) for b in against]
     kept, rejects = [], []
     hits = first_hits(indexes, texts)
@@ -266,7 +266,9 @@ def add_parsers(sub: Any) -> None:
     c.add_argument(
         "--against",
         action="append",
-        help="humaneval | file.jsonl:field[:id] | hf:name:split:field[:id] (repeatable)",
+        help="built-in sets: gsm8k (GSM8K test), math500 (MATH-500), humaneval, mbpp, ifeval (the IFEval "
+        "prompts), comma-separated or repeated; or file.jsonl:field[:id] | hf:name:split:field[:id] "
+        "(default: humaneval)",
     )
     c.add_argument("--out", required=True)
     c.add_argument("--field", help="text field (default: messages if present, else text)")

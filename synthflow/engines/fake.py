@@ -56,6 +56,7 @@ class FakeEngine:
         self.fail_call = fail_call
         self.kill_file = kill_file
         self.calls = 0
+        self.requests: list[Request] = []  # every request seen, for tests that check what was asked
         self.prompts_seen = 0
         self.logprob_calls = 0
         self.max_model_len = 4096
@@ -87,6 +88,7 @@ class FakeEngine:
         elif self.calls == self.fail_call:
             raise RuntimeError(f"fake engine: scripted failure on call {self.calls}")
         self.prompts_seen += len(requests)
+        self.requests.extend(requests)
         self.samplings.append(sampling)
         if self.delay_s:
             time.sleep(self.delay_s)

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
+from synthflow.answers import AnswerTask
 from synthflow.engines.base import Sampling
 from synthflow.generators.base import Generator, Item, add_usage
 from synthflow.record import Record, Reject, StageResult
@@ -155,6 +156,21 @@ class AgentInstruct(Generator):
     }
     text_field = "instruction"
     response_field = "response"
+
+    def answer_task(self, fields: dict[str, Any]) -> AnswerTask | None:
+        """The task is answered again from the transformed text; a number by value, a short answer
+        as a phrase of the text, a longer one by ROUGE-L, all grounded in the text."""
+        resp = (fields.get("response") or "").strip()
+        if not resp or not fields.get("instruction"):
+            return None
+        bare = resp.rstrip(".").replace(",", "")
+        if re.fullmatch(r"-?\d+(?:\.\d+)?", bare):
+            kind = "number"
+        elif len(resp.split()) <= 4:
+            kind = "span"
+        else:
+            kind = "text"
+        return AnswerTask(fields["instruction"], resp, kind, fields.get("ai_transformed_text"), grounded=True)
 
     def choose(self, item: Item) -> tuple[str, str, str]:
         """(skill, transformation, instruction type), drawn with a seed from the item index; code

@@ -191,6 +191,11 @@ class Generator(ABC):
         for k, v in state.items():
             setattr(self, k, copy.deepcopy(v))
 
+    def answer_task(self, fields: dict[str, Any]) -> Any:
+        """What a row asks and answers (``synthflow.answers.AnswerTask``), for the independent answer
+        check; None when the row has nothing such a check can decide (the default)."""
+        return None
+
     def messages(self, fields: dict[str, Any]) -> list[dict[str, str]]:
         """The training conversation rendered from ``fields`` (generators with ``message_fields``)."""
         raise NotImplementedError(f"generator {self.name} renders no messages from its fields")

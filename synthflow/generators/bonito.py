@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from synthflow.answers import AnswerTask
 from synthflow.engines.base import Sampling
 from synthflow.generators.base import Generator, Item, ParseError, parse_or_reject
 from synthflow.record import Reject, StageResult
@@ -256,6 +257,22 @@ class Bonito(Generator):
         return out
 
     response_field = "response"
+
+    def answer_task(self, fields: dict[str, Any]) -> AnswerTask | None:
+        """Spans, yes/no and labels are answered again from the passage (summaries and titles are
+        checked by their own rules)."""
+        tt = TASK_TYPES[fields["task_type"]]
+        passage, question = fields["bonito_passage"], fields["instruction"]
+        if tt.check == "span":
+            return AnswerTask(question, fields["response"], "span", passage, grounded=True,
+                              hint="Answer with a short phrase copied word for word from the passage.")  # fmt: skip
+        if tt.check == "yes_no":
+            return AnswerTask(question, fields.get("bonito_label") or fields["response"], "label", passage,
+                              labels=("yes", "no"), hint="Answer Yes or No.")  # fmt: skip
+        if tt.check == "labels":
+            return AnswerTask(question, fields.get("bonito_label") or fields["response"], "label", passage,
+                              labels=tt.labels, hint=f"Answer with one of: {', '.join(tt.labels)}.")  # fmt: skip
+        return None
 
     def apply_revision(self, rec: Any, text: str) -> None:
         """A revised answer passes the same grounded checks as a generated one."""

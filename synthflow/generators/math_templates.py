@@ -11,11 +11,21 @@ program fails, whose answer is degenerate or (for "how many" questions) not a wh
 worded solution ends on another number, and whole templates only when most variants fail or every
 variant has the same answer. Constraints and formulas are evaluated by ``synthflow.safe_expr``,
 never ``eval``. Every variant records ``template_id``; the split is decided per template.
+
+Anchored (``anchor: true``, the shipped recipe; InfinityMATH): each template is written from a seed
+problem with a known answer (GSM8K train). The model also gives the seed's own values, and the
+template is kept only if it is that problem: its numbers are the seed's numbers, the template filled
+with them reads as the seed problem, the seed's values meet the constraints, and (in the verifier)
+the program run on them returns the seed's known answer (``verify:seed_answer_mismatch``). Names,
+items and places are variables too (``name: name`` draws a person's name, ``item: one of apples,
+pears``), so variants differ in more than numbers, and every number variable must be used by the
+program (``parse:unused_variable``).
 """
 
 from __future__ import annotations
 
 import ast
+import difflib
 import json
 import random
 import re
@@ -25,21 +35,36 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from synthflow.engines.base import Sampling
+from synthflow.errors import UserError
 from synthflow.generators.base import Generator, Item, ParseError, parse_or_reject
+from synthflow.prompts import load_prompt
 from synthflow.record import Reject, StageResult, stable_id
 from synthflow.registry import register
 from synthflow.safe_expr import ExprError, compile_expr, evaluate
 from synthflow.seeds import Seed, jsonl_seeds
+from synthflow.text import normalize
 
 _VAR_RE = re.compile(
     r"^\s*[-*]?\s*\{?([A-Za-z_]\w*)\}?\s*(?::|=|\()\s*(int|integer|float|decimal)\)?\s*[:,]?\s*(?:from\s+|between\s+)?"
     r"(-?\d+(?:\.\d+)?)\s*(?:-|to|\.\.|and)\s*(-?\d+(?:\.\d+)?)\s*\.?\s*$",
     re.I,
 )
+_WORD_VAR_RE = re.compile(
+    r"^\s*[-*]?\s*\{?([A-Za-z_]\w*)\}?\s*:\s*(?:(name|person)\b.*|one\s+of\s*:?\s*(.+?))\s*\.?\s*$", re.I
+)
 _FENCE_RE = re.compile(r"```[ \t]*(?:python|py)?[ \t]*\n(.*?)(?:```|\Z)", re.S | re.I)
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_]\w*)\}")
 _FORMULA = re.compile(r"\{([^{}]+)\}")
-_SECTION = re.compile(r"^\s*(Constraints|Program|Solution)\s*:", re.M | re.I)
+_SECTION = re.compile(r"^\s*(Seed values|Constraints|Program|Solution)\s*:", re.M | re.I)
+_NUMBER = re.compile(r"(?<![\w.])\d[\d,]*(?:\.\d+)?")
+# first names for ``name`` variables: varied by origin, so variants differ in who the problem is about
+NAMES = (
+    "Aisha", "Ben", "Carmen", "Dmitri", "Emeka", "Fatima", "Greta", "Hiroshi", "Ines", "Jamal", "Kofi",
+    "Leila", "Mateo", "Nadia", "Oskar", "Priya", "Quinn", "Rosa", "Sven", "Tariq", "Uma", "Viktor",
+    "Wen", "Ximena", "Yusuf", "Zara", "Anika", "Bruno", "Chen", "Dalia", "Elena", "Farid", "Gabriel",
+    "Hana", "Ivan", "Jana", "Kwame", "Lucia", "Mohammed", "Nora", "Omar", "Paula", "Rahul", "Sofia",
+    "Tomas", "Yara", "Amara", "Diego", "Mei", "Sipho",
+)  # fmt: skip
 
 
 def _sections(rest: str) -> dict[str, str]:
@@ -65,7 +90,12 @@ def parse_template(text: str) -> dict[str, Any]:
     if "program" not in parts:
         raise ParseError("no_program")
     variables: dict[str, list[Any]] = {}
+    words: dict[str, list[str]] = {}  # word variables: name -> choices (empty: a person's name)
     for line in parts["variables"].splitlines():
+        w = _WORD_VAR_RE.match(line)
+        if w:
+            words[w.group(1)] = [] if w.group(2) else [c.strip() for c in w.group(3).split(",") if c.strip()]
+            continue
         m = _VAR_RE.match(line)
         if m:
             kind = "int" if m.group(2).lower().startswith("int") else "float"
@@ -87,7 +117,9 @@ def parse_template(text: str) -> dict[str, Any]:
     if fn is None:
         raise ParseError("no_solution_function")
     params = [a.arg for a in fn.args.args]
-    used = set(_PLACEHOLDER.findall(template))
+    placed = set(_PLACEHOLDER.findall(template))
+    words = {k: v for k, v in words.items() if k in placed}
+    used = placed - set(words)
     if not used:
         raise ParseError("no_placeholders")
     # every number in the text is a declared variable and the program takes exactly those; a declared
@@ -95,6 +127,10 @@ def parse_template(text: str) -> dict[str, Any]:
     if not used <= set(variables) or set(params) != used:
         raise ParseError("variables_mismatch")
     variables = {k: v for k, v in variables.items() if k in used}
+    read = {n.id for n in ast.walk(fn) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    for name in params:
+        if name not in read:  # a number the answer does not depend on
+            raise ParseError(f"unused_variable:{name}")
     constraints = []
     for line in (parts.get("constraints") or "").splitlines():
         line = line.strip().lstrip("-*").strip()
@@ -109,15 +145,32 @@ def parse_template(text: str) -> dict[str, Any]:
     if solution:
         try:
             for f in _FORMULA.findall(solution):
-                compile_expr(f, variables)
+                if f.strip() not in words:
+                    compile_expr(f, variables)
         except ExprError:
             raise ParseError("bad_solution_formula") from None
+    seed_values: dict[str, Any] = {}
+    for part in re.split(r"[,;\n]", parts.get("seed values") or ""):
+        k, eq, v = part.partition("=")
+        if eq and k.strip():
+            v = v.strip().strip("'\"")
+            key = k.strip().strip("{}")
+            if key in variables:
+                try:
+                    num = float(v.replace(",", "").lstrip("$"))
+                except ValueError:
+                    raise ParseError("bad_seed_values") from None
+                seed_values[key] = int(num) if variables[key][0] == "int" and num.is_integer() else num
+            elif key in words:
+                seed_values[key] = v
     return {
         "template": template,
         "variables": variables,
+        "words": words,
         "constraints": constraints,
         "program": program,
         "solution": solution,
+        "seed_values": seed_values,
     }
 
 
@@ -150,6 +203,22 @@ def sample_assignments(
     return out
 
 
+def draw_words(words: dict[str, list[str]], n: int, seed: str) -> list[dict[str, str]]:
+    """For each of ``n`` variants, a value per word variable: a person's name (different names
+    across variants while there are enough) or one of the template's choices."""
+    rng = random.Random(f"words:{seed}")
+    out: list[dict[str, str]] = [{} for _ in range(n)]
+    taken: set[str] = set()
+    for name, choices in sorted(words.items()):
+        pool = list(choices) or [x for x in NAMES if x not in taken]
+        picks = rng.sample(pool, n) if len(pool) >= n else [rng.choice(pool) for _ in range(n)]
+        for k in range(n):
+            out[k][name] = picks[k]
+        if not choices:
+            taken.update(picks)  # two name variables never draw the same person
+    return out
+
+
 def fill(template: str, assignment: dict[str, Any]) -> str:
     return _PLACEHOLDER.sub(lambda m: str(assignment[m.group(1)]), template)
 
@@ -158,6 +227,8 @@ def render_solution(solution: str, assignment: dict[str, Any]) -> str:
     """The worded solution with every ``{formula}`` computed for this assignment."""
 
     def value(m: re.Match[str]) -> str:
+        if isinstance(assignment.get(m.group(1).strip()), str):
+            return assignment[m.group(1).strip()]  # a name, item or place
         v = evaluate(compile_expr(m.group(1), assignment), assignment)
         if isinstance(v, float) and v.is_integer():
             v = int(v)
@@ -176,6 +247,17 @@ class TemplateOptions(BaseModel):
         0.1, ge=0, lt=1, description="share of templates (not variants) held out as test"
     )
     max_resample: int = Field(50, ge=1, description="draws per variant until its constraints hold")
+    anchor: bool = Field(
+        False,
+        description="write each template from a seed problem with a known answer (seeds with problem "
+        "and answer, e.g. source: gsm8k); the template must reproduce the seed and its answer",
+    )
+    min_seed_similarity: float = Field(
+        0.8,
+        gt=0,
+        le=1,
+        description="anchored: how closely the template filled with the seed's values reads as the seed",
+    )
 
 
 @register("generator", "math_templates")
@@ -192,23 +274,62 @@ class MathTemplates(Generator):
         "program": pa.string(),
         "constraints": pa.list_(pa.string()),
         "solution": pa.string(),
+        "wording": pa.string(),  # JSON: the names, items and places this variant drew
+        "seed_problem": pa.string(),  # anchored: the seed problem the template was written from
+        "seed_answer": pa.string(),  # anchored: its known answer, which the program must reproduce
+        "seed_values": pa.string(),  # anchored: JSON, the seed's values of the number variables
     }  # `answer` is the template verifier's; `split` is a core column of every row (train/test), filled from fields["split"]
     text_field = "problem"
     message_fields = frozenset({"problem", "program", "assignment", "solution", "answer"})
     state_attrs = ("templates_made",)
+    anchored_prompt: ClassVar[str] = "math_templates/anchored.jinja2"
+    anchored_examples: ClassVar[str] = "builtin:math_templates_anchored.jsonl"
 
     def __init__(self, recipe: Any, seeds: list[Seed], run_id: str = ""):
         super().__init__(recipe, seeds, run_id)
-        self.example_pool = [s.data for s in jsonl_seeds(self.opts.examples)]
+        examples = self.opts.examples
+        if self.opts.anchor:
+            missing = next((s for s in seeds if not (s.data.get("problem") and s.data.get("answer"))), None)
+            if missing is not None:
+                raise UserError(
+                    f"generator.options.anchor: seed {missing.seed_id} has no problem and answer; anchored "
+                    "templates need seeds with known answers (e.g. seeds: [{source: gsm8k}])"
+                )
+            if "template" not in recipe.generator.prompts:
+                self.templates["template"] = load_prompt(self.anchored_prompt)
+            if examples == TemplateOptions.model_fields["examples"].default:
+                examples = self.anchored_examples
+        self.example_pool = [s.data for s in jsonl_seeds(examples)]
         self.templates_made = 0
 
     def context(self, item: Item) -> dict[str, Any]:
         rng = random.Random(f"{self.recipe.seed}:{item.index % self.opts.example_sets}")
         examples = rng.sample(self.example_pool, min(self.opts.few_shot, len(self.example_pool)))
+        if self.opts.anchor:
+            return {"examples": examples, "seed": item.seed.data}
         return {
             "examples": examples,
             "topic": item.seed.data.get("topic") or " ".join(item.seed.text.split()[:20]),
         }
+
+    def check_anchor(self, f: dict[str, Any], seed: dict[str, Any]) -> None:
+        """The template is the seed problem: the seed's values are given for every variable, its
+        numbers are exactly the seed's, filled in it reads as the seed, and they meet the constraints."""
+        values = f["seed_values"]
+        if set(values) != set(f["variables"]) | set(f["words"]):
+            raise ParseError("no_seed_values")
+        in_seed = sorted(float(x.replace(",", "")) for x in _NUMBER.findall(seed["problem"]))
+        ours = sorted(float(values[k]) for k in f["variables"])
+        if in_seed != ours:
+            raise ParseError("seed_values_mismatch")  # a number of the seed left out, or one made up
+        filled = normalize(fill(f["template"], values)).split()
+        if (
+            difflib.SequenceMatcher(None, filled, normalize(seed["problem"]).split()).ratio()
+            < self.opts.min_seed_similarity
+        ):
+            raise ParseError("template_not_from_seed")
+        if not satisfies(f["constraints"], {k: values[k] for k in f["variables"]}):
+            raise ParseError("seed_breaks_constraints")
 
     def split_of(self, template_id: str) -> str:
         return "test" if int(template_id[:8], 16) % 1000 < self.opts.test_fraction * 1000 else "train"
@@ -223,6 +344,12 @@ class MathTemplates(Generator):
             f = parse_or_reject(rec, parse_template, comp.text, out)
             if f is None:
                 continue
+            if self.opts.anchor:
+                try:
+                    self.check_anchor(f, it.seed.data)
+                except ParseError as e:
+                    out.rejects.append(Reject(rec, "parse", f"parse:{e}"))
+                    continue
             self.templates_made += 1
             # from the item and the template, not the run id: the split of a template is the same in
             # every run (a random run id made it chance whether a test split existed at all)
@@ -233,23 +360,33 @@ class MathTemplates(Generator):
             if not drawn:
                 out.rejects.append(Reject(rec, "parse", "parse:constraints_unsatisfiable"))
                 continue
-            for k, a in enumerate(drawn):
+            wording = draw_words(f["words"], len(drawn), tid)
+            for k, (a, w) in enumerate(zip(drawn, wording, strict=True)):
                 v = self.new_record(it, "template", comp, engine, sampling)
                 v.id = stable_id(tid, k)
                 v.raw = rec.raw
                 v.fields = {
                     "template_id": tid,
                     "template": f["template"],
-                    "variables": json.dumps(f["variables"]),
+                    "variables": json.dumps(
+                        {**f["variables"], **{n: ["word", c] for n, c in f["words"].items()}}
+                    ),
                     "constraints": f["constraints"],
                     "assignment": json.dumps(a, sort_keys=True),
-                    "problem": fill(f["template"], a),
+                    "wording": json.dumps(w, sort_keys=True) if w else None,
+                    "problem": fill(f["template"], {**a, **w}),
                     "program": f["program"],
                     "split": self.split_of(tid),
                 }
+                if self.opts.anchor:
+                    v.fields["seed_problem"] = it.seed.data["problem"]
+                    v.fields["seed_answer"] = str(it.seed.data["answer"])
+                    v.fields["seed_values"] = json.dumps(
+                        {n: f["seed_values"][n] for n in f["variables"]}, sort_keys=True
+                    )
                 if f["solution"]:
                     try:
-                        v.fields["solution"] = render_solution(f["solution"], a)
+                        v.fields["solution"] = render_solution(f["solution"], {**a, **w})
                     except ExprError:
                         out.rejects.append(Reject(v, "parse", "parse:solution_formula_fails"))
                         continue

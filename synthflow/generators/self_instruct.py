@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
+from synthflow.answers import AnswerTask
 from synthflow.dedup.rouge import RougePool
 from synthflow.engines.base import Sampling
 from synthflow.generators.base import Generator, Item, add_usage
@@ -159,6 +160,7 @@ class SelfInstruct(Generator):
         "si_nearest": pa.string(),
         "si_rouge_l": pa.float64(),
         "si_is_classification": pa.bool_(),
+        "si_labels": pa.list_(pa.string()),  # a classification task's labels (its instances' outputs)
         "si_instance": pa.int64(),
         "persona": pa.string(),
     }
@@ -174,6 +176,20 @@ class SelfInstruct(Generator):
     truncation_ok = frozenset({"instructions", "input_first", "output_first"})
     state_attrs = ("pool", "machine", "rounds", "classified")
     shardable = False  # each round's prompts sample the pool the earlier rounds grew
+
+    def answer_task(self, fields: dict[str, Any]) -> AnswerTask | None:
+        """Classification instances: the input is classified again (told the task's labels only when
+        there are two or more, so the hint never gives the answer away)."""
+        if not fields.get("si_is_classification") or not fields.get("output"):
+            return None
+        labels = tuple(fields.get("si_labels") or ())
+        question = fields["instruction"] + (f"\n\n{fields['input']}" if fields.get("input") else "")
+        hint = (
+            f"Answer with one of: {', '.join(labels)}." if len(labels) >= 2 else "Answer with the label only."
+        )
+        return AnswerTask(
+            question, fields["output"], "label", labels=labels if len(labels) >= 2 else (), hint=hint
+        )
 
     def __init__(self, recipe: Any, seeds: list[Seed], run_id: str = ""):
         super().__init__(recipe, seeds, run_id)
@@ -327,10 +343,13 @@ class SelfInstruct(Generator):
                     r.raw = req.prefill + comp.text
                     out.rejects.append(Reject(r, "parse", "parse:no_instances"))
                 continue
+            labels = (
+                sorted({i["output"].strip() for i in insts}) if r.fields["si_is_classification"] else None
+            )
             for k, inst in enumerate(insts):
                 row = copy.deepcopy(r)
                 row.id = stable_id(r.id, "instance", k)
-                row.fields.update(input=inst["input"], output=inst["output"], si_instance=k)
+                row.fields.update(input=inst["input"], output=inst["output"], si_instance=k, si_labels=labels)
                 row.raw = req.prefill + comp.text
                 user = r.fields["instruction"] + (f"\n\n{inst['input']}" if inst["input"] else "")
                 row.messages = [

@@ -4,7 +4,9 @@ that each combine k random skills and one query type.
 
 Stage 1 (once per run, ``prepare``): the model names the skills and query types behind each seed
 instruction (seeds from a user dataset), or lists them for each seed domain (``domain`` field).
-Lists are merged and normalized and saved with the run as ``skills.json`` (also a Prefect artifact);
+Lists are merged (spellings of one skill become one, ``skill_key``) and cut to ``max_skills``: the
+most frequent half and a seeded draw from the long tail for the rest, so the list is not only the
+generic skills every answer names. Saved with the run as ``skills.json`` (also a Prefect artifact);
 ``skills_file`` reuses a reviewed list instead. Stage 2: per example, k skills and one query type
 are drawn with a recorded seed; the shirker filter (``filters/quality.py``) rejects short or
 evasive responses.
@@ -68,14 +70,76 @@ def parse_skill_lists(text: str) -> tuple[list[str], list[str]]:
     return skills, queries
 
 
+_FILLER = frozenset(
+    [
+        "a",
+        "an",
+        "the",
+        "of",
+        "and",
+        "or",
+        "to",
+        "in",
+        "for",
+        "with",
+        "on",
+        "at",
+        "by",
+        "from",
+        "skill",
+        "skills",
+        "ability",
+        "abilities",
+        "able",
+        "use",
+        "using",
+        "how",
+        "into",
+    ]
+)
+
+
+def _stem(word: str) -> str:
+    """A crude stem (enough to put "solving problems" with "problem solving")."""
+    for suffix in ("ations", "ation", "ings", "ing", "ies", "es", "ed", "ly", "s"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 4:
+            return word[: -len(suffix)] + ("y" if suffix == "ies" else "")
+    return word
+
+
+def skill_key(name: str) -> frozenset[str]:
+    """Names with the same key are one skill: the stems of their words, filler words aside
+    ("Problem-solving", "solving problems", "the ability to solve problems" are one)."""
+    words = re.findall(r"[a-z0-9+#]+", name.lower())
+    key = frozenset(_stem(w) for w in words if w not in _FILLER)
+    return key or frozenset(words)
+
+
 def merge_counts(lists: list[list[str]], limit: int, seed: str) -> list[dict[str, Any]]:
-    """The ``limit`` most frequent names; ties (most names have count 1) are broken by a seeded
+    """Names merged by :func:`skill_key` (each group named by its most frequent spelling), then up to
+    ``limit`` of them: the most frequent half, and the rest drawn evenly (seeded) from the long tail,
+    so rare skills are kept beside the generic ones everybody names. Ties are broken by a seeded
     shuffle, never alphabetically."""
-    c = Counter(x for lst in lists for x in dict.fromkeys(lst))
-    names = sorted(c)
-    random.Random(seed).shuffle(names)
-    names.sort(key=lambda k: -c[k])  # stable: the shuffled order stands within a count
-    return [{"name": k, "count": c[k]} for k in names[:limit]]
+    groups: dict[frozenset[str], Counter] = {}
+    for lst in lists:
+        seen: set[frozenset[str]] = set()
+        for x in lst:
+            k = skill_key(x)
+            if k in seen:
+                continue  # a list that names one skill twice counts it once
+            seen.add(k)
+            groups.setdefault(k, Counter())[x] += 1
+    rng = random.Random(seed)
+    named = []
+    for forms in groups.values():
+        best = max(sorted(forms), key=lambda f: (forms[f], -len(f)))
+        named.append({"name": best, "count": sum(forms.values())})
+    named.sort(key=lambda d: d["name"])
+    rng.shuffle(named)
+    named.sort(key=lambda d: -d["count"])  # stable: the shuffled order stands within a count
+    head = named[: (limit + 1) // 2]
+    tail = named[len(head) :]
+    return head + rng.sample(tail, min(limit - len(head), len(tail)))
 
 
 def weighted_sample(rng: random.Random, items: list[str], weights: list[float], k: int) -> list[str]:
