@@ -71,7 +71,7 @@ def rouge_l(a: str, b: str) -> float:
 def supported(task: AnswerTask) -> bool:
     """Is the row's answer supported by its passage? A span or a short phrase must occur in it (whole
     words, case and punctuation aside); a label (yes/no, NLI, sentiment) is decided by the re-answers;
-    a longer free-text answer must take most of its words from the passage (ROUGE-L recall >= 0.5)."""
+    a longer free-text answer must take most of its words from the passage (the LCS covers at least half of the answer)."""
     if task.passage is None or task.kind in ("label", "number"):
         return True  # decided by the re-answers (a number may be computed from the passage)
     ans, passage = normalize(task.answer), normalize(task.passage)
@@ -82,4 +82,4 @@ def supported(task: AnswerTask) -> bool:
     from rouge_score import rouge_scorer
 
     score = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False).score(task.passage, task.answer)["rougeL"]
-    return score.recall >= 0.5
+    return score.precision >= 0.5  # LCS over the answer's words (the passage is the target)

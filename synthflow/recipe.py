@@ -209,15 +209,26 @@ def format_validation_error(path: str, err: ValidationError) -> str:
     return f"{path}: field {where}: {msg}{more}"
 
 
+SHIPPED_RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def resolve_recipe_name(name: str) -> Path:
+    """A recipe given by name (``math``): ``recipes/<name>.yaml`` under the current folder, else the
+    shipped recipe of that name, from any folder; else one line with the closest shipped name."""
+    for folder in (Path("recipes"), SHIPPED_RECIPES):
+        alt = folder / f"{name}.yaml"
+        if "/" not in name and not name.endswith((".yaml", ".yml")) and alt.is_file():
+            return alt
+    names = sorted(q.stem for q in SHIPPED_RECIPES.glob("*.yaml"))
+    hint = registry.did_you_mean(Path(name).stem, names) if names else ""
+    raise UserError(f"{name}: recipe file not found" + (f"; {hint}" if hint else ""))
+
+
 def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
     """Read, validate and resolve a recipe; every problem is one UserError line naming file and field."""
     p = Path(path)
     if not p.is_file():
-        alt = Path("recipes") / f"{path}.yaml"
-        if alt.is_file():
-            p = alt
-        else:
-            raise UserError(f"{path}: recipe file not found")
+        p = resolve_recipe_name(str(path))
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except UnicodeDecodeError as e:

@@ -139,6 +139,10 @@ def fake_recipe(tmp_path: Path, recipe: str, script: str, name: str = "recipe.ya
         for p in parts[:-1]:
             cur = cur.setdefault(p, {})
         cur[parts[-1]] = val
+    if script == "fake_templates.json" and "seeds" not in changes:
+        # the topic-template script: templates from topic words, not anchored to GSM8K problems
+        data["seeds"] = TOPIC_SEEDS
+        data["generator"]["options"]["anchor"] = False
     scorers_on_generator_engine(data)
     path = tmp_path / name
     path.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -149,7 +153,19 @@ def math_recipe(tmp_path: Path, **changes) -> Path:
     """The shipped math recipe pointed at the fake engine and tmp output, with changes applied."""
     # the scripted problems have no scripted self-consistency samples (tests of the vote set it)
     changes.setdefault("generator__options__self_consistency", 0)
-    return fake_recipe(tmp_path, "math", "fake_math.json", **changes)
+    path = fake_recipe(tmp_path, "math", "fake_math.json", **changes)
+    # the scripted problems differ only in their numbers, which the short-text near-dup path
+    # (tested in test_dedup) counts as duplicates: here they are compared as long texts
+    data = yaml.safe_load(path.read_text())
+    for f in data.get("filters") or []:
+        if f.get("name") == "near_dedup":
+            f.setdefault("short_words", 0)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+# the seeds of unanchored math_templates (topic words), for the topic-template script
+TOPIC_SEEDS = [{"source": "jsonl", "path": "builtin:math_seeds.jsonl"}]
 
 
 def synthflow_exe() -> str:

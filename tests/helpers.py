@@ -98,6 +98,11 @@ def make_generator(tmp_path: Path, recipe: str, script: str, **options):
     data = yaml.safe_load((ROOT / "recipes" / f"{recipe}.yaml").read_text())
     data["engine"] = {"name": "fake", "options": {"script": str(DATA / script)}}
     data["generator"].setdefault("options", {}).update(options)
+    if script == "fake_templates.json":  # topic templates, not anchored to GSM8K problems
+        from .conftest import TOPIC_SEEDS
+
+        data["seeds"] = TOPIC_SEEDS
+        data["generator"]["options"]["anchor"] = options.get("anchor", False)
     p = tmp_path / f"{recipe}.yaml"
     p.write_text(yaml.safe_dump(data))
     r = load_recipe(p)

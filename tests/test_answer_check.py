@@ -125,3 +125,16 @@ def test_grounding():
         AnswerTask("q", "45", "number", LIBRARY, grounded=True)
     )  # may be computed: re-answers decide
     assert label_of("No, it opened in 1887.", ("yes", "no")) == "no"
+
+
+def test_a_long_answer_is_grounded_by_its_own_words_not_by_the_passage_length():
+    passage = (
+        "ANNA: I think the water cycle is the most important process on Earth, because the sun lifts "
+        "water from the oceans and rivers into the air every day. BEN: But without clouds, rain and "
+        "rivers carrying water back to the sea, that vapour would never return to us, so every step "
+        "matters equally in the cycle."
+    )
+    said = "Ben says that without clouds, rain and rivers the vapour would never return to us."
+    made_up = "Ben says the moon pulls the vapour into space where comets freeze it into ice forever."
+    assert supported(AnswerTask("q", said, "text", passage, grounded=True))
+    assert not supported(AnswerTask("q", made_up, "text", passage, grounded=True))

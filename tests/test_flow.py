@@ -91,12 +91,13 @@ def test_template_recipe_publishes_disjoint_splits(tmp_path, prefect_harness):
 
     from flows.recipe_flow import run_recipe
 
-    from .conftest import DATA, ROOT, scorers_on_generator_engine
+    from .conftest import DATA, ROOT, TOPIC_SEEDS, scorers_on_generator_engine
 
     data = yaml.safe_load((ROOT / "recipes" / "math_templates.yaml").read_text())
     data["engine"] = {"name": "fake", "options": {"script": str(DATA / "fake_templates.json")}}
     scorers_on_generator_engine(data)
-    data["generator"]["options"].update(test_fraction=0.5, variants_per_template=4)
+    data["seeds"] = TOPIC_SEEDS
+    data["generator"]["options"].update(test_fraction=0.5, variants_per_template=4, anchor=False)
     data["output"] = {"root": str(tmp_path / "out")}
     data.update(n=1000, batch_size=20, max_items=40)
     # the fake engine writes the same template text every time: keep near-dup out of this test

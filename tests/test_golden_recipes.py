@@ -36,7 +36,8 @@ RECIPES: dict[str, dict] = {
     "self_instruct_revise": {"script": "fake_self_instruct.json", "scoring__judge__sample": 1.0},
     "skillmix": {"script": "fake_skillmix.json", "scoring__judge__sample": 1.0},
     "agentinstruct": {"script": "fake_agentinstruct.json", "scoring__judge__sample": 1.0},
-    "math_templates": {"script": "fake_templates.json"},
+    # the first five GSM8K train problems: the anchored script writes a template for each
+    "math_templates": {"script": "fake_templates_anchored.json", "seeds": [{"source": "gsm8k", "limit": 5}]},
     "bonito": {
         "script": "fake_bonito.json",
         "seeds": [{"source": "docs", "path": str(DATA / "docs"), "chunk_words": 200}],

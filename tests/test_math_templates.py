@@ -37,7 +37,11 @@ def test_math_templates_sampling_and_verification(tmp_path):
         tmp_path, "math_templates", "fake_templates.json", variants_per_template=8, test_fraction=0.5
     )
     res = gen.run(gen.plan(0, 80), eng, Sampling())
-    assert {j.reason for j in res.rejects} == {"parse:variables_mismatch", "parse:constraints_unsatisfiable"}
+    assert {j.reason for j in res.rejects} == {
+        "parse:variables_mismatch",
+        "parse:constraints_unsatisfiable",
+        "parse:unused_variable:pens",  # a number the answer ignores
+    }
     v = Verify({"kind": "template"})
     try:
         out = v(res.kept)
@@ -54,7 +58,8 @@ def test_math_templates_sampling_and_verification(tmp_path):
     assert all(
         float(r.fields["answer"]).is_integer() for r in out.kept if r.fields["template"].startswith("{a}")
     )
-    assert by_problem["A box"] == {"verify:degenerate:constant"}  # `return 7`
+    # `return 7` ignores its variable: rejected when parsed (unused_variable:pens), before verify
+    assert "A box" not in by_problem
     assert (
         "verify:variant_negative" in by_problem["Tom had"]
         and "verify:solution_mismatch" in by_problem["Tom had"]

@@ -27,6 +27,10 @@ def test_ensemble_with_the_embedded_model_and_a_served_member(served_model, tmp_
     start = text.index("    members:\n")
     end = text.index("\nseeds:")
     text = text[:start] + members + text[end:]
+    # the members answer the seed instructions (the published mode, members writing tasks, is
+    # tested on the scripted engine): each member answers every item
+    text = text.replace("instructions: true", "instructions: false")
+    assert "instructions: false" in text
     recipe = tmp_path / "ensemble_served.yaml"
     recipe.write_text(text)
     out = tmp_path / "out"
