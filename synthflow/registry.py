@@ -23,6 +23,7 @@ BUILTINS: dict[str, dict[str, str]] = {
         "agentinstruct": "synthflow.generators.agentinstruct",
         "bonito": "synthflow.generators.bonito",
         "code_codet": "synthflow.generators.code_codet",
+        "constraints": "synthflow.generators.constraints",
         "ensemble": "synthflow.generators.ensemble",
         "math_pal": "synthflow.generators.math_pal",
         "math_templates": "synthflow.generators.math_templates",
@@ -40,6 +41,7 @@ BUILTINS: dict[str, dict[str, str]] = {
         "select": "filters.select",
         "sft": "filters.sft",
         "answer_check": "filters.answer_check",
+        "constraints": "filters.constraints",
     },
     "verifier": {
         "math_pot": "filters.verify_math",

@@ -222,7 +222,7 @@ class Stages:
     def card_extra(self, accepted: list[Record] | None = None) -> str:
         doc = getattr(self.generator, "card_section", None)
         parts = [doc()] if callable(doc) else []
-        for f in self.filters["accept"]:
+        for f in (f for fs in self.filters.values() for f in fs):
             section = getattr(f, "card_section", None)
             if callable(section):
                 parts.append(section(accepted or []))

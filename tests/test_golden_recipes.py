@@ -43,6 +43,8 @@ RECIPES: dict[str, dict] = {
         "seeds": [{"source": "docs", "path": str(DATA / "docs"), "chunk_words": 200}],
     },
     "ensemble": {"script": "fake_ensemble.json"},
+    "ifeval_style": {"script": "fake_ifeval.json"},
+    "ifeval_rag": {"script": "fake_ifeval.json"},
 }
 SIZE = {"n": 4, "batch_size": 8, "max_items": 16}
 
@@ -74,6 +76,11 @@ def golden(summary: dict) -> str:
         "rejects": [json.loads(r) for r in rejects],
     }
     return json.dumps(out, indent=1, sort_keys=True, default=str) + "\n"
+
+
+def test_every_shipped_recipe_is_pinned():
+    shipped = {p.stem for p in (Path(__file__).parents[1] / "recipes").glob("*.yaml")}
+    assert shipped == set(RECIPES)
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))

@@ -140,3 +140,37 @@ def test_ifd_separates_matched_pairs_and_the_judge_parses(tmp_path, real_engine,
     assert len(parsed) >= 0.75 * len(judged), [r["judge_error"] for r in judged]
     assert all(1 <= r["score_judge"] <= 10 and r["judge_rubric"] == "judge/general.jinja2@1" for r in parsed)
     assert "scorer_model: vllm SmolLM2-135M-Instruct" in out and "judge: vllm SmolLM2-135M-Instruct" in out
+
+
+def _ifeval_recheck(run_dir: Path) -> list[dict]:
+    """Every published row re-checked by IFEval's reference evaluation (strict), as IFEval's own
+    tooling would: prompt = instruction, the response, instruction_id_list and kwargs as stored."""
+    from if_verifiable.common import evaluate_instructions
+    from if_verifiable.ifeval.instructions_registry import INSTRUCTION_DICT
+
+    rows = pq.read_table(run_dir / "data").to_pylist()
+    for r in rows:
+        kw = [{k: v for k, v in d.items() if v is not None} for d in r["kwargs"]]
+        _, scores = evaluate_instructions(r["response"], r["instruction_id_list"], kw, r["instruction"],
+                                          INSTRUCTION_DICT)  # fmt: skip
+        assert scores.binary_strict == 1.0, (r["instruction_id_list"], kw, r["response"])
+        assert r["messages"][-1]["content"] == r["response"] and all(r["constraint_results"])
+    return rows
+
+
+def test_ifeval_style_on_the_real_model(tmp_path, real_engine):
+    """The constraints recipe on the embedded model: rows are published, each meets every
+    constraint it lists (re-checked by IFEval's reference code), and the failures are rejects that
+    name the constraint."""
+    out = tmp_path / "out"
+    s = run_plain(
+        str(ROOT / "recipes" / "ifeval_style.yaml"), Overrides(n=3, batch_size=64, max_items=64, out=str(out))
+    )
+    run_dir = Path(s["path"])
+    rows = _ifeval_recheck(run_dir)
+    assert 1 <= len(rows) == s["counts"]["accepted"] <= 3
+    reasons = [r for (r,) in duckdb.sql(
+        f"SELECT reject_reason FROM read_parquet('{run_dir}/rejects/*.parquet')").fetchall()]  # fmt: skip
+    assert any(r.startswith("verify:constraint_failed:") for r in reasons)
+    card = (run_dir / "README.md").read_text()
+    assert "Constraint coverage" in card and "| `" in card

@@ -52,3 +52,21 @@ def test_ensemble_with_the_embedded_model_and_a_served_member(served_model, tmp_
         assert engines[1] == "served" and len(outputs) == 2 and len(scores) == 2
         assert agreement == scores[engines.index(chosen)]
     assert any(outputs[1] for _, outputs, *_ in rows), "the served member answered"
+
+
+def test_ifeval_style_against_the_served_model(served_model, tmp_path):
+    """`synthflow run recipes/ifeval_style.yaml --engine openai --base-url ...` unchanged against a
+    real `vllm serve`: rows are generated through the endpoint and every published one meets its
+    constraints (re-checked by IFEval's reference code)."""
+    from synthflow.run import run_plain
+    from synthflow.spec import Overrides
+
+    from .test_real_model import _ifeval_recheck
+
+    out = tmp_path / "out"
+    ov = Overrides(engine="openai", base_url=served_model, model="smollm2", n=2, batch_size=32, max_items=32,
+                   out=str(out))  # fmt: skip
+    s = run_plain(str(ROOT / "recipes" / "ifeval_style.yaml"), ov)
+    assert s["engine"] == "openai" and s["counts"]["generated"] == 32
+    assert s["tokens"]["completion"] > 0
+    _ifeval_recheck(next(out.glob("ifeval_style/*/")))
