@@ -6,9 +6,9 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from synthflow.errors import UserError
+from synthflow.errors import UserError, positive_int
 
 
 def _prefect_env() -> None:
@@ -157,8 +157,18 @@ def cmd_target(a: argparse.Namespace) -> int:
 
 
 # ---- query ---------------------------------------------------------------------------------------
-def connect(root: str) -> Any:
-    """A DuckDB connection with views ``examples`` and ``rejects`` over every finished run under ``root``."""
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors are one line (``synthflow dedup: error: argument --num-perm: ...``), exit 2;
+    ``--help`` still shows the whole usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def connect(root: str, read_only: bool = False) -> Any:
+    """A DuckDB connection with views ``examples`` and ``rejects`` over every finished run under
+    ``root``. ``read_only``: files outside ``root`` cannot be read, nothing can be attached, and the
+    configuration is locked (``query`` also admits only SELECT and EXPLAIN statements)."""
     import duckdb
 
     from synthflow.store import table_files
@@ -169,7 +179,31 @@ def connect(root: str) -> Any:
         if files:
             lst = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
             con.execute(f"CREATE VIEW {view} AS SELECT * FROM read_parquet([{lst}], union_by_name=true)")
+    if read_only:
+        quoted = str(Path(root).resolve()).replace("'", "''")
+        con.execute(f"SET allowed_directories=['{quoted}/']")
+        con.execute("SET enable_external_access=false")
+        con.execute("SET lock_configuration=true")
     return con
+
+
+READ_STATEMENTS = ("SELECT", "EXPLAIN")
+
+
+def read_only_sql(con: Any, sql: str) -> None:
+    """One line for an empty query or a statement that is not a read (COPY, CREATE, ATTACH, ...)."""
+    import duckdb
+
+    try:
+        statements = con.extract_statements(sql)
+    except duckdb.Error as e:
+        raise UserError(f"query: {str(e).splitlines()[0]}") from None
+    if not statements:
+        raise UserError("query: empty query; give a SELECT, e.g. 'SELECT count(*) FROM examples'")
+    for st in statements:
+        kind = str(st.type).rsplit(".", 1)[-1]
+        if kind not in READ_STATEMENTS:
+            raise UserError(f"query: {kind} statements are not allowed; query is read-only (SELECT, EXPLAIN)")
 
 
 def cmd_query(a: argparse.Namespace) -> int:
@@ -179,27 +213,29 @@ def cmd_query(a: argparse.Namespace) -> int:
 
     if not completed_runs(Path(a.out)):
         raise UserError(f"{a.out}: no finished runs here (pass --out ROOT, or run a recipe first)")
-    con = connect(a.out)
-    try:
+    con = connect(a.out, read_only=True)
+    read_only_sql(con, a.sql)
+    try:  # errors can come while the rows are fetched (a failing CAST), not only when parsed
         rel = con.sql(a.sql)
+        if rel is None:
+            return 0
+        if a.format == "csv":
+            import csv
+
+            rows = rel.fetchall()
+            w = csv.writer(sys.stdout)
+            w.writerow(rel.columns)
+            w.writerows(rows)
+        elif a.format == "json":
+            import json
+
+            cols = rel.columns
+            for row in rel.fetchall():
+                print(json.dumps(dict(zip(cols, row, strict=True)), default=str))
+        else:
+            rel.show(max_width=200, max_rows=a.max_rows)
     except duckdb.Error as e:
         raise UserError(f"query: {str(e).splitlines()[0]}") from None
-    if rel is None:
-        return 0
-    if a.format == "csv":
-        import csv
-
-        w = csv.writer(sys.stdout)
-        w.writerow(rel.columns)
-        w.writerows(rel.fetchall())
-    elif a.format == "json":
-        import json
-
-        cols = rel.columns
-        for row in rel.fetchall():
-            print(json.dumps(dict(zip(cols, row, strict=True)), default=str))
-    else:
-        rel.show(max_width=200, max_rows=a.max_rows)
     return 0
 
 
@@ -241,7 +277,7 @@ _GROUPS = {
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The whole parser, or (``command`` given, e.g. from argv) only the group that has it."""
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="synthflow",
         description="Generate verified, deduplicated, scored synthetic SFT data from declarative recipes.",
         epilog="Examples:\n  synthflow run recipes/math.yaml --n 20\n"
@@ -256,7 +292,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     add_override_options(r)
     r.add_argument(
         "--shards",
-        type=int,
+        type=positive_int,
         default=1,
         help="split the run's batches over N processes (or N workers with --work-pool); the merged "
         "dataset equals the one-process run's (not for self_instruct or the select filter)",
@@ -318,7 +354,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         help="student model: 'default' (embedded), a folder or HF id, or a served name with --student-url",
     )
     t.add_argument("--student-url", help="OpenAI-compatible base URL of the student")
-    t.add_argument("--rounds", type=int, default=2, help="evaluate-and-generate rounds (default 2)")
+    t.add_argument("--rounds", type=positive_int, default=2, help="evaluate-and-generate rounds (default 2)")
     add_override_options(t, "n", "max_items", "out")
     t.add_argument(
         "--target-out",
@@ -329,9 +365,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     q = sub.add_parser("query", help="DuckDB SQL over all finished runs (views: examples, rejects)")
     q.add_argument("sql")
-    q.add_argument("--out", default=os.environ.get("OUT", "out"), help="output root (default ./out)")
+    q.add_argument("--out", default="out", help="output root (default ./out)")
     q.add_argument("--format", choices=["table", "csv", "json"], default="table")
-    q.add_argument("--max-rows", type=int, default=40)
+    q.add_argument("--max-rows", type=positive_int, default=40)
     q.set_defaults(fn=cmd_query)
 
     m = sub.add_parser("prepare-model", help="fetch and convert the embedded default model (idempotent)")
@@ -365,6 +401,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
+# subcommands whose --out is written: True for a folder, False for a file
+WRITES_OUT = {"run": True, "target": True, "dedup": True, "decontam": True, "score": True,
+              "train-scorer": True, "report": False, "verify": False}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     first = args[0] if args else None
@@ -372,6 +413,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(first if grouped else None)
     a = parser.parse_args(args)
     try:
+        out = getattr(a, "out", None)
+        if out and a.cmd in WRITES_OUT:
+            from synthflow.atomic import check_writable
+
+            check_writable(out, folder=WRITES_OUT[a.cmd])
         return a.fn(a)
     except UserError as e:
         print(f"synthflow: error: {e}", file=sys.stderr)
@@ -379,6 +425,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("synthflow: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # a full disk, an unwritable or vanished path: one line naming it
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"synthflow: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from synthflow.atomic import atomic_path
-from synthflow.errors import UserError
+from synthflow.errors import UserError, positive_int
 from synthflow.record import Record, stable_id
 from synthflow.store import SUCCESS
 
@@ -377,7 +377,7 @@ def add_parsers(sub: Any) -> None:
     s.add_argument("--base-url", help="OpenAI-compatible base URL for --engine openai")
     s.add_argument(
         "--batch-size",
-        type=int,
+        type=positive_int,
         help="rows per scorer call (default: 256 with a model-backed scorer, else 8192)",
     )
     s.add_argument(
@@ -403,6 +403,6 @@ def add_parsers(sub: Any) -> None:
     t.add_argument("--threshold", type=float, help="binarize a numeric label: label >= T is positive")
     t.add_argument("--instruction-field", default="messages")
     t.add_argument("--response-field", default="messages")
-    t.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
+    t.add_argument("--folds", type=positive_int, default=5, help="cross-validation folds (default 5)")
     t.add_argument("--out", required=True, help="model folder to write")
     t.set_defaults(fn=cmd_train_scorer)

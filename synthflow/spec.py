@@ -75,9 +75,12 @@ class Overrides(BaseModel):
             if not sep or not key.strip():
                 raise UserError(f"--set {kv!r}: use KEY=VALUE, e.g. generator.options.self_consistency=4")
             try:
-                extra[key.strip()] = yaml.safe_load(val)
+                value = yaml.safe_load(val)
             except yaml.YAMLError:
                 raise UserError(f"--set {kv!r}: the value is not valid YAML") from None
+            if value is None:  # it would be skipped silently: the recipe's value would stay
+                raise UserError(f"--set {kv!r}: empty or null value; give a value, or drop the --set")
+            extra[key.strip()] = value
         return {key: getattr(self, name) for name, key in self.recipe_keys().items()} | extra
 
 

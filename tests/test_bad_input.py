@@ -92,3 +92,90 @@ def test_binary_recipe_and_seed_files(tmp_path):
     r = math_recipe(tmp_path, seeds=[{"source": "jsonl", "path": str(seeds)}])
     p = run_cli("run", str(r), cwd=tmp_path)
     _assert_clean_failure(p, tmp_path, "seeds.jsonl:2: not UTF-8 text")
+
+
+# ---- numbers out of range, readers, a read-only query -------------------------------------------
+def _one_line(proc, *must_contain):
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    for s in must_contain:
+        assert s in lines[0], lines[0]
+
+
+def test_numbers_out_of_range_are_one_line(tmp_path):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"text": "a b c"}\n')
+    out = str(tmp_path / "o")
+    for args, name in [
+        (("dedup", str(rows), "--out", out, "--num-perm", "0"), "--num-perm"),
+        (("dedup", str(rows), "--out", out, "--shingle", "0"), "--shingle"),
+        (("dedup", str(rows), "--out", out, "--threshold", "2"), "--threshold"),
+        (("decontam", str(rows), "--out", out, "--ngram", "0"), "--ngram"),
+        (("decontam", str(rows), "--out", out, "--coverage", "5"), "--coverage"),
+        (("verify", str(rows), "--timeout", "-1"), "--timeout"),
+        (("verify", str(rows), "--workers", "0"), "--workers"),
+        (("query", "--max-rows", "-1", "SELECT 1"), "--max-rows"),
+        (("train-scorer", str(rows), "--out", out, "--folds", "0"), "--folds"),
+    ]:
+        _one_line(run_cli(*args, cwd=tmp_path), name)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_jsonl_line_that_is_not_an_object_is_one_line(tmp_path):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"text": "a b c"}\n42\n')
+    for args in (("dedup", str(rows), "--out", str(tmp_path / "o")), ("verify", str(rows))):
+        _one_line(run_cli(*args, cwd=tmp_path), f"{rows}:2", "JSON object")
+
+
+def test_a_truncated_parquet_file_is_one_line(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    p = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"text": ["a b c"] * 100}), p)
+    p.write_bytes(p.read_bytes()[:40])
+    _one_line(run_cli("dedup", str(p), "--out", str(tmp_path / "o"), cwd=tmp_path), str(p), "Parquet")
+
+
+def test_query_is_read_only(tmp_path, prefect_harness):
+    from flows.recipe_flow import run_recipe
+
+    run_recipe(recipe=str(math_recipe(tmp_path, n=1, batch_size=8, max_items=8)))
+    out = str(tmp_path / "out")
+    ok = run_cli("query", "--out", out, "--format", "csv", "SELECT count(*) AS n FROM examples", cwd=tmp_path)
+    assert ok.returncode == 0 and ok.stdout.splitlines()[0] == "n", ok.stderr
+    for sql, words in [
+        (f"COPY examples TO '{tmp_path}/leak.csv'", "COPY"),
+        ("CREATE TABLE t AS SELECT 1", "CREATE"),
+        ("DROP VIEW examples", "DROP"),
+        (f"ATTACH '{tmp_path}/x.db'", "ATTACH"),
+        ("SET enable_external_access=true", "SET"),
+        ("SELECT * FROM read_csv('/etc/hostname')", "Permission"),
+        ("SELECT CAST('x' AS INTEGER)", "Conversion"),
+        ("", "empty query"),
+        ("SELECT 1; DROP VIEW examples", "DROP"),
+    ]:
+        _one_line(run_cli("query", "--out", out, sql, cwd=tmp_path), "query:", words)
+    assert not (tmp_path / "leak.csv").exists() and not (tmp_path / "x.db").exists()
+
+
+def test_set_with_an_empty_or_null_value_is_one_line(tmp_path):
+    r = math_recipe(tmp_path)
+    for kv in ("n=", "n=null", "generator.options.self_consistency=~"):
+        _one_line(run_cli("run", str(r), "--set", kv, cwd=tmp_path), "--set", "empty or null")
+
+
+def test_an_unwritable_output_is_one_line_before_anything_runs(tmp_path):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"text": "a b c"}\n')
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for args, words in [
+        (("dedup", str(rows), "--out", str(afile)), "is a file"),
+        (("dedup", str(rows), "--out", str(afile / "sub")), "which is a file"),
+        (("verify", str(rows), "--out", str(tmp_path)), "is a folder"),
+        (("run", str(math_recipe(tmp_path)), "--out", str(afile)), "is a file"),
+    ]:
+        _one_line(run_cli(*args, cwd=tmp_path), str(afile) if "afile" in args[-1] else str(tmp_path), words)
+    assert afile.read_text() == "x"

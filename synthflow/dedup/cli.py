@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 
 from synthflow.atomic import atomic_path
 from synthflow.dedup.decontam import NgramIndex, first_hits, load_benchmark, read_rows
-from synthflow.errors import UserError
+from synthflow.errors import UserError, fraction, positive_int
 
 
 def _text(row: dict[str, Any], field: str | None, where: str) -> str:
@@ -249,10 +249,10 @@ def add_parsers(sub: Any) -> None:
     d = sub.add_parser("dedup", help="exact + MinHash LSH near-duplicate removal over Parquet/JSONL files")
     d.add_argument("inputs", nargs="+", help="Parquet or JSONL files")
     d.add_argument("--out", required=True, help="folder for kept.parquet and rejects.parquet")
-    d.add_argument("--threshold", type=float, default=0.8, help="Jaccard threshold (default 0.8)")
+    d.add_argument("--threshold", type=fraction, default=0.8, help="Jaccard threshold (default 0.8)")
     d.add_argument("--field", help="text field (default: messages if present, else text)")
-    d.add_argument("--num-perm", type=int, default=128)
-    d.add_argument("--shingle", type=int, default=5, help="words per shingle")
+    d.add_argument("--num-perm", type=positive_int, default=128)
+    d.add_argument("--shingle", type=positive_int, default=5, help="words per shingle")
     d.add_argument(
         "--dask",
         metavar="ADDRESS|local:N",
@@ -272,13 +272,13 @@ def add_parsers(sub: Any) -> None:
     )
     c.add_argument("--out", required=True)
     c.add_argument("--field", help="text field (default: messages if present, else text)")
-    c.add_argument("--ngram", type=int, default=13)
+    c.add_argument("--ngram", type=positive_int, default=13)
     c.add_argument(
-        "--short-ngram", type=int, default=7, help="n for benchmark items shorter than 2*ngram words"
+        "--short-ngram", type=positive_int, default=7, help="n for benchmark items shorter than 2*ngram words"
     )
     c.add_argument(
         "--coverage",
-        type=float,
+        type=fraction,
         default=0.85,
         help="flag a row containing this share of a benchmark task statement's words, in order (default 0.85)",
     )

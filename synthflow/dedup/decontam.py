@@ -44,6 +44,7 @@ from synthflow.atomic import atomic_path
 from synthflow.dedup.minhash import SCHEME, Shingled, shingle
 from synthflow.errors import UserError
 from synthflow.model import cache_home
+from synthflow.rows import read_rows  # noqa: F401 - re-exported
 from synthflow.text import normalize
 
 BUILTIN = ("gsm8k", "math500", "humaneval", "mbpp", "ifeval")
@@ -189,31 +190,6 @@ def load_benchmark(spec: str) -> Benchmark:
     ids = [str(r.get(idf) if idf else i) for i, r in enumerate(rows)]
     texts = [str(r.get(field) or "") for r in rows]
     return Benchmark(name, ids, texts, f"{fp}:{field}")
-
-
-def read_rows(path: Path) -> list[dict]:
-    """Rows of a JSONL (optionally .gz) or Parquet file."""
-    if not path.is_file():
-        raise UserError(f"{path}: file not found")
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path).to_pylist()
-    opener = gzip.open if path.suffix == ".gz" else open
-    rows = []
-    try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise UserError(f"{path}:{lineno}: invalid JSON: {e.msg}") from None
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text (byte {e.start})") from None
-    except (gzip.BadGzipFile, EOFError, OSError) as e:
-        raise UserError(f"{path}: cannot read ({type(e).__name__})") from None
-    return rows
 
 
 class NgramIndex:

@@ -3,35 +3,19 @@ plain ``{id, code, tests}`` rows)."""
 
 from __future__ import annotations
 
-import gzip
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from synthflow.atomic import atomic_path
-from synthflow.errors import UserError
+from synthflow.errors import UserError, positive_float, positive_int
+from synthflow.rows import read_rows
 from synthflow.sandbox.verdict import Job
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        raise UserError(f"{path}: file not found")
-    opener = gzip.open if path.suffix == ".gz" else open
-    rows = []
-    try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{path}:{lineno}: invalid JSON: {e.msg}") from None
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text (byte {e.start})") from None
-    except (gzip.BadGzipFile, EOFError) as e:
-        raise UserError(f"{path}: not a readable gzip file ({type(e).__name__})") from None
+    rows = read_rows(path)
     if not rows:
         raise UserError(f"{path}: no rows")
     return rows
@@ -127,8 +111,8 @@ def add_parser(sub: Any) -> None:
         help="HumanEval field holding the completion (default: completion if present, else canonical_solution)",
     )
     v.add_argument("--out", help="write verdicts as JSONL here")
-    v.add_argument("--timeout", type=float, default=10.0, help="wall-clock seconds per program")
-    v.add_argument("--workers", type=int, help="fork servers (default: one per core)")
+    v.add_argument("--timeout", type=positive_float, default=10.0, help="wall-clock seconds per program")
+    v.add_argument("--workers", type=positive_int, help="fork servers (default: one per core)")
     v.add_argument("--sandbox", default="auto", help="isolation: auto, bwrap, unshare, fallback")
     v.add_argument(
         "--allow-weak-sandbox",
