@@ -1,8 +1,12 @@
-"""``synthflow`` command line. User errors print one line and exit 2."""
+"""``synthflow`` command line. User errors print one line and exit 2.
+
+Size: one short ``cmd_*`` per subcommand plus the parser that lists them all in one place, and the
+run supervisor (signals, stopping what a run started); the heavy commands live in their own modules."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -75,6 +79,62 @@ def add_override_options(p: argparse.ArgumentParser, *names: str) -> None:
         p.add_argument(f"--{name.replace('_', '-')}", type=typ, help=f.description)
 
 
+def kill_descendants(grace_s: float = 3.0) -> int:
+    """Stop every process this one started, at any depth (vLLM's engine core and workers, sandbox
+    servers, local shards, the ephemeral Prefect server, Redis): SIGTERM, then SIGKILL after
+    ``grace_s``. Returns how many there were."""
+    import psutil
+
+    me = psutil.Process()
+    kids = me.children(recursive=True)
+    for k in kids:
+        with contextlib.suppress(psutil.Error):
+            k.terminate()
+    _, alive = psutil.wait_procs(kids, timeout=grace_s)
+    for k in alive:
+        with contextlib.suppress(psutil.Error):
+            k.kill()
+    psutil.wait_procs(alive, timeout=grace_s)
+    return len(kids)
+
+
+def supervise(argv: list[str]) -> int:
+    """Run ``synthflow <argv>`` in a child process (its own session, so a terminal's Ctrl-C reaches
+    only this one) and stay beside it. SIGINT (Ctrl-C) or SIGTERM stops the run at once: one line,
+    every process the run started is stopped (vLLM's engine core and workers, sandbox servers, local
+    shards, the ephemeral Prefect server, Redis), exit 130 or 143. When the run ends, whatever it left
+    running is stopped too. Nothing half-written is published (files are renamed into place when
+    complete), and the same command resumes a stopped run."""
+    import ctypes
+    import signal
+    import subprocess
+
+    # orphans of the run (a dead parent's vLLM workers) become ours, so none escapes the cleanup
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+
+    def stop(signum: int, _frame: Any) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C does not cut the cleanup short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        what = "interrupted" if signum == signal.SIGINT else "terminated"
+        with contextlib.suppress(OSError):
+            proc.kill()  # the run's own process first, at once: no crash reports from its tasks
+        kill_descendants()  # then what it started (now ours): SIGTERM, SIGKILL after 3 s
+        sys.stdout.flush()
+        print(f"synthflow: {what}: run stopped; the same command resumes it", file=sys.stderr, flush=True)
+        os._exit(128 + signum)
+
+    env = {**os.environ, "SYNTHFLOW_SUPERVISED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "synthflow.cli", *argv], env=env, start_new_session=True)
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    rc = proc.wait()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    kill_descendants()
+    return rc
+
+
 def cmd_run(a: argparse.Namespace) -> int:
     _prefect_env()
     from synthflow import run
@@ -86,6 +146,8 @@ def cmd_run(a: argparse.Namespace) -> int:
     if a.work_pool and a.shards < 2:
         raise UserError("--work-pool: only for a sharded run (--shards 2 or more)")
     run.check(a.recipe, ov, shards=a.shards)  # bad input fails here, before Prefect starts
+    if os.environ.get("SYNTHFLOW_SUPERVISED") != "1" and a.argv is not None:
+        return supervise(a.argv)
     _reap_orphan_prefect_servers()
     from flows.recipe_flow import run_recipe
 
@@ -412,6 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     grouped = any(first in cmds for cmds in _GROUPS.values())
     parser = build_parser(first if grouped else None)
     a = parser.parse_args(args)
+    a.argv = list(args)  # the command line, for a supervised run's child
     try:
         out = getattr(a, "out", None)
         if out and a.cmd in WRITES_OUT:

@@ -11,8 +11,8 @@ IFEval, lm-eval and other IF verifiers read. What is ours:
   same data file (VIF-RAG's rule that a drawn set holds only compatible constraints);
 - a check that is stricter than IFEval's strict mode where a response could game it: every checker
   must also pass on the *visible* text (HTML comments removed, and fenced code removed except for
-  JSON), a bullet is a ``-`` or ``*`` followed by a space, and "at least N words" counts words with
-  letters only.
+  JSON), a bullet is a ``-`` or ``*`` followed by a space, "at least N words" counts words with
+  letters only, and a postscript starts a line.
 
 ``length_constraints:number_sentences`` and ``change_case:capital_word_frequency`` are left out:
 IFEval's checkers for them need NLTK's punkt model, a download this tool cannot assume (it runs
@@ -198,6 +198,10 @@ def check(cid: str, kwargs: dict[str, Any], response: str, prompt: str) -> Resul
     bullets = cid == "detectable_format:number_bullet_lists"
     if bullets and len(_BULLET.findall(seen)) != int(kwargs["num_bullets"]):
         return Result(cid, False, "bullets")  # a '---' rule or '*emphasis*' line is not a bullet
+    if cid == "detectable_content:postscript":
+        marker = re.escape(str(kwargs.get("postscript_marker") or ""))
+        if not re.search(rf"^\s*{marker}", seen, re.I | re.M):
+            return Result(cid, False, "postscript_inline")  # IFEval finds the marker mid-sentence
     at_least = cid == "length_constraints:number_words" and kwargs.get("relation") == "at least"
     if at_least and len(_ALPHA_WORD.findall(seen)) < int(kwargs["num_words"]):
         return Result(cid, False, "non_words")  # numbers and symbols do not make the count

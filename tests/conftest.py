@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -204,7 +205,16 @@ def run_cli(
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
+            import psutil
+
+            try:  # a supervised run's child has a session of its own: kill the tree, not only the group
+                kids = psutil.Process(proc.pid).children(recursive=True)
+            except psutil.Error:
+                kids = []
             os.killpg(proc.pid, signal.SIGKILL)
+            for k in kids:
+                with contextlib.suppress(psutil.Error):
+                    k.kill()
             proc.communicate()
             raise
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)

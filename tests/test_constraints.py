@@ -195,6 +195,9 @@ GAMED = [
      "This answer has ten real words in it, all of them.", True, True, ""),
     ("punctuation:no_comma", {}, "", False, False, "empty"),
     ("detectable_content:postscript", {"postscript_marker": "P.S."}, "Hello.\n<!-- P.S. hi -->", True, False, "hidden"),
+    # a marker in the middle of a sentence is not a postscript (seen on the embedded model)
+    ("detectable_content:postscript", {"postscript_marker": "P.P.S"},
+     "The Pacific is the largest ocean. P.P.S\n\nMore text", True, False, "postscript_inline"),
 ]  # fmt: skip
 
 

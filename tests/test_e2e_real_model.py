@@ -132,3 +132,22 @@ def test_recipe_through_the_cli(recipe, tmp_path, prefect_harness):
     assert "machine-generated" in card
     # the run's report draws every plot in a real browser (what `make dataset RECIPE=skillmix` writes)
     assert_drawn(render(run_dir / "report.html"), expected_figures(run_dir))
+
+
+def test_ctrl_c_then_sigterm_stop_a_real_engine_run(tmp_path):
+    """`synthflow run` on the embedded model, stopped mid-generation by SIGINT and then (a second
+    run of the same command) by SIGTERM: each stops within 10 s with one line, and no vLLM engine
+    core, worker or Prefect server it started is left running."""
+    import signal
+
+    import yaml
+
+    from .test_signals import stop_mid_generation
+
+    data = yaml.safe_load((ROOT / "recipes" / "math.yaml").read_text())
+    data.update(n=8, batch_size=4, max_items=256)  # small batches: the first is cached quickly
+    recipe = tmp_path / "math.yaml"
+    recipe.write_text(yaml.safe_dump(data, sort_keys=False))
+    cache = tmp_path / "cache.sqlite3"
+    stop_mid_generation(tmp_path, recipe, signal.SIGINT, cache, wait_s=300)
+    stop_mid_generation(tmp_path, recipe, signal.SIGTERM, cache, wait_s=300)

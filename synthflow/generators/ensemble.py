@@ -26,6 +26,9 @@ The output with the highest agreement is kept if that agreement clears ``min_agr
 count as disagreeing: empty ones, ones cut at max_tokens, ones that echo the instruction and, in
 math mode, ones without a final answer. So two members that shirk the same way do not outvote the
 rest by agreeing with each other.
+
+Size: the paper's two stages (members write tasks, members answer and the outputs are ensembled)
+and the math mode share the member plumbing; each function is short.
 """
 
 from __future__ import annotations

@@ -20,6 +20,9 @@ the program run on them returns the seed's known answer (``verify:seed_answer_mi
 items and places are variables too (``name: name`` draws a person's name, ``item: one of apples,
 pears``), so variants differ in more than numbers, and every number variable must be used by the
 program (``parse:unused_variable``).
+
+Size: two modes (topic templates and templates anchored to seed problems) share the parser, the
+sampler and the checks; each function is short.
 """
 
 from __future__ import annotations

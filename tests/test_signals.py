@@ -1,0 +1,82 @@
+"""Stopping a run: SIGINT (Ctrl-C) and SIGTERM stop ``synthflow run`` promptly with one line, leave
+no process it started running, and the same command then resumes to the rows of an uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+
+import psutil
+import pyarrow.parquet as pq
+import pytest
+
+from .conftest import math_recipe, run_cli, synthflow_exe
+
+
+def _cached(db) -> int:
+    try:
+        with sqlite3.connect(db) as con:
+            return con.execute("SELECT count(*) FROM responses").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+def _problems(out) -> list[str]:
+    return sorted(
+        r["problem"] for f in out.glob("math/*/data/*.parquet") for r in pq.read_table(f).to_pylist()
+    )
+
+
+def stop_mid_generation(tmp_path, recipe, sig, cache, wait_s: float = 120) -> str:
+    """Start ``synthflow run recipe``, send ``sig`` once its first engine call is cached, and check
+    that it stops within 10 s with one last line, exit 128+sig, and no process it started left."""
+    env = {**os.environ, "SYNTHFLOW_RESPONSE_CACHE": str(cache)}
+    proc = subprocess.Popen([synthflow_exe(), "run", str(recipe)], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    try:
+        me = psutil.Process(proc.pid)
+        deadline = time.monotonic() + wait_s
+        # generating: an engine call's responses are in the cache (one more than before)
+        before = _cached(cache)
+        while _cached(cache) <= before and time.monotonic() < deadline:
+            time.sleep(0.5)
+            assert proc.poll() is None, proc.communicate()
+        started = me.children(recursive=True)
+        assert started, "the run started its child processes"
+        t0 = time.monotonic()
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=30)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert took < 10, took
+    assert proc.returncode == 128 + sig, err
+    assert err.strip().splitlines()[-1].startswith("synthflow: "), err
+    assert "run stopped" in err.strip().splitlines()[-1] and "Traceback" not in err
+    left = [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not left, [(p.pid, p.name()) for p in left]
+    assert not list((tmp_path / "out").glob("math/*/data/*.parquet")), "nothing published"
+    return err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_the_run_and_everything_it_started(tmp_path, sig):
+    # one engine call per 4 items, each taking 1 s: the run is mid-generation for a while
+    recipe = math_recipe(tmp_path, n=6, batch_size=4, max_items=48, engine__options__delay_s=1.0)
+    cache = tmp_path / "cache.sqlite3"
+    stop_mid_generation(tmp_path, recipe, sig, cache)
+    if sig != signal.SIGTERM:
+        return
+    # the same command resumes and publishes what an uninterrupted run publishes
+    again = run_cli("run", str(recipe), cwd=tmp_path, env={"SYNTHFLOW_RESPONSE_CACHE": str(cache)})
+    assert again.returncode == 0, again.stderr
+    ref_dir = tmp_path / "ref"
+    ref_dir.mkdir()
+    ref = run_cli("run", str(recipe), "--out", str(ref_dir / "out"), cwd=ref_dir,
+                  env={"SYNTHFLOW_RESPONSE_CACHE": str(ref_dir / "cache.sqlite3")})  # fmt: skip
+    assert ref.returncode == 0, ref.stderr
+    assert _problems(tmp_path / "out") == _problems(ref_dir / "out") and _problems(ref_dir / "out")
