@@ -125,7 +125,15 @@ def supervise(argv: list[str]) -> int:
         os._exit(128 + signum)
 
     env = {**os.environ, "SYNTHFLOW_SUPERVISED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "synthflow.cli", *argv], env=env, start_new_session=True)
+    me = os.getpid()
+
+    def die_with_me() -> None:  # in the child: if the supervisor is killed (kill -9), so is the run
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() != me:
+            os._exit(1)
+
+    proc = subprocess.Popen([sys.executable, "-m", "synthflow.cli", *argv], env=env, start_new_session=True,
+                            preexec_fn=die_with_me)  # fmt: skip
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     rc = proc.wait()

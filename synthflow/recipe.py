@@ -219,8 +219,9 @@ def resolve_recipe_name(name: str) -> Path:
         alt = folder / f"{name}.yaml"
         if "/" not in name and not name.endswith((".yaml", ".yml")) and alt.is_file():
             return alt
+    bare = "/" not in name and not name.endswith((".yaml", ".yml"))
     names = sorted(q.stem for q in SHIPPED_RECIPES.glob("*.yaml"))
-    hint = registry.did_you_mean(Path(name).stem, names) if names else ""
+    hint = registry.did_you_mean(name, names) if bare and names else ""  # a path is named as given
     raise UserError(f"{name}: recipe file not found" + (f"; {hint}" if hint else ""))
 
 

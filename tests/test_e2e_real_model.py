@@ -134,10 +134,10 @@ def test_recipe_through_the_cli(recipe, tmp_path, prefect_harness):
     assert_drawn(render(run_dir / "report.html"), expected_figures(run_dir))
 
 
-def test_ctrl_c_then_sigterm_stop_a_real_engine_run(tmp_path):
-    """`synthflow run` on the embedded model, stopped mid-generation by SIGINT and then (a second
-    run of the same command) by SIGTERM: each stops within 10 s with one line, and no vLLM engine
-    core, worker or Prefect server it started is left running."""
+def test_ctrl_c_stops_a_real_engine_run(tmp_path):
+    """`synthflow run` on the embedded model, stopped mid-generation by SIGINT (Ctrl-C): it stops
+    within 10 s with one line, and no vLLM engine core, worker or Prefect server it started is left
+    running. (SIGTERM takes the same path; it is tested with the scripted engine.)"""
     import signal
 
     import yaml
@@ -150,4 +150,3 @@ def test_ctrl_c_then_sigterm_stop_a_real_engine_run(tmp_path):
     recipe.write_text(yaml.safe_dump(data, sort_keys=False))
     cache = tmp_path / "cache.sqlite3"
     stop_mid_generation(tmp_path, recipe, signal.SIGINT, cache, wait_s=300)
-    stop_mid_generation(tmp_path, recipe, signal.SIGTERM, cache, wait_s=300)
