@@ -201,6 +201,86 @@ GAMED = [
 ]  # fmt: skip
 
 
+# found by an adversarial review of this verifier: each passes IFEval's strict check, none follows
+# the phrasing a reader sees; (id, kwargs, response, why ours rejects it)
+REVIEW = [
+    ("detectable_format:constrained_response", {}, "My answer is yes. My answer is no. My answer is maybe.", "not_one_option"),
+    ("combination:repeat_prompt", {"prompt_to_repeat": ROBOT}, ROBOT, "no_answer_after_request"),
+    ("combination:repeat_prompt", {"prompt_to_repeat": ROBOT}, ROBOT.upper() + " THE END IS NEAR.", "not_word_for_word"),
+    ("combination:repeat_prompt", {"prompt_to_repeat": "Name a color"}, "Name a colorful bird now please.", "no_answer_after_request"),
+    ("detectable_format:multiple_sections", {"section_spliter": "Section", "num_sections": 2},
+     "As Section 1 and Section 2 of the law say, robots are brave.", "sections"),
+    ("detectable_format:multiple_sections", {"section_spliter": "Part", "num_sections": 2},
+     "A CounterPart 1 and a SparePart 2.", "sections"),
+    ("detectable_format:multiple_sections", {"section_spliter": "Section", "num_sections": 2},
+     "Section 1\nOne part.\nSection 2\nTwo part.\nSection 3\nThree part.\nSection 4\nFour part.", "sections"),
+    ("detectable_format:number_bullet_lists", {"num_bullets": 2},
+     "The robot story.\n\n- - -\n\nThe end of it.\n\n* * *\n\nDone.", "bullets"),
+    ("detectable_format:number_bullet_lists", {"num_bullets": 2}, "Intro\n-\nMore text\n-\nEnd", "bullets"),
+    ("detectable_format:number_bullet_lists", {"num_bullets": 2}, "Story.\n- \u200b\n- .", "bullets"),
+    ("detectable_format:number_bullet_lists", {"num_bullets": 2}, "- a cat\n- a dog\n1. c\n2. d\n3. e", "bullets"),
+    ("combination:two_responses", {}, "The full answer is here.\n******\n\u200b", "hidden"),
+    ("combination:two_responses", {}, "The answer is here.\n******\nthe answer  is here.", "two_responses"),
+    ("detectable_format:json_format", {}, "null", "json_empty"),
+    ("detectable_format:json_format", {}, "[]", "json_empty"),
+    ("detectable_format:json_format", {}, "```json\n{}\n```", "json_empty"),
+    ("detectable_format:json_format", {}, '"The robot was brave."', "json_empty"),
+    ("detectable_format:json_format", {}, '{"a": Infinity}', "json_strict"),
+    ("startend:quotation", {}, '""', "quotation"),
+    ("startend:quotation", {}, '"One." The robot went home. "Two."', "quotation"),
+    ("detectable_content:postscript", {"postscript_marker": "P.S."}, "P.S. hi\n\nThe robot was brave and the story is done.", "postscript_empty_or_first"),
+    ("detectable_content:postscript", {"postscript_marker": "P.S."}, "The robot was brave.\nP.S.", "postscript_empty_or_first"),
+    ("detectable_content:postscript", {"postscript_marker": "P.P.S"}, "The robot was brave.\nP.P.Something else entirely", "postscript_inline"),
+    ("keywords:existence", {"keywords": ["robot", "brave"]}, "The bravery of the robotics lab.", "keyword_inside_a_word"),
+    ("keywords:existence", {"keywords": ["robot", "brave"]}, "A story.\n\n[//]: # (robot brave)", "hidden"),
+    ("keywords:existence", {"keywords": ["robot", "brave"]}, "A [story](https://x.org/robot-brave) about a tin man.", "hidden"),
+    ("keywords:existence", {"keywords": ["robot", "brave"]}, "A story.<span hidden>robot brave</span>", "hidden"),
+    ("keywords:existence", {"keywords": ["robot", "brave"]}, '<img alt="robot brave" src="x.png"> A story.', "hidden"),
+    ("keywords:existence", {"keywords": ["robot", "brave"]}, "A story.\n~~~\nrobot brave\n~~~", "hidden"),
+    ("keywords:frequency", {"keyword": "art", "relation": "at least", "frequency": 3}, "Start the party apart.", "keyword_inside_a_word"),
+    ("keywords:forbidden_words", {"forbidden_words": ["very", "really"]}, "It was **ver**y brave and kind.", "forbidden_word_split"),
+    ("keywords:forbidden_words", {"forbidden_words": ["very", "really"]}, "It was brave and real\u200bly kind.", "hidden"),
+    ("keywords:forbidden_words", {"forbidden_words": ["very"]}, "It was v\u0435ry brave.", "lookalike_letters"),
+    ("detectable_format:number_highlighted_sections", {"num_highlights": 1}, "The robot *.* was brave.", "empty_highlight"),
+    ("detectable_content:number_placeholders", {"num_placeholders": 3}, "A robot. [] [] []", "empty_placeholder"),
+    ("detectable_content:number_placeholders", {"num_placeholders": 1}, "See [the docs](https://x.org).", "empty_placeholder"),
+    ("length_constraints:number_words", {"relation": "less than", "num_words": 40}, "\u3164".join(["word"] * 200), "hidden"),
+    ("length_constraints:number_words", {"relation": "less than", "num_words": 40}, "_".join(["word"] * 200), "joined_words"),
+    ("length_constraints:number_words", {"relation": "at least", "num_words": 40}, " ".join(["q"] * 40), "non_words"),
+    ("length_constraints:number_words", {"relation": "at least", "num_words": 40}, " ".join(["robot"] * 40), "non_words"),
+    ("length_constraints:number_paragraphs", {"num_paragraphs": 3}, "The whole answer.\n***\n.\n***\n.", "empty_paragraph"),
+    ("length_constraints:nth_paragraph_first_word", {"num_paragraphs": 2, "nth_paragraph": 1, "first_word": "the"},
+     "The'ory is fine here.\n\nMore text here.", "first_word"),
+    ("detectable_format:title", {}, "A story. <<.>>", "empty_title"),
+    ("startend:end_checker", {"end_phrase": "Any other questions?"}, "Story. ANY OTHER QUESTIONS?", "end_phrase"),
+    ("startend:end_checker", {"end_phrase": "Any other questions?"}, "Any other questions?", "end_phrase"),
+    ("punctuation:no_comma", {}, "Apples\u201a pears\u201a and plums are fruit.", "comma_lookalike"),
+    ("keywords:letter_frequency", {"letter": "z", "let_relation": "less than", "let_frequency": 2},
+     "The \u1d22ebra \u1d22ig\u1d22agged in the \u1d22oo.", "lookalike_letters"),
+    ("change_case:english_lowercase", {}, "\u029c\u1d07\u029f\u029f\u1d0f this is a response in small caps", "lookalike_letters"),
+    ("change_case:english_capital", {}, "LE CHAT DORT SUR LA TABLE TOUTE LA JOURNEE ET PERSONNE NE LE REVEILLE", "not_english"),
+    ("language:response_language", {"language": "en"}, "12345 !!! 678", "ifeval_or_too_little"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("cid", "kwargs", "response", "why"), REVIEW)
+def test_what_an_adversarial_review_found_is_rejected(cid, kwargs, response, why):
+    got = cat.check(cid, kwargs, response, ROBOT)
+    assert not got.ok, (cid, response)
+    if why == "ifeval_or_too_little":
+        assert got.why in ("ifeval", "too_little_text")
+    else:
+        assert got.why == why, got
+
+
+def test_review_sets_that_no_answer_can_meet_are_never_drawn():
+    table = cat.conflicts()
+    for a, b in [("combination:repeat_prompt", "punctuation:no_comma"), ("keywords:letter_frequency", "keywords:existence"),
+                 ("combination:repeat_prompt", "keywords:existence"), ("detectable_format:title",
+                 "length_constraints:nth_paragraph_first_word")]:  # fmt: skip
+        assert b in table[a] and a in table[b]
+
+
 @pytest.mark.parametrize(("cid", "kwargs", "response", "ifeval", "ours", "why"), GAMED)
 def test_a_gamed_response_is_judged_as_strictly_as_ifeval_or_more(cid, kwargs, response, ifeval, ours, why):
     assert (bool(response.strip()) and cat.ifeval_check(cid, kwargs, response, ROBOT)) is ifeval
