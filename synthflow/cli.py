@@ -162,6 +162,9 @@ def cmd_run(a: argparse.Namespace) -> int:
     summary = run_recipe(recipe=a.recipe, overrides=ov, shards=a.shards, work_pool=a.work_pool, redis=a.redis,
                          dask=a.dask)  # fmt: skip
     print(format_summary(summary))
+    if a.fail_short and summary.get("shortfall"):
+        print(f"synthflow: error: {summary['shortfall']} (--fail-short)", file=sys.stderr)
+        return 3
     return 0
 
 
@@ -366,6 +369,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         default=1,
         help="split the run's batches over N processes (or N workers with --work-pool); the merged "
         "dataset equals the one-process run's (not for self_instruct or the select filter)",
+    )
+    r.add_argument(
+        "--fail-short",
+        action="store_true",
+        help="exit 3 when fewer rows than --n were accepted (the rows found are still published); "
+        "for scheduled runs",
     )
     r.add_argument(
         "--work-pool",

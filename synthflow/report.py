@@ -223,7 +223,9 @@ def run_sections(run: dict[str, Any]) -> list[tuple[str, str]]:
             (x.get("raw") or json.dumps(x.get("messages"), default=str))[:200] for x in _pick(rs, 3)
         )  # fmt: skip  (the table escapes each cell once)
         rows.append([stage, reason, len(rs), examples])
-    body = funnel_plot(counts) + "<h3>Top reject reasons</h3>"
+    short = s.get("shortfall")
+    body = (f"<p><b>{html.escape(short)}</b></p>" if short else "") + funnel_plot(counts)
+    body += "<h3>Top reject reasons</h3>"
     body += _table(["stage", "reason", "rows", "examples (raw, cut)"], rows) if rows else "<p>No rejects.</p>"
     sec.append(("Funnel and rejects", body))
 

@@ -275,6 +275,7 @@ def dataset_card(
         f"- model: `{summary.get('model')}` via `{summary.get('engine')}`",
         f"- generator: `{recipe.generator.name}`; recipe fingerprint `{summary.get('fingerprint')}`",
         f"- rows: {counts.get('accepted', 0)} accepted of {counts.get('generated', 0)} generated",
+        *([f"- **{summary['shortfall']}**"] if summary.get("shortfall") else []),
         *sandbox_lines(summary),
         "",
         *decontam_lines(summary),

@@ -69,7 +69,25 @@ def build(spec: RunSpec, ledger: Ledger, st: Stages) -> dict[str, Any]:
     }
     if ledger.shard_reports:
         out["shards"] = ledger.shard_reports
+    out["target"] = recipe.n
+    out["budget"] = recipe.budget
+    out["shortfall"] = shortfall(out)
     return out
+
+
+def shortfall(s: dict[str, Any]) -> str | None:
+    """One line when a run published fewer rows than asked: how many, why it stopped, what to change."""
+    asked, got = s.get("target"), s["counts"]["accepted"]
+    if asked is None or got >= asked:
+        return None
+    spent = s["items_planned"] >= (s.get("budget") or 0)
+    why = f"the budget of {s['budget']} items was spent" if spent else "the run stopped before its budget"
+    top = ", ".join(f"{r} ({n})" for _, r, n in (s.get("top_rejects") or [])[:3])
+    return (
+        f"target not met: accepted {got} of {asked}; {why}"
+        + (f"; top rejects: {top}" if top else "")
+        + "; raise --max-items, use a larger model, or relax the recipe's thresholds"
+    )
 
 
 def _diversity(ledger: Ledger, st: Stages) -> dict[str, Any]:
@@ -127,6 +145,8 @@ def format_summary(s: dict[str, Any]) -> str:
         f"engine {s['engine_seconds']} s"
         + (f" ({s['output_tokens_per_s']} output tok/s)" if s.get("output_tokens_per_s") else ""),
     ]
+    if s.get("shortfall"):
+        lines.append(f"  {s['shortfall']}")
     if s["top_rejects"]:
         lines.append("  top reject reasons:")
         lines += [f"    {n:6d}  {st:8s} {r}" for st, r, n in s["top_rejects"]]

@@ -179,3 +179,12 @@ def test_an_unwritable_output_is_one_line_before_anything_runs(tmp_path):
     ]:
         _one_line(run_cli(*args, cwd=tmp_path), str(afile) if "afile" in args[-1] else str(tmp_path), words)
     assert afile.read_text() == "x"
+
+
+def test_fail_short_makes_a_shortfall_an_error(tmp_path):
+    r = math_recipe(tmp_path, n=50, batch_size=8, max_items=8)
+    p = run_cli("run", str(r), "--fail-short", cwd=tmp_path)
+    assert p.returncode == 3, p.stderr
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("synthflow: error: target not met: accepted") and "(--fail-short)" in last
+    assert "target not met" in p.stdout and list((tmp_path / "out").glob("math/*/data/*.parquet"))

@@ -94,3 +94,27 @@ def test_a_closed_run_builds_no_new_stages(tmp_path):
     run.close()
     with pytest.raises(RuntimeError, match="closed"):
         stages_for(run.spec)
+
+
+def test_a_run_that_falls_short_says_so(tmp_path, prefect_harness):
+    """Fewer rows than asked: one line in the CLI summary, the card and the report, naming accepted
+    vs asked, why it stopped and what to change."""
+    from flows.recipe_flow import run_recipe
+    from synthflow.summary import format_summary
+
+    from .conftest import math_recipe
+
+    s = run_recipe(recipe=str(math_recipe(tmp_path, n=50, batch_size=8, max_items=16)))
+    assert s["counts"]["accepted"] < 50
+    line = s["shortfall"]
+    assert line.startswith(
+        f"target not met: accepted {s['counts']['accepted']} of 50; the budget of 16 items"
+    )
+    assert "--max-items" in line and line in format_summary(s)
+    run_dir = tmp_path / "out" / "math" / s["run_id"]
+    assert line in (run_dir / "README.md").read_text()
+    assert (run_dir / "report.html").read_text().count("target not met") == 1
+    other = tmp_path / "other"  # its own output root: the first run's rows would be duplicates here
+    other.mkdir()
+    ok = run_recipe(recipe=str(math_recipe(other, n=1, batch_size=8, max_items=16)))
+    assert ok["shortfall"] is None and "target not met" not in format_summary(ok)
