@@ -88,14 +88,15 @@ def catalogue() -> list[str]:
     return list(spec()["constraints"])
 
 
-def conflicts() -> dict[str, set[str]]:
-    """id -> the ids it must not be drawn with (IFEval's table, symmetric, plus ours)."""
+@functools.cache
+def conflicts() -> dict[str, frozenset[str]]:
+    """id -> the ids it must not be drawn with (IFEval's table, symmetric, plus ours); built once."""
     _, table = _ifeval()
     out = {k: set(v) for k, v in table.items()}
     for a, b in spec().get("conflicts", []):
         out.setdefault(a, set()).add(b)
         out.setdefault(b, set()).add(a)
-    return out
+    return {k: frozenset(v) for k, v in out.items()}
 
 
 def compatible(ids: list[str]) -> bool:
@@ -203,13 +204,9 @@ def lookalike_letters(text: str) -> bool:
     return False
 
 
-def _words(text: str) -> list[str]:
-    return _ALPHA_WORD.findall(text)
-
-
 def _real_words(text: str) -> list[str]:
     """Words with letters, of two letters or more (or 'a', 'I', 'O')."""
-    return [w for w in _words(text) if len(w) > 1 or w.lower() in ("a", "i", "o")]
+    return [w for w in _ALPHA_WORD.findall(text) if len(w) > 1 or w.lower() in ("a", "i", "o")]
 
 
 def _has_text(part: str, min_words: int = 1) -> bool:
@@ -294,8 +291,9 @@ def _stricter(cid: str, kw: dict[str, Any], seen: str, text: str) -> str:
                 return "non_words"  # numbers, symbols, single letters or one word repeated
         elif len(re.findall(r"[A-Za-z]+|\d+", seen)) >= n:
             return "joined_words"  # words joined by '_' or blank letters still count
-    paras3 = _paragraphs(seen, r"\s?\*\*\*\s?")
-    if cid == "length_constraints:number_paragraphs" and not all(_has_text(p, 2) for p in paras3):
+    if cid == "length_constraints:number_paragraphs" and not all(
+        _has_text(p, 2) for p in _paragraphs(seen, r"\s?\*\*\*\s?")
+    ):
         return "empty_paragraph"
     if cid == "length_constraints:nth_paragraph_first_word":
         paras = _paragraphs(seen, r"\n\n")
@@ -393,7 +391,3 @@ def _english(text: str) -> bool:
 
 def check_all(ids: list[str], kwargs: list[dict[str, Any]], response: str, prompt: str) -> list[Result]:
     return [check(c, kw, response, prompt) for c, kw in zip(ids, kwargs, strict=True)]
-
-
-def as_json(kwargs: list[dict[str, Any]]) -> str:
-    return json.dumps([{k: v for k, v in kw.items() if v is not None} for kw in kwargs], sort_keys=True)

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from synthflow import constraints as cat
 from synthflow.answers import AnswerTask
 from synthflow.engines.base import Sampling
+from synthflow.errors import UserError
 from synthflow.generators.base import Generator, Item, add_usage
 from synthflow.record import Reject, StageResult
 from synthflow.registry import did_you_mean, register
@@ -101,13 +102,9 @@ class Constraints(Generator):
         super().__init__(recipe, seeds, run_id)
         o = self.opts
         if o.min_constraints > o.max_constraints:
-            from synthflow.errors import UserError
-
             raise UserError("generator.options: min_constraints is above max_constraints")
         pool = [c for c in (o.ids or cat.catalogue()) if c not in set(o.exclude)]
         if not pool:
-            from synthflow.errors import UserError
-
             raise UserError("generator.options: ids and exclude leave no constraint to draw")
         self.pool = pool
         self._first = list(pool)
