@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 # what a row is, apart from its run (ids and run ids differ per run; timings differ per call)
-_VOLATILE = {
+VOLATILE = {
     "id",
     "run_id",
     "created_at",
@@ -28,7 +28,7 @@ def content(run_dir: Path, table: str = "data") -> list[str]:
     """A run's rows as sorted JSON lines, without what differs from run to run."""
     out = []
     for r in table_rows(run_dir, table):
-        r = {k: v for k, v in r.items() if k not in _VOLATILE and not k.startswith("si_in_context")}
+        r = {k: v for k, v in r.items() if k not in VOLATILE and not k.startswith("si_in_context")}
         out.append(json.dumps(r, sort_keys=True, default=str))
     return sorted(out)
 

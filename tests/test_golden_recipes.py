@@ -11,21 +11,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 from .conftest import DATA, assert_golden, fake_recipe
-
-# what differs between two runs of the same recipe and cache: ids, times, paths
-VOLATILE = {
-    "id",
-    "run_id",
-    "created_at",
-    "engine_seconds",
-    "verify_duration_s",
-    "cache_hit",
-    "verify_details",
-}
+from .helpers import VOLATILE, table_rows
 
 RECIPES: dict[str, dict] = {
     "math": {"script": "fake_math.json", "generator__options__self_consistency": 0},
@@ -49,17 +38,13 @@ RECIPES: dict[str, dict] = {
 SIZE = {"n": 4, "batch_size": 8, "max_items": 16}
 
 
-def _rows(run_dir: Path, table: str) -> list[dict]:
-    return [r for f in sorted((run_dir / table).glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
-
-
 def _canonical(row: dict) -> str:
     return json.dumps({k: v for k, v in row.items() if k not in VOLATILE}, sort_keys=True, default=str)
 
 
 def golden(summary: dict) -> str:
     run_dir = Path(summary["path"])
-    data, rej = _rows(run_dir, "data"), _rows(run_dir, "rejects")
+    data, rej = table_rows(run_dir, "data"), table_rows(run_dir, "rejects")
     # a reason that names another row (dedup:exact:<id>) names it by item: ids differ per run
     items = {r["id"]: f"<item {r['item']}>" for r in data + rej}
 
