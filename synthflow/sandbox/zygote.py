@@ -15,7 +15,7 @@ import resource
 import struct
 import sys
 
-from synthflow.sandbox import harness, wire
+from synthflow.sandbox import harness, policy, wire  # noqa: F401 - policy: in sys.modules before any program runs
 from synthflow.sandbox.guard import install_guard
 from synthflow.sandbox.seccomp import install_base_seccomp, install_seccomp
 from synthflow.sandbox.wire import suppress
