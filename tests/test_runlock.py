@@ -107,6 +107,7 @@ import os, sys, time
 from synthflow import runlock
 rid, resumed, lock = runlock.claim_run(sys.argv[1], "math", "fp", "recipe.yaml")
 if os.fork() == 0:  # a worker started with fork (vLLM may start its engine core so)
+    print("forked", flush=True)  # its at-fork hook has run by now
     time.sleep(600)
     os._exit(0)
 print(rid, flush=True)
@@ -121,7 +122,10 @@ def test_a_forked_child_does_not_keep_a_killed_runs_lock(tmp_path):
         text=True,
         start_new_session=True,
     )
-    rid = p.stdout.readline().strip()
+    # wait for both: the child closes the inherited lock fd in its at-fork hook, and a kill before
+    # the child has been scheduled at all would find the lock still shared (seen once under load)
+    lines = {p.stdout.readline().strip(), p.stdout.readline().strip()}
+    (rid,) = lines - {"forked"}
     try:
         os.kill(p.pid, signal.SIGKILL)  # the run dies; its forked child lives on
         p.wait()
