@@ -181,9 +181,9 @@ def test_an_unwritable_output_is_one_line_before_anything_runs(tmp_path):
     assert afile.read_text() == "x"
 
 
-def test_fail_short_makes_a_shortfall_an_error(tmp_path):
+def test_fail_short_makes_a_shortfall_an_error(tmp_path, prefect_harness):
     r = math_recipe(tmp_path, n=50, batch_size=8, max_items=8)
-    p = run_cli("run", str(r), "--fail-short", cwd=tmp_path)
+    p = run_cli("run", str(r), "--fail-short", cwd=tmp_path, shared_prefect=True)
     assert p.returncode == 3, p.stderr
     last = p.stderr.strip().splitlines()[-1]
     assert last.startswith("synthflow: error: target not met: accepted") and "(--fail-short)" in last

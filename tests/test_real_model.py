@@ -2,8 +2,9 @@
 batch loop (no Prefect) on the session's one engine (``real_engine``): every generator's prompts
 and parser meet a real model's output, rows are published, and every dropped row is a reject.
 
-The CLI + Prefect end to end on the real model is tested once per recipe family (math, code,
-instructions: ``test_e2e_real_model.py``); the rest runs here, with one model load for all."""
+The CLI + Prefect end to end on the real model (a run that loads the model in its own process) is
+``test_e2e_real_model.py``, on math; the flow calls this same loop, so every other recipe family
+(code, instructions) runs here, with one model load for all."""
 
 from __future__ import annotations
 
@@ -19,14 +20,18 @@ from synthflow.recipe import load_recipe
 from synthflow.run import run_plain
 from synthflow.spec import Overrides
 
+from .browser import assert_drawn, render
 from .conftest import ROOT, SEED_TASKS
+from .helpers import expected_figures
 
 pytestmark = pytest.mark.slow
 
 # recipe -> (n, batch size, max items): tiny, but enough for the 135M model to get rows through
 SIZES = {
+    "code": (1, 8, 8),
+    "skillmix": (2, 8, 8),
     "self_instruct": (2, 4, 4),
-    "agentinstruct": (1, 8, 8),  # the 135M model's texts often loop to max_tokens (rejected as cut)
+    "agentinstruct": (1, 4, 4),  # the 135M model's texts often loop to max_tokens (rejected as cut)
     "math_templates": (2, 32, 32),  # about 1 template in 16 parses on this model
 }
 
@@ -61,9 +66,15 @@ def test_recipe_on_the_real_model(recipe, tmp_path, real_engine):
     n, batch, budget = SIZES[recipe]
     ov = Overrides(n=n, batch_size=batch, max_items=budget, out=str(tmp_path / "out"))
     s = run_plain(str(ROOT / "recipes" / f"{recipe}.yaml"), ov)
-    _check_run(recipe, s, n, budget)
+    run_dir = _check_run(recipe, s, n, budget)
     if recipe not in ("agentinstruct", "math_templates"):
         assert s["counts"]["parsed"] > 0  # the others' parsers are tested with scripts
+    if recipe in ("self_instruct", "skillmix", "agentinstruct"):  # they judge a sample
+        rejects = pq.read_table(run_dir / "rejects")
+        assert "score_judge" in rejects.column_names and "judge_rationale" in rejects.column_names
+    if recipe == "skillmix":  # the report of an instruction recipe draws in a real browser
+        assert "machine-generated" in (run_dir / "README.md").read_text()
+        assert_drawn(render(run_dir / "report.html"), expected_figures(run_dir))
 
 
 def test_structured_outputs_on_the_real_model(tmp_path, real_engine):
