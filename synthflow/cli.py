@@ -98,7 +98,7 @@ def kill_descendants(grace_s: float = 3.0) -> int:
     return len(kids)
 
 
-def supervise(argv: list[str]) -> int:
+def supervise(argv: list[str], stopped: str = "run stopped; the same command resumes it") -> int:
     """Run ``synthflow <argv>`` in a child process (its own session, so a terminal's Ctrl-C reaches
     only this one) and stay beside it. SIGINT (Ctrl-C) or SIGTERM stops the run at once: one line,
     every process the run started is stopped (vLLM's engine core and workers, sandbox servers, local
@@ -121,7 +121,7 @@ def supervise(argv: list[str]) -> int:
             proc.kill()  # the run's own process first, at once: no crash reports from its tasks
         kill_descendants()  # then what it started (now ours): SIGTERM, SIGKILL after 3 s
         sys.stdout.flush()
-        print(f"synthflow: {what}: run stopped; the same command resumes it", file=sys.stderr, flush=True)
+        print(f"synthflow: {what}: {stopped}", file=sys.stderr, flush=True)
         os._exit(128 + signum)
 
     env = {**os.environ, "SYNTHFLOW_SUPERVISED": "1"}
@@ -331,8 +331,12 @@ def cmd_list(a: argparse.Namespace) -> int:
 
 def cmd_serve(a: argparse.Namespace) -> int:
     _prefect_env()
-    from flows.deployments import serve_all
+    from flows.deployments import select_specs, serve_all
 
+    select_specs(a.recipes)  # an unknown name or a broken recipe fails here, in one line
+    if os.environ.get("SYNTHFLOW_SUPERVISED") != "1" and a.argv is not None:
+        # Ctrl-C stops the server and the flow runs it started (Prefect's own handler waits for them)
+        return supervise(a.argv, stopped="serve stopped")
     serve_all(a.recipes)
     return 0
 
@@ -456,8 +460,15 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="list registered generators, engines, filters, verifiers, seed sources")
     ls.set_defaults(fn=cmd_list)
 
-    s = sub.add_parser("serve", help="serve the recipe deployments (cron schedules) with flow.serve")
-    s.add_argument("recipes", nargs="*", help="recipe files (default: every recipes/*.yaml)")
+    s = sub.add_parser(
+        "serve", help="serve the recipe deployments of prefect.yaml (cron schedules) with flow.serve"
+    )
+    s.add_argument(
+        "recipes",
+        nargs="*",
+        help="deployments to serve, by deployment name (math-nightly), recipe name (math) or the recipe "
+        "path listed in prefect.yaml (default: all of them)",
+    )
     s.set_defaults(fn=cmd_serve)
 
     want = {g for g, cmds in _GROUPS.items() if command is None or command in cmds}

@@ -30,10 +30,11 @@ def _problems(out) -> list[str]:
     )
 
 
-def stop_mid_generation(tmp_path, recipe, sig, cache, wait_s: float = 120) -> str:
+def stop_mid_generation(tmp_path, recipe, sig, cache, wait_s: float = 120, api: str | None = None) -> str:
     """Start ``synthflow run recipe``, send ``sig`` once its first engine call is cached, and check
-    that it stops within 10 s with one last line, exit 128+sig, and no process it started left."""
-    env = {**os.environ, "SYNTHFLOW_RESPONSE_CACHE": str(cache)}
+    that it stops within 10 s with one last line, exit 128+sig, and no process it started left.
+    ``api``: a Prefect server to use (else the run starts a temporary one of its own)."""
+    env = {**os.environ, "SYNTHFLOW_RESPONSE_CACHE": str(cache)} | ({"PREFECT_API_URL": api} if api else {})
     proc = subprocess.Popen([synthflow_exe(), "run", str(recipe)], cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
     try:
@@ -78,3 +79,34 @@ def test_a_signal_stops_the_run_and_everything_it_started(tmp_path, sig, prefect
                     shared_prefect=True)  # fmt: skip
     assert again.returncode == 0, again.stderr
     assert "(resumed)" in again.stdout and _problems(tmp_path / "out")
+
+
+def test_serve_says_what_it_serves_and_ctrl_c_stops_it(tmp_path, prefect_harness):
+    """`synthflow serve math` names the deployment it serves; Ctrl-C stops it (and anything it
+    started) within 10 s with one line and exit 130. An unknown name is one line before anything."""
+    from prefect.settings import PREFECT_API_URL
+
+    bad = run_cli("serve", "maht", cwd=tmp_path)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
+    assert bad.stderr.strip().splitlines() == [
+        "synthflow: error: prefect.yaml: no deployment for 'maht' (serve takes a deployment or recipe "
+        "name, or a recipe path listed there); did you mean 'math'?"
+    ]
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    proc = subprocess.Popen([synthflow_exe(), "serve", "math"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    try:
+        first = proc.stdout.readline()
+        assert first.startswith("serving 1 deployment(s) from prefect.yaml: math-nightly"), first
+        started = psutil.Process(proc.pid).children(recursive=True)
+        time.sleep(2)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert took < 10 and proc.returncode == 130, (took, err)
+    assert err.strip().splitlines()[-1] == "synthflow: interrupted: serve stopped" and "Traceback" not in err
+    assert not [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
