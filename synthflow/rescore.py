@@ -42,10 +42,9 @@ def _read_table(path: Path) -> pa.Table:
     bad = next((i for i, r in enumerate(rows) if not isinstance(r, dict)), None)
     if bad is not None:
         raise UserError(f"{path}: row {bad + 1} is not a JSON object")
-    try:
-        return pa.Table.from_pylist(rows)
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-        raise UserError(f"{path}: rows do not share column types ({str(e).splitlines()[0]})") from None
+    from synthflow.rows import rows_table
+
+    return rows_table(rows, path)
 
 
 def input_files(inputs: list[str], with_rejects: bool = False) -> list[Path]:

@@ -6,9 +6,12 @@ from __future__ import annotations
 import gzip
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from synthflow.errors import UserError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
@@ -43,3 +46,31 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     except (gzip.BadGzipFile, EOFError, OSError) as e:
         raise UserError(f"{path}: cannot read ({type(e).__name__})") from None
     return rows
+
+
+def _kind(v: Any) -> str:
+    return "number" if isinstance(v, int | float) and not isinstance(v, bool) else type(v).__name__
+
+
+def rows_table(rows: list[dict[str, Any]], path: Path | str) -> pa.Table:
+    """The rows as one Arrow table; a column whose values differ in type (a number in one row, a
+    string or list in another) is one error naming the file, the column and the first two rows."""
+    import pyarrow as pa
+
+    try:
+        return pa.Table.from_pylist(rows)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
+        first: dict[str, tuple[int, str]] = {}
+        for i, r in enumerate(rows, 1):
+            for k, v in r.items():
+                if v is None:
+                    continue
+                if k not in first:
+                    first[k] = (i, _kind(v))
+                elif first[k][1] != _kind(v):
+                    j, kind = first[k]
+                    raise UserError(
+                        f"{path}: column {k!r} mixes types ({kind} in row {j}, {_kind(v)} in row {i}); "
+                        "give each column one type"
+                    ) from None
+        raise UserError(f"{path}: rows do not share column types ({str(e).splitlines()[0][:160]})") from None

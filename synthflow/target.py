@@ -61,8 +61,12 @@ def load_eval(path: str) -> list[dict[str, Any]]:
         raise UserError(
             f"--eval: {path} not found (a JSONL file with skill, question, answer, or a run folder)"
         )
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"--eval: {p}: not UTF-8 text (byte {e.start})") from None
     rows = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:

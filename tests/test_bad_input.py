@@ -128,6 +128,21 @@ def test_a_jsonl_line_that_is_not_an_object_is_one_line(tmp_path):
         _one_line(run_cli(*args, cwd=tmp_path), f"{rows}:2", "JSON object")
 
 
+def test_mixed_column_types_and_non_utf8_text_are_one_line(tmp_path):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"text": "a b c d", "x": 1}\n{"text": "e f g h", "x": "one"}\n')
+    out = str(tmp_path / "o")
+    for args in (("dedup", str(rows), "--out", out), ("decontam", str(rows), "--out", out),
+                 ("score", str(rows), "--scorer", "heuristics", "--out", out)):  # fmt: skip
+        _one_line(
+            run_cli(*args, cwd=tmp_path), str(rows), "column 'x' mixes types (number in row 1, str in row 2)"
+        )
+    latin = tmp_path / "eval.jsonl"
+    latin.write_bytes(b'{"skill": "caf\xe9", "question": "q", "answer": "a"}\n')
+    _one_line(run_cli("target", "--eval", str(latin), cwd=tmp_path), "--eval", "not UTF-8")
+    assert not (tmp_path / "o").exists()
+
+
 def test_a_truncated_parquet_file_is_one_line(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq

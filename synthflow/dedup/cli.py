@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 from synthflow.atomic import atomic_path
 from synthflow.dedup.decontam import NgramIndex, first_hits, load_benchmark, read_rows
 from synthflow.errors import UserError, fraction, positive_int
+from synthflow.rows import rows_table
 
 
 def _text(row: dict[str, Any], field: str | None, where: str) -> str:
@@ -30,7 +31,10 @@ def _text(row: dict[str, Any], field: str | None, where: str) -> str:
 def _load(inputs: list[str], field: str | None) -> tuple[list[dict[str, Any]], list[str], list[str]]:
     rows, texts, keys = [], [], []
     for path in inputs:
-        for i, r in enumerate(read_rows(Path(path))):
+        file_rows = read_rows(Path(path))
+        if file_rows:
+            rows_table(file_rows, path)  # one line for a column of mixed types, before any work
+        for i, r in enumerate(file_rows):
             rows.append(r)
             texts.append(_text(r, field, f"{path} row {i + 1}"))
             keys.append(str(r.get("id") or f"{Path(path).name}:{i}"))
@@ -41,7 +45,7 @@ def _load(inputs: list[str], field: str | None) -> tuple[list[dict[str, Any]], l
 
 def _write(out: Path, kept: list[dict[str, Any]], rejects: list[dict[str, Any]]) -> None:
     for name, rows in (("kept.parquet", kept), ("rejects.parquet", rejects)):
-        table = pa.Table.from_pylist(rows) if rows else pa.table({"reject_reason": pa.array([], pa.string())})
+        table = rows_table(rows, name) if rows else pa.table({"reject_reason": pa.array([], pa.string())})
         with atomic_path(out / name) as tmp:
             pq.write_table(table, tmp, compression="zstd")
 
@@ -78,7 +82,7 @@ def _load_table(inputs: list[str], field: str | None) -> tuple[pa.Table, pa.Arra
                 raise UserError(f"{path}: not a readable Parquet file ({e})") from None
         else:
             rows = read_rows(p)
-            t = pa.Table.from_pylist(rows) if rows else pa.table({})
+            t = rows_table(rows, path) if rows else pa.table({})
         if t.num_rows == 0:
             continue
         parts.append(_texts_of(t, field, path))
