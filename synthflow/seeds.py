@@ -242,8 +242,25 @@ def table_seeds(path: str, field: str | None = None, limit: int | None = None, *
     return seeds[:limit] if limit else seeds
 
 
-def extract_seeds(sources: list[Any], where: str = "recipe") -> list[Seed]:
-    """Run every seed source of a recipe; an empty result is a user error."""
+def _check_fields(got: list[Seed], fields: tuple[str, ...], src: Any, i: int, reader: str) -> None:
+    """Every seed of one source has a non-empty value in one of ``fields``, or one line naming the
+    seed file, the row, what the generator reads and what the row has."""
+    for k, s in enumerate(got, 1):
+        if any(str(s.data.get(f) or "").strip() for f in fields):
+            continue
+        has = ", ".join(list(s.data)[:8]) or "no fields"
+        raise UserError(
+            f"{src.path or src.source}: row {k} has none of the fields the {reader} reads "
+            f"({', '.join(fields)}); it has: {has}. Name the field that holds the text with "
+            f"seeds[{i}].field"
+        )
+
+
+def extract_seeds(
+    sources: list[Any], where: str = "recipe", fields: tuple[str, ...] = (), reader: str = "generator"
+) -> list[Seed]:
+    """Run every seed source of a recipe; an empty result is a user error, and so is a seed with
+    none of ``fields`` (the ones the generator reads)."""
     from synthflow.registry import get
 
     seeds: list[Seed] = []
@@ -252,6 +269,8 @@ def extract_seeds(sources: list[Any], where: str = "recipe") -> list[Seed]:
         got = fn(**src.model_dump())
         if not got:
             raise UserError(f"{src.path or src.source}: no seeds found (seeds[{i}] of {where})")
+        if fields:
+            _check_fields(got, fields, src, i, reader)
         seeds.extend(got)
     if not seeds:
         raise UserError(f"{where}: no seeds (the recipe lists no seed sources)")

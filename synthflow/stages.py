@@ -91,10 +91,9 @@ class Stages:
     def __init__(self, spec: RunSpec):
         recipe, where = spec.recipe, spec.recipe_path
         self.spec = spec
-        self.seeds = extract_seeds(recipe.seeds, where)
-        self.generator = registry.get("generator", recipe.generator.name)(
-            recipe, self.seeds, run_id=spec.run_id
-        )
+        gen_cls = registry.get("generator", recipe.generator.name)
+        self.seeds = extract_seeds(recipe.seeds, where, gen_cls.seed_fields, f"{gen_cls.name} generator")
+        self.generator = gen_cls(recipe, self.seeds, run_id=spec.run_id)
         self.engines = EnginePool()
         try:
             self.engine, score_stage = open_engines(recipe, where, self.engines)

@@ -60,6 +60,16 @@ def test_empty_seed_file(tmp_path):
     _assert_clean_failure(p, tmp_path, "empty.jsonl", "no seeds")
 
 
+def test_seeds_without_the_field_the_generator_reads(tmp_path):
+    """Seeds keyed ``subject`` where math_pal reads ``topic`` (or text): one line before the start,
+    naming the seed file, the row and the field to set (was 0 rows accepted, exit 0, no warning)."""
+    seeds = tmp_path / "subjects.jsonl"
+    seeds.write_text('{"subject": "fractions"}\n{"subject": "speed"}\n')
+    r = math_recipe(tmp_path, seeds=[{"source": "jsonl", "path": str(seeds)}])
+    _assert_clean_failure(run_cli("run", str(r), cwd=tmp_path), tmp_path, f"{seeds}: row 1 has none of the fields",
+                          "math_pal generator reads (topic, text,", "it has: subject", "seeds[0].field")  # fmt: skip
+
+
 def test_malformed_seed_line(tmp_path):
     seeds = tmp_path / "bad.jsonl"
     seeds.write_text('{"topic": "a"}\n{"topic": \n')

@@ -75,6 +75,9 @@ class Generator(ABC):
     # the fields the training conversation is rendered from (``messages``): a later step that sets
     # one of them (a verifier choosing CodeT's solution) has the conversation rendered again
     message_fields: ClassVar[frozenset[str]] = frozenset()
+    # the seed fields this generator reads its input from (any one, non-empty, per seed): a seed
+    # without any of them is an error before the run starts, not an empty prompt
+    seed_fields: ClassVar[tuple[str, ...]] = ("text", "instruction", "problem")
 
     def __init__(self, recipe: Any, seeds: list[Seed], run_id: str = ""):
         self.recipe = recipe

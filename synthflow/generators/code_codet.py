@@ -185,6 +185,7 @@ class CodeOptions(BaseModel):
 @register("generator", "code_codet")
 class CodeCodeT(Generator):
     name = "code_codet"
+    seed_fields = ("topic", "text", "instruction", "problem")
     prompts: ClassVar[dict[str, str]] = {
         "problem": "code/problem.jinja2",
         "solve": "code/solve.jinja2",

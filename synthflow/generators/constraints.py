@@ -81,6 +81,7 @@ def parse_question(text: str) -> str | None:
 @register("generator", "constraints")
 class Constraints(Generator):
     name = "constraints"
+    seed_fields = ("instruction", "prompt", "question", "text", "problem")
     prompts: ClassVar[dict[str, str]] = {
         "respond": "constraints/respond.jinja2",
         "question": "constraints/question.jinja2",

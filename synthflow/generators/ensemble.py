@@ -150,6 +150,7 @@ def instruction_text(data: dict[str, Any]) -> str:
 @register("generator", "ensemble")
 class Ensemble(Generator):
     name = "ensemble"
+    seed_fields = ("instruction", "problem", "question", "text")
     prompts: ClassVar[dict[str, str]] = {
         "answer": "ensemble/answer.jinja2",
         "math": "ensemble/math.jinja2",

@@ -187,6 +187,7 @@ def rewrite_program_reason(original: str, program: str) -> str | None:
 @register("generator", "math_pal")
 class MathPAL(Generator):
     name = "math_pal"
+    seed_fields = ("topic", "text", "instruction", "problem")
     prompts: ClassVar[dict[str, str]] = {"generate": "math/pal.jinja2", "solve": "math/pal_solve.jinja2"}
     persona_prompts: ClassVar[dict[str, str]] = {"generate": "math/pal_persona.jinja2"}
     rewrite_prompt: ClassVar[str] = "math/pal_persona_rewrite.jinja2"  # persona_mode: rewrite

@@ -266,6 +266,7 @@ class TemplateOptions(BaseModel):
 @register("generator", "math_templates")
 class MathTemplates(Generator):
     name = "math_templates"
+    seed_fields = ("topic", "text", "instruction", "problem")
     prompts: ClassVar[dict[str, str]] = {"template": "math_templates/template.jinja2"}
     Options = TemplateOptions
     columns: ClassVar[dict[str, pa.DataType]] = {

@@ -178,6 +178,7 @@ class SkillMixOptions(BaseModel):
 @register("generator", "skillmix")
 class SkillMix(Generator):
     name = "skillmix"
+    seed_fields = ("domain", "text", "instruction", "problem")
     prompts: ClassVar[dict[str, str]] = {
         "from_instruction": "skillmix/skills_from_instruction.jinja2",
         "for_domain": "skillmix/skills_for_domain.jinja2",
