@@ -21,28 +21,33 @@ from .helpers import expected_figures
 pytestmark = pytest.mark.slow
 
 
-def test_math_through_the_cli(tmp_path, prefect_harness):
-    out = tmp_path / "out"
-    p = run_cli(
-        "run",
-        str(ROOT / "recipes" / "math.yaml"),
-        "--n",
-        "2",
-        "--batch-size",
-        "32",
-        "--max-items",
-        "32",
-        "--out",
-        str(out),
-        env={"SYNTHFLOW_PROGRESS": "0"},
-        cwd=tmp_path,
-        shared_prefect=True,
-        timeout=1200,
-    )
+def test_math_through_the_cli_stopped_by_ctrl_c_then_resumed(tmp_path, prefect_harness):
+    """`synthflow run` on the embedded model is stopped mid-generation by SIGINT (Ctrl-C): it stops
+    within 10 s with one line, exit 130, nothing published, and no vLLM engine core or worker it
+    started left running. The same command then resumes (its first engine call from the cache) and
+    publishes. (SIGTERM takes the same path, and the temporary Prefect server a run starts is stopped
+    too: both are tested with the scripted engine; these runs use the session's server.)"""
+    import signal
+
+    import yaml
+    from prefect.settings import PREFECT_API_URL
+
+    from .test_signals import stop_mid_generation
+
+    data = yaml.safe_load((ROOT / "recipes" / "math.yaml").read_text())
+    data.update(n=2, batch_size=32, max_items=32)
+    recipe = tmp_path / "math.yaml"
+    recipe.write_text(yaml.safe_dump(data, sort_keys=False))
+    cache = tmp_path / "cache.sqlite3"
+    out = tmp_path / "out"  # the recipe's output root, relative to the run's folder
+    stop_mid_generation(tmp_path, recipe, signal.SIGINT, cache, wait_s=300, api=PREFECT_API_URL.value())
+    p = run_cli("run", str(recipe), env={"SYNTHFLOW_PROGRESS": "0", "SYNTHFLOW_RESPONSE_CACHE": str(cache)},
+                cwd=tmp_path, shared_prefect=True, timeout=1200)  # fmt: skip
     assert p.returncode == 0, p.stderr[-3000:]
-    assert "funnel: seeds 40 -> generated" in p.stdout
+    assert "funnel: seeds 40 -> generated" in p.stdout and "(resumed)" in p.stdout
     run_dir = next(out.glob("math/*/"))
     summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["cache"]["hits"] > 0  # what the stopped run generated was not generated again
     c = summary["counts"]
     assert summary["model"] == "SmolLM2-135M-Instruct" and summary["engine"] == "vllm"
     assert c["generated"] == summary["items_planned"] > 0
@@ -74,23 +79,3 @@ def test_math_through_the_cli(tmp_path, prefect_harness):
     assert "machine-generated" in (run_dir / "README.md").read_text()
     # the run's report draws every plot in a real browser (what `make dataset RECIPE=math` writes)
     assert_drawn(render(run_dir / "report.html"), expected_figures(run_dir))
-
-
-def test_ctrl_c_stops_a_real_engine_run(tmp_path, prefect_harness):
-    """`synthflow run` on the embedded model, stopped mid-generation by SIGINT (Ctrl-C): it stops
-    within 10 s with one line, and no vLLM engine core or worker it started is left running. (SIGTERM
-    takes the same path, and the temporary Prefect server a run starts is stopped too: both are
-    tested with the scripted engine; this run uses the session's server.)"""
-    import signal
-
-    import yaml
-    from prefect.settings import PREFECT_API_URL
-
-    from .test_signals import stop_mid_generation
-
-    data = yaml.safe_load((ROOT / "recipes" / "math.yaml").read_text())
-    data.update(n=8, batch_size=4, max_items=256)  # small batches: the first is cached quickly
-    recipe = tmp_path / "math.yaml"
-    recipe.write_text(yaml.safe_dump(data, sort_keys=False))
-    cache = tmp_path / "cache.sqlite3"
-    stop_mid_generation(tmp_path, recipe, signal.SIGINT, cache, wait_s=300, api=PREFECT_API_URL.value())

@@ -55,13 +55,17 @@ def test_kill_and_resume(tmp_path, prefect_harness):
     # the moved cache home has no embedded model: its tokenizer is named for the SFT check
     tok = str(default_model_dir())
     recipe = math_recipe(
-        tmp_path, n=8, batch_size=8, max_items=160, engine=engine, output__target_tokenizer=tok
+        tmp_path, n=5, batch_size=8, max_items=160, engine=engine, output__target_tokenizer=tok
     )
     home = {"SYNTHFLOW_CACHE": str(tmp_path / "home")}
 
+    # the reference: the same rows without the engine's delay (it only keeps the killed run busy)
+    ref_recipe = math_recipe(tmp_path, name="ref.yaml", n=5, batch_size=8, max_items=160,
+                             engine={**engine, "options": {**engine["options"], "delay_s": 0}},
+                             output__target_tokenizer=tok)  # fmt: skip
     ref = run_cli(
         "run",
-        str(recipe),
+        str(ref_recipe),
         "--out",
         str(tmp_path / "ref"),
         env={**home, "SYNTHFLOW_RESPONSE_CACHE": str(tmp_path / "ref.sqlite3")},
@@ -70,7 +74,7 @@ def test_kill_and_resume(tmp_path, prefect_harness):
     )
     assert ref.returncode == 0, ref.stderr[-2000:]
     want = _rows(tmp_path / "ref")
-    assert len(want) == 8
+    assert len(want) == 5
 
     db = tmp_path / "c.sqlite3"
     env = {**os.environ, **home, "SYNTHFLOW_RESPONSE_CACHE": str(db)}
