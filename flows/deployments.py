@@ -16,7 +16,9 @@ def deployment_specs(path: Path = ROOT / "prefect.yaml") -> list[dict[str, Any]]
     return yaml.safe_load(path.read_text())["deployments"]
 
 
-def select_specs(recipes: list[str] | None = None, path: Path = ROOT / "prefect.yaml") -> list[dict[str, Any]]:
+def select_specs(
+    recipes: list[str] | None = None, path: Path = ROOT / "prefect.yaml"
+) -> list[dict[str, Any]]:
     """The deployment specs to serve: all, or those named by deployment name, recipe name or recipe
     path. A name that matches none, or a deployment whose recipe does not load, is one error."""
     from synthflow.errors import UserError

@@ -39,8 +39,8 @@ from prefect.utilities.annotations import opaque
 from synthflow import pipeline
 from synthflow import shard as sharding
 from synthflow.errors import UserError
+from synthflow.funnel import funnel
 from synthflow.generators.base import Item
-from synthflow.ledger import FUNNEL
 from synthflow.record import StageResult
 from synthflow.run import Run
 from synthflow.spec import Overrides, RunSpec
@@ -296,7 +296,6 @@ def _generate(spec: RunSpec, items: list[Item], batch: int) -> Any:
 
 
 def _artifacts(run: Run, summary: dict[str, Any]) -> dict[str, Any]:
-    counts = summary["counts"]
     report = Path(summary.get("path", "")) / "report.html"
     if report.is_file():
         create_link_artifact(
@@ -307,7 +306,10 @@ def _artifacts(run: Run, summary: dict[str, Any]) -> dict[str, Any]:
         )
     create_table_artifact(
         key=f"{run.recipe.name}-stage-counts".replace("_", "-"),
-        table=[{"stage": k, "rows": counts[k]} for k in FUNNEL],
+        table=[
+            {"stage": f["stage"], "rows": f["rows"], "removed here": sum(f["removed"].values())}
+            for f in funnel(summary)
+        ],  # fmt: skip
         description=f"Stage counts of run {run.run_id}",
     )
     create_markdown_artifact(

@@ -9,10 +9,12 @@ from collections import Counter
 from typing import Any
 
 from synthflow import revise as revising
+from synthflow.funnel import FUNNEL_REJECTS
 from synthflow.record import Record, Reject, StageResult
 
 FUNNEL = ("seeds", "generated", "parsed", "verified", "deduped", "scored", "accepted")
 STEP_COUNT = {"verify": "verified", "dedup": "deduped", "score": "scored", "accept": "accepted"}
+PRE_PARSE = frozenset(FUNNEL_REJECTS["parsed"])
 
 
 class Ledger:
@@ -37,7 +39,9 @@ class Ledger:
         # every generator reject is a parse or generate reject of a generated row
         self.seconds["generate"] += res.seconds
         self.counts["generated"] += len(res.kept) + len(res.rejects)
-        self.counts["parsed"] += len(res.kept)
+        # a generator's own checks past parsing (Bonito's answer checks are verify rejects) come
+        # after "parsed": the row parsed, and the verify count takes it out
+        self.counts["parsed"] += len(res.kept) + sum(j.stage not in PRE_PARSE for j in res.rejects)
         self.rejects.extend(res.rejects)
         return res.kept
 

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from synthflow.funnel import funnel
 from synthflow.record import Record, Reject, finish_reason
 
 STAGING = ".synthflow-staging"
@@ -56,6 +57,9 @@ STEPS_TYPE = pa.list_(
 CORE_COLUMNS: list[tuple[str, pa.DataType]] = [
     ("id", pa.string()),
     ("messages", MESSAGE_TYPE),
+    # TRL's conversational prompt-completion pair: the turns before the last assistant turn, and it
+    ("prompt", MESSAGE_TYPE),
+    ("completion", MESSAGE_TYPE),
     ("recipe", pa.string()),
     ("generator", pa.string()),
     ("run_id", pa.string()),
@@ -102,6 +106,14 @@ def run_schema(
     return pa.schema(cols)
 
 
+def prompt_completion(messages: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """TRL's conversational prompt-completion columns of a conversation: ``prompt`` = the turns
+    before the last assistant turn, ``completion`` = that turn (None when it does not end with one)."""
+    if not messages or messages[-1].get("role") != "assistant":
+        return {"prompt": None, "completion": None}
+    return {"prompt": list(messages[:-1]), "completion": [messages[-1]]}
+
+
 def record_row(
     r: Record, run_id: str, created_at: datetime, gen_columns: dict[str, pa.DataType]
 ) -> dict[str, Any]:
@@ -110,6 +122,7 @@ def record_row(
     row: dict[str, Any] = {
         "id": r.id,
         "messages": r.messages,
+        **prompt_completion(r.messages),
         "recipe": r.recipe,
         "generator": r.generator,
         "run_id": run_id,
@@ -281,9 +294,12 @@ def dataset_card(
         *decontam_lines(summary),
         "## Funnel",
         "",
-        "| stage | rows |",
-        "|---|---|",
-        *[f"| {k} | {v} |" for k, v in counts.items()],
+        "Each stage's rows are the previous stage's rows minus the rows removed there.",
+        "",
+        "| stage | rows | removed here |",
+        "|---|---|---|",
+        f"| seeds | {counts.get('seeds', 0)} | |",
+        *[f"| {f['stage']} | {f['rows']} | {_removed(f)} |" for f in funnel(summary)],
         "",
         "## Top reject reasons",
         "",
@@ -294,7 +310,10 @@ def dataset_card(
         *score_table(summary.get("scores") or {}),
         "## Columns",
         "",
-        "`messages` is TRL conversational format (`[{role, content}]`). Every other column is provenance:",
+        "`messages` is TRL's conversational format (`[{role, content}]`); `prompt` and `completion` are the "
+        "same conversation in TRL's prompt-completion format (the turns before the last assistant turn, "
+        "and that turn), so `SFTTrainer` trains on the answers only (`completion_only_loss`, its default "
+        "for such data) with any tokenizer. Every other column is provenance:",
         "",
         *[f"- `{f.name}`: {f.type}" for f in schema],
         "",
@@ -303,6 +322,17 @@ def dataset_card(
         extra,
     ]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _removed(f: dict[str, Any]) -> str:
+    parts = [f"{n} ({k})" for k, n in f["removed"].items()]
+    if f.get("revisions"):
+        parts.append(f"(incl. {f['revisions']} revisions)")
+    if f.get("over_target"):
+        parts.append(f"({f['over_target']} past the target)")
+    if f.get("selected_out"):
+        parts.append(f"({f['selected_out']} not selected)")
+    return ", ".join(parts)
 
 
 def decontam_lines(summary: dict[str, Any]) -> list[str]:

@@ -10,6 +10,7 @@ from typing import Any
 
 from synthflow import revise as revising
 from synthflow.engines.pool import usage_fields, usage_of, usage_totals
+from synthflow.funnel import funnel_text
 from synthflow.ledger import FUNNEL, Ledger
 from synthflow.personas import diversity
 from synthflow.record import Record, Reject
@@ -134,12 +135,11 @@ def score_stats(
 
 
 def format_summary(s: dict[str, Any]) -> str:
-    c = s["counts"]
     lines = [
         f"run {s['run_id']} of recipe {s['recipe']}" + (" (resumed)" if s.get("resumed") else ""),
         f"  dataset: {s.get('path', '?')}",
         f"  engine: {s['engine']}  model: {s['model']}",
-        "  funnel: " + " -> ".join(f"{k} {c[k]}" for k in FUNNEL),
+        "  funnel: " + funnel_text(s),
         f"  cache: {s['cache']['hits']} hits, {s['cache']['misses']} generated; "
         f"tokens: {s['tokens']['prompt']} prompt, {s['tokens']['completion']} completion; "
         f"engine {s['engine_seconds']} s"

@@ -78,4 +78,24 @@ def test_shipped_recipe_publishes_its_pinned_rows(name, tmp_path, prefect_harnes
     recipe = fake_recipe(tmp_path, name, script, **SIZE, **changes)
     monkeypatch.setenv("SYNTHFLOW_RESPONSE_CACHE", str(tmp_path / "cache.sqlite3"))
     summary = run_recipe(recipe=str(recipe), overrides=Overrides(out=str(tmp_path / "out")))
+    assert_funnel_adds_up(summary)
     assert_golden(f"recipes/{name}.json", golden(summary))
+
+
+def assert_funnel_adds_up(summary: dict) -> None:
+    """Each stage's rows are the previous stage's rows minus the rows rejected at that stage, in the
+    summary, the card and the Prefect table alike (they all come from ``funnel``)."""
+    from synthflow.funnel import FUNNEL_REJECTS, funnel
+
+    f = funnel(summary)
+    for prev, cur in zip(f, f[1:], strict=False):
+        assert cur["rows"] == prev["rows"] - sum(cur["removed"].values()), (prev, cur)
+    by_stage = summary["rejects_by_stage"]
+    assert set(by_stage) <= {s for stages in FUNNEL_REJECTS.values() for s in stages}, by_stage
+    assert f[-1]["rows"] == summary["counts"]["accepted"]
+    assert f[0]["rows"] == summary["counts"]["accepted"] + sum(
+        by_stage.values()
+    )  # every row is data or a reject
+    card = (Path(summary["path"]) / "README.md").read_text()
+    for row in f:
+        assert f"| {row['stage']} | {row['rows']} |" in card
