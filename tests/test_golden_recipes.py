@@ -79,7 +79,23 @@ def test_shipped_recipe_publishes_its_pinned_rows(name, tmp_path, prefect_harnes
     monkeypatch.setenv("SYNTHFLOW_RESPONSE_CACHE", str(tmp_path / "cache.sqlite3"))
     summary = run_recipe(recipe=str(recipe), overrides=Overrides(out=str(tmp_path / "out")))
     assert_funnel_adds_up(summary)
+    assert_readme_queries_run(tmp_path / "out")
     assert_golden(f"recipes/{name}.json", golden(summary))
+
+
+def assert_readme_queries_run(out: Path) -> None:
+    """Every `synthflow query` of the README, and its re-threshold query, runs as written on this
+    recipe's output (they used to name math's columns)."""
+    import re
+
+    from synthflow.cli import main
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    queries = re.findall(r'^synthflow query "(.+?)"', readme, re.M)
+    rethreshold = re.search(r"threshold is a query: `(SELECT .+?)`", readme, re.S)
+    assert len(queries) >= 3 and rethreshold
+    for sql in [*queries, " ".join(rethreshold.group(1).split())]:
+        assert main(["query", sql, "--out", str(out), "--format", "json"]) == 0, sql
 
 
 def assert_funnel_adds_up(summary: dict) -> None:

@@ -189,3 +189,33 @@ def test_ifeval_style_on_the_real_model(tmp_path, real_engine):
     assert any(r.startswith("verify:constraint_failed:") for r in reasons)
     card = (run_dir / "README.md").read_text()
     assert "Constraint coverage" in card and "| `" in card
+    _trl_trains_on_the_completions(run_dir, tmp_path)
+
+
+def _trl_trains_on_the_completions(run_dir: Path, tmp_path: Path) -> None:
+    """TRL out of the box (the README's example): `SFTTrainer(completion_only_loss=True)` on
+    `load_dataset(<run folder>)`, no mapping: 3 steps with finite losses, and the loss is on the
+    answer only (the prompt's tokens are masked; with `messages` alone TRL 1.16 masks nothing)."""
+    import math
+
+    from datasets import load_dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from synthflow.model import default_model_dir
+
+    ds = load_dataset(str(run_dir), split="train")
+    args = SFTConfig(output_dir=str(tmp_path / "trl"), max_steps=3, per_device_train_batch_size=1,
+                     completion_only_loss=True, logging_steps=1, report_to=[], save_strategy="no",
+                     use_cpu=True, seed=0, max_length=1024)  # fmt: skip
+    trainer = SFTTrainer(model=str(default_model_dir()), args=args, train_dataset=ds)
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses) == 3 and all(math.isfinite(v) for v in losses), losses
+    ex = trainer.train_dataset[0]
+    labels = ex["labels"]
+    masked = sum(v == -100 for v in labels)
+    assert 0 < masked < len(labels)  # the prompt is masked, the answer is trained on
+    answer = trainer.processing_class.decode(
+        [i for i, v in zip(ex["input_ids"], labels, strict=True) if v != -100]
+    )
+    assert ds[0]["completion"][0]["content"].strip()[:40] in answer
