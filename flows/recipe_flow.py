@@ -25,9 +25,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
-    create_link_artifact,
     create_markdown_artifact,
     create_progress_artifact,
     create_table_artifact,
@@ -39,7 +38,7 @@ from prefect.utilities.annotations import opaque
 from synthflow import pipeline
 from synthflow import shard as sharding
 from synthflow.errors import UserError
-from synthflow.funnel import funnel
+from synthflow.funnel import funnel, funnel_text
 from synthflow.generators.base import Item
 from synthflow.record import StageResult
 from synthflow.run import Run
@@ -86,23 +85,55 @@ def _wrap(a: Any) -> Any:
     )
 
 
-def prefect_steps(spec: RunSpec, batch: int) -> pipeline.StepRunner:
+def prefect_steps(spec: RunSpec, batch: int, last: list[Any] | None = None) -> pipeline.StepRunner:
     """The loop's steps as Prefect tasks named after the step and the batch (``verify-3``); each
-    takes the previous step's result, so the graph follows the data."""
+    takes the previous step's result, so the graph follows the data. ``last`` keeps the latest
+    result (``write`` takes it, so the graph ends in ``write``)."""
 
     def run(name: str, *args: Any) -> StageResult:
         task_ = revise if name == "revise" else step
-        return task_.with_options(name=name, task_run_name=f"{name}-{batch}")(
+        res = task_.with_options(name=name, task_run_name=f"{name}-{batch}")(
             spec, name, *(_wrap(a) for a in args)
         )
+        if last is not None:
+            last[:] = [res]
+        return res
 
     return run
 
 
 @task(name="write", cache_policy=NO_CACHE)
-def write(spec: RunSpec, run: Run) -> dict[str, Any]:
+def write(spec: RunSpec, run: Run, after: Any = None) -> dict[str, Any]:
+    """Publish the run. ``after``: the last step's result, only so the graph links it here."""
     _, summary = run.finish()
     return summary
+
+
+def _name_the_flow_run(spec: RunSpec) -> None:
+    """The flow run in the Prefect UI: named ``<recipe>-<run id>`` and tagged with the recipe,
+    model and engine (the run id is known only once the run is claimed)."""
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+
+    from synthflow.model import DEFAULT_MODEL_NAME
+
+    e = spec.recipe.engine
+    model = DEFAULT_MODEL_NAME if e.model in (None, "", "default") else str(e.model)
+    tags = sorted(
+        {*(flow_run.tags or []), f"recipe:{spec.recipe.name}", f"model:{model}", f"engine:{e.name}"}
+    )
+    try:
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(flow_run.id, name=f"{spec.recipe.name}-{spec.run_id}", tags=tags)
+    except Exception as ex:  # noqa: BLE001 - a label in the UI is not worth failing the run for
+        get_run_logger().warning(f"could not name the flow run: {ex}")
+
+
+def _flow_run_name() -> str:
+    from prefect.runtime import flow_run
+
+    recipe = str((flow_run.parameters or {}).get("recipe") or "recipe")
+    return f"{Path(recipe).stem}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}"
 
 
 SHARD_RETRIES = 2
@@ -218,7 +249,7 @@ def revise(spec: RunSpec, name: str, checked: Any, rnd: int) -> StageResult:
     return pipeline.dispatch(stages_for(spec), name, checked, rnd)
 
 
-@flow(name="synthflow-recipe", log_prints=True)
+@flow(name="synthflow-recipe", log_prints=True, flow_run_name=_flow_run_name)
 def run_recipe(
     recipe: str = "recipes/math.yaml",
     overrides: Overrides | None = None,
@@ -239,6 +270,10 @@ def run_recipe(
         ov = ov.model_copy(update={"seed": int(datetime.now(UTC).strftime("%Y%m%d"))})
     run = Run.open(recipe, ov, dask=dask)  # validation, the run's claim and item range: in the flow process
     spec, ledger = run.spec, run.ledger
+    log = get_run_logger()
+    _name_the_flow_run(spec)
+    log.info(f"run {spec.run_id} of recipe {spec.recipe.name}" + (" (resumed)" if spec.resumed else "")
+             + f": {spec.recipe.n} rows wanted, at most {spec.recipe.budget} items")  # fmt: skip
     bar = None
     pending = None
     try:
@@ -252,10 +287,12 @@ def run_recipe(
         progress_id = create_progress_artifact(
             pct, key=f"{run.recipe.name}-progress".replace("_", "-"), description=line
         )
-        ledger.seconds["prepare"] += prepare(spec)
+        prep = prepare.submit(spec)
+        ledger.seconds["prepare"] += prep.result()
         batch = 0
+        last: list[Any] = []
         items = run.next_items()
-        pending = _generate(spec, items, batch) if items else None
+        pending = _generate(spec, items, batch, wait_for=[prep]) if items else None
         while pending is not None:
             generated = pending.result()
             ahead: list[Item] = []
@@ -264,8 +301,10 @@ def run_recipe(
                 ahead = run.next_items()  # made while this batch is checked
                 pending = _generate(spec, ahead, batch + 1) if ahead else None
             pipeline.process_batch(
-                stages_for(spec), [], step=prefect_steps(spec, batch), sink=ledger, generated=generated
+                stages_for(spec), [], step=prefect_steps(spec, batch, last), sink=ledger, generated=generated
             )
+            pct, line = run.progress()
+            log.info(f"batch {batch}: {line}")
             batch += 1
             if pending is not None and ledger.reached_target():
                 pending.wait()  # not needed: undo it, as if it had never been made
@@ -282,7 +321,8 @@ def run_recipe(
                 bar.refresh()
         if bar is not None:
             bar.close()
-        summary = write(spec, run)
+        summary = write(spec, run, _wrap(last[0]) if last else None)
+        log.info(format_summary(summary))
         sharding.cleanup(spec)  # batches staged by an earlier, sharded attempt of this run
     finally:
         if pending is not None:  # a failure while a batch was made ahead: let it end first
@@ -291,19 +331,33 @@ def run_recipe(
     return _artifacts(run, summary)
 
 
-def _generate(spec: RunSpec, items: list[Item], batch: int) -> Any:
-    return generate.with_options(task_run_name=f"generate-{batch}").submit(spec, items)
+def _generate(spec: RunSpec, items: list[Item], batch: int, wait_for: list[Any] | None = None) -> Any:
+    return generate.with_options(task_run_name=f"generate-{batch}").submit(spec, items, wait_for=wait_for)
 
 
 def _artifacts(run: Run, summary: dict[str, Any]) -> dict[str, Any]:
     report = Path(summary.get("path", "")) / "report.html"
-    if report.is_file():
-        create_link_artifact(
-            key=f"{run.recipe.name}-report".replace("_", "-"),
-            link=report.resolve().as_uri(),
-            link_text=f"report.html of run {run.run_id}",
-            description="HTML report: funnel, scores, token lengths, coverage, dedup, cost, sample rows",
-        )
+    # the key figures here, and where the report is (a browser refuses a file:// link from the UI)
+    figures = [
+        f"**{summary['counts'].get('accepted', 0)} rows accepted** of {summary['counts'].get('generated', 0)} "
+        f"generated; model `{summary.get('model')}` via `{summary.get('engine')}`",
+        *([f"**{summary['shortfall']}**"] if summary.get("shortfall") else []),
+        f"funnel: {funnel_text(summary)}",
+        f"dataset: `{summary.get('path', '?')}`",
+        *(
+            [
+                f"report: `{report.resolve()}` (open it from a file manager, or `synthflow report "
+                f"{summary.get('path')}` writes it again)"
+            ]
+            if report.is_file()
+            else []
+        ),  # fmt: skip
+    ]
+    create_markdown_artifact(
+        key=f"{run.recipe.name}-report".replace("_", "-"),
+        markdown="\n\n".join(f"- {x}" for x in figures),
+        description=f"Key figures of run {run.run_id}",
+    )
     create_table_artifact(
         key=f"{run.recipe.name}-stage-counts".replace("_", "-"),
         table=[

@@ -22,6 +22,7 @@ def _up() -> bool:
 
 
 def main() -> int:
+    os.environ.setdefault("PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT", "false")  # no upgrade pop-up
     server = None
     if not _up():
         print(f"starting prefect server on {HOST}:{PORT} (logs: .prefect/server.log)")

@@ -161,3 +161,38 @@ def test_rows_past_the_target_are_over_target_rejects(tmp_path, prefect_harness)
     assert len(over) == s["over_target"] > 0
     assert all(r["reject_stage"] == "accept" and r["verify_status"] == "pass" for r in over)
     assert not {r["id"] for r in over} & {r["id"] for r in data}
+
+
+def test_a_cli_run_shows_in_the_prefect_ui(tmp_path, prefect_harness):
+    """What the Prefect UI shows of a CLI run (through the API): the flow run is named after the
+    recipe and run id and tagged with recipe, model and engine; synthflow's INFO lines are in its
+    logs (the terminal shows none of them); the graph starts at extract-seeds and ends at write;
+    the key-figures artifact names the report's path, not a file:// link."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, LogFilter, LogFilterFlowRunId
+
+    from .conftest import run_cli
+
+    recipe = math_recipe(tmp_path, n=4, batch_size=8, max_items=32)
+    p = run_cli("run", str(recipe), "--out", str(tmp_path / "out"), cwd=tmp_path, shared_prefect=True,
+                env={"SYNTHFLOW_PROGRESS": "0"})  # fmt: skip
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "INFO" not in p.stdout + p.stderr and len(p.stdout.splitlines()) <= 30
+    run_id = json.loads(next((tmp_path / "out").glob("math/*/summary.json")).read_text())["run_id"]
+    with get_client(sync_client=True) as client:
+        (fr,) = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"math-{run_id}"]))
+        )
+        assert {"recipe:math", "engine:fake", "model:SmolLM2-135M-Instruct"} <= set(fr.tags)
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[fr.id])))
+        text = [lg.message for lg in logs]
+        assert any(m.startswith(f"run {run_id} of recipe math") for m in text), text[:5]
+        assert any(m.startswith("batch 0: accepted") for m in text), text[:5]
+        tasks = {t.name: t for t in client.read_task_runs() if t.flow_run_id == fr.id}
+        ids_in = lambda t: {i.id for ins in t.task_inputs.values() for i in ins if hasattr(i, "id")}  # noqa: E731
+        seeds = next(t for n, t in tasks.items() if n.startswith("extract-seeds"))
+        assert seeds.id in ids_in(tasks["generate-0"])  # extract-seeds -> generate-0
+        write = next(t for n, t in tasks.items() if n.startswith("write"))
+        assert ids_in(write) & {t.id for n, t in tasks.items() if n.startswith(("accept-", "score-"))}
+        arts = [a for a in client.read_artifacts() if a.key == "math-report" and a.flow_run_id == fr.id]
+    assert arts and "report.html" in arts[0].data and "file://" not in arts[0].data

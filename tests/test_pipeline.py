@@ -90,8 +90,8 @@ def test_a_generate_that_fails_once_is_retried_with_the_same_rows(tmp_path, pref
 
 
 def test_tasks_take_data_and_the_graph_follows_the_data(tmp_path, prefect_harness):
-    """Each stage task's input is the previous stage's result: generate -> verify -> dedup ->
-    score -> accept, read back from the Prefect API."""
+    """Each stage task's input is the previous stage's result: extract-seeds -> generate -> verify ->
+    dedup -> score -> accept -> write, read back from the Prefect API."""
     from flows.recipe_flow import run_recipe
 
     s = run_recipe(recipe=str(math_recipe(tmp_path, n=2, batch_size=16, max_items=32)))
@@ -101,7 +101,8 @@ def test_tasks_take_data_and_the_graph_follows_the_data(tmp_path, prefect_harnes
     assert upstream["dedup"] == {"verify"}
     assert upstream["score"] == {"dedup"}
     assert upstream["accept"] == {"score"}
-    assert upstream.get("generate", set()) == set()  # not a star from extract-seeds
+    assert upstream["generate"] == {"extract-seeds"}  # the first batch's (the test in test_flow.py)
+    assert upstream["write"] == {"accept"}  # the last batch's
 
 
 def _cli_run(recipe: Path, out: Path, env: dict) -> subprocess.Popen:
