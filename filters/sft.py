@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from synthflow.errors import UserError
 from synthflow.filtering import Filter
+from synthflow.model import public_model_name
 from synthflow.record import Record, Reject, StageResult
 from synthflow.registry import register
 
@@ -143,7 +144,8 @@ class SFTCheck(Filter):
         lines = [
             "## Token lengths",
             "",
-            f"Rendered with the chat template of `{self.tokenizer_name}`; `max_seq_len` {self.max_seq_len}. "
+            f"Rendered with the chat template of `{public_model_name(self.tokenizer_name)}`; "
+            f"`max_seq_len` {self.max_seq_len}. "
             f"Rows over it are rejects (`sft:too_long`: {self.too_long}); rows whose template did not "
             f"render are `sft:template_error` ({self.template_errors}).",
             "",

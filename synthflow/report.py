@@ -21,6 +21,7 @@ import yaml
 
 from synthflow.atomic import atomic_path
 from synthflow.errors import UserError
+from synthflow.model import public_model_name
 from synthflow.store import SUCCESS, completed_runs
 
 FUNNEL = ("seeds", "generated", "parsed", "verified", "deduped", "scored", "accepted")
@@ -246,7 +247,7 @@ def run_sections(run: dict[str, Any]) -> list[tuple[str, str]]:
     sft = (s.get("filters") or {}).get("sft") or {}
     a = [r["n_tokens"] for r in data if r.get("n_tokens") is not None]
     b = [r["n_tokens"] for r in rej if r.get("n_tokens") is not None]
-    note = f"<p>Chat template of <code>{_esc(sft.get('tokenizer', '?'))}</code>.</p>"
+    note = f"<p>Chat template of <code>{_esc(public_model_name(sft.get('tokenizer')))}</code>.</p>"
     body = hist_plot("tokens per row (chat template)", {"accepted": a, "rejected": b}, sft.get("max_seq_len"),
                      "tokens") if a or b else "<p>No token lengths (no row reached the SFT check).</p>"  # fmt: skip
     pt = [r["prompt_tokens"] for r in data if r.get("prompt_tokens")]
@@ -369,7 +370,7 @@ def run_report(run_dir: Path) -> str:
     run = load_run(run_dir)
     s = run["summary"]
     c = s.get("counts") or {}
-    sub = (f"model <code>{_esc(s.get('model'))}</code> via {_esc(s.get('engine'))}; "
+    sub = (f"model <code>{_esc(public_model_name(s.get('model')))}</code> via {_esc(s.get('engine'))}; "
            f"{c.get('accepted', 0)} accepted of {c.get('generated', 0)} generated; "
            f"recipe fingerprint <code>{_esc(s.get('fingerprint'))}</code>")  # fmt: skip
     return page(f"synthflow {s.get('recipe')} run {s.get('run_id')}", sub, run_sections(run))

@@ -62,7 +62,12 @@ def test_every_published_row_has_n_tokens_and_long_ones_are_rejects(tmp_path, mo
     lengths = data.column("n_tokens").to_pylist()
     assert lengths and all(isinstance(n, int) and n > 0 for n in lengths)
     assert all(data.column("fits_context").to_pylist())
-    assert "## Token lengths" in (Path(s["path"]) / "README.md").read_text()
+    card = (Path(s["path"]) / "README.md").read_text()
+    assert "## Token lengths" in card
+    # the card travels: the embedded model and its tokenizer by HF id, no local path
+    assert "chat template of `HuggingFaceTB/SmolLM2-135M-Instruct`" in card
+    assert str(default_model_dir()) not in card and str(Path.home()) not in card
+
     assert s["filters"]["sft"]["max_seq_len"] == 2048
     # the same rows against a limit below the shortest: every row that reached the step is too long
     limit = min(lengths) - 1
@@ -92,3 +97,16 @@ def test_the_prefect_run_has_a_progress_artifact_updated_per_batch(tmp_path, pre
     latest = max(arts, key=lambda a: a.updated or a.created)
     assert float(latest.data) == pytest.approx(100.0 * min(1.0, s["counts"]["accepted"] / 6))
     assert f"accepted {s['counts']['accepted']} of 6" in latest.description
+
+
+def test_cards_name_models_by_what_other_machines_can_find(tmp_path):
+    from synthflow.model import public_model_name
+
+    assert public_model_name("default") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert public_model_name(str(default_model_dir())) == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert public_model_name("Qwen/Qwen2.5-0.5B-Instruct") == "Qwen/Qwen2.5-0.5B-Instruct"
+    (tmp_path / "ft").mkdir()
+    (tmp_path / "ft" / "config.json").write_text('{"_name_or_path": "org/base-model"}')
+    assert public_model_name(str(tmp_path / "ft")) == "org/base-model"
+    (tmp_path / "mine").mkdir()
+    assert public_model_name(str(tmp_path / "mine")) == "mine (a local folder)"
