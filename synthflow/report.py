@@ -107,6 +107,17 @@ def score_plot(name: str, acc: list[float], rej: list[float], lo: float | None, 
     return _svg(fig)
 
 
+# fewer values than this get a table, not a histogram (ten bars of one point each say nothing)
+MIN_POINTS = 10
+
+
+def _stats(vals: list[float]) -> str:
+    if not vals:
+        return "-"
+    v = sorted(vals)
+    return f"{v[0]:g} / {v[len(v) // 2]:g} / {v[-1]:g}"
+
+
 def hist_plot(
     title: str, series: dict[str, list[float]], limit: float | None = None, xlabel: str = ""
 ) -> str:
@@ -233,27 +244,45 @@ def run_sections(run: dict[str, Any]) -> list[tuple[str, str]]:
     # scores
     thr = _thresholds(recipe)
     names = sorted({k[6:] for r in data + rej for k in r if k.startswith("score_")})
-    plots = []
+    plots, small = [], []
     for name in names:
         col = f"score_{name}"
         a = [float(v) for r in data if isinstance(v := r.get(col), (int, float)) and v == v]
         b = [float(v) for r in rej if isinstance(v := r.get(col), (int, float)) and v == v]
-        if a or b:
-            lo, hi = thr.get(name, (None, None))
+        lo, hi = thr.get(name, (None, None))
+        bounds = " ".join(f"{k} {v:g}" for k, v in (("min", lo), ("max", hi)) if v is not None) or "-"
+        if len(set(a + b)) == 1:  # a constant is a fact, not a distribution (nor a violation)
+            small.append([f"score_{name}", f"constant {(a + b)[0]:g} ({len(a + b)} rows)", "", bounds])
+        elif len(a) + len(b) >= MIN_POINTS:
             plots.append(score_plot(name, a, b, lo, hi))
-    sec.append(("Scores", "".join(plots) or "<p>No row was scored.</p>"))
+        elif a or b:
+            small.append([f"score_{name}", _stats(a), _stats(b), bounds])
+    body = "".join(plots)
+    if small:
+        body += (f"<p>Scores with fewer than {MIN_POINTS} values, or one value, as a table "
+                 "(min / median / max):</p>") + _table(["score", "accepted", "rejected", "thresholds"], small)  # fmt: skip
+    sec.append(("Scores", body or "<p>No row was scored.</p>"))
 
     # token lengths
     sft = (s.get("filters") or {}).get("sft") or {}
     a = [r["n_tokens"] for r in data if r.get("n_tokens") is not None]
     b = [r["n_tokens"] for r in rej if r.get("n_tokens") is not None]
     note = f"<p>Chat template of <code>{_esc(public_model_name(sft.get('tokenizer')))}</code>.</p>"
-    body = hist_plot("tokens per row (chat template)", {"accepted": a, "rejected": b}, sft.get("max_seq_len"),
-                     "tokens") if a or b else "<p>No token lengths (no row reached the SFT check).</p>"  # fmt: skip
+    if len(a) + len(b) >= MIN_POINTS:
+        body = hist_plot("tokens per row (chat template)", {"accepted": a, "rejected": b},
+                         sft.get("max_seq_len"), "tokens")  # fmt: skip
+    elif a or b:
+        body = _table(["tokens per row (chat template)", "accepted", "rejected", "limit"],
+                      [["min / median / max", _stats(a), _stats(b), sft.get("max_seq_len")]])  # fmt: skip
+    else:
+        body = "<p>No token lengths (no row reached the SFT check).</p>"
     pt = [r["prompt_tokens"] for r in data if r.get("prompt_tokens")]
     ct = [r["completion_tokens"] for r in data if r.get("completion_tokens")]
-    if pt or ct:
+    if len(pt) + len(ct) >= MIN_POINTS:
         body += hist_plot("engine tokens per accepted row", {"prompt": pt, "completion": ct}, None, "tokens")
+    elif pt or ct:
+        body += _table(["engine tokens per accepted row", "prompt", "completion"],
+                       [["min / median / max", _stats(pt), _stats(ct)]])  # fmt: skip
     sec.append(("Token lengths", note + body))
 
     # coverage
@@ -272,7 +301,11 @@ def run_sections(run: dict[str, Any]) -> list[tuple[str, str]]:
     ai = Counter((r.get("ai_skill"), r.get("ai_transformation")) for r in data if r.get("ai_skill"))
     if ai:
         cov.append(heatmap("AgentInstruct: skill x transformation", ai))
+    ids = Counter(x for r in data for x in (r.get("instruction_id_list") or []))
+    if ids:
+        cov.append(bar_plot("constraints in accepted rows", ids))
     for col, title in (
+        ("task_type", "task types"),
         ("template_id", "templates"),
         ("split", "splits"),
         ("cluster_id", "select: cluster sizes"),

@@ -118,10 +118,19 @@ def expected_figures(run_dir: Path) -> int:
     def has(col: str, among: list[dict]) -> bool:
         return any(r.get(col) is not None and r.get(col) == r.get(col) for r in among)
 
+    from synthflow.report import MIN_POINTS
+
+    def values(col: str, among: list[dict]) -> list:
+        return [r[col] for r in among if r.get(col) is not None and r.get(col) == r.get(col)]
+
     n = 1  # the funnel
-    n += sum(has(c, rows) for c in {k for r in rows for k in r if k.startswith("score_")})
-    n += has("n_tokens", rows)
-    n += any(r.get("prompt_tokens") or r.get("completion_tokens") for r in data)
+    for c in {k for r in rows for k in r if k.startswith("score_")}:  # a histogram: enough values, not one
+        v = values(c, rows)
+        n += len(v) >= MIN_POINTS and len(set(v)) > 1
+    n += len(values("n_tokens", rows)) >= MIN_POINTS
+    n += sum(bool(r.get("prompt_tokens")) + bool(r.get("completion_tokens")) for r in data) >= MIN_POINTS
+    n += any(r.get("instruction_id_list") for r in data)  # constraints
+    n += has("task_type", data)
     n += any(r.get("skills") for r in data)  # skill counts
     n += any(len(set(r.get("skills") or [])) > 1 for r in data)  # skill x skill pairs
     n += any(r.get("ai_skill") for r in data)
