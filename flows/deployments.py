@@ -33,7 +33,8 @@ def select_specs(
             keys.setdefault(k, []).append(spec)
     chosen: list[dict[str, Any]] = []
     for name in recipes or []:
-        key = str(Path(name).resolve()) if Path(name).exists() else name
+        # a deployment or recipe name as given first; a path then by where it points
+        key = name if name in keys else (str(Path(name).resolve()) if Path(name).exists() else name)
         if key not in keys:
             names = sorted({Path(str(s["parameters"]["recipe"])).stem for s in specs})
             raise UserError(

@@ -40,6 +40,7 @@ from synthflow import shard as sharding
 from synthflow.errors import UserError
 from synthflow.funnel import funnel, funnel_text
 from synthflow.generators.base import Item
+from synthflow.model import public_model_name
 from synthflow.record import StageResult
 from synthflow.run import Run
 from synthflow.spec import Overrides, RunSpec
@@ -115,10 +116,8 @@ def _name_the_flow_run(spec: RunSpec) -> None:
     from prefect.client.orchestration import get_client
     from prefect.runtime import flow_run
 
-    from synthflow.model import DEFAULT_MODEL_NAME
-
     e = spec.recipe.engine
-    model = DEFAULT_MODEL_NAME if e.model in (None, "", "default") else str(e.model)
+    model = public_model_name(str(e.model or "default"))
     tags = sorted(
         {*(flow_run.tags or []), f"recipe:{spec.recipe.name}", f"model:{model}", f"engine:{e.name}"}
     )
@@ -271,12 +270,12 @@ def run_recipe(
     run = Run.open(recipe, ov, dask=dask)  # validation, the run's claim and item range: in the flow process
     spec, ledger = run.spec, run.ledger
     log = get_run_logger()
-    _name_the_flow_run(spec)
-    log.info(f"run {spec.run_id} of recipe {spec.recipe.name}" + (" (resumed)" if spec.resumed else "")
-             + f": {spec.recipe.n} rows wanted, at most {spec.recipe.budget} items")  # fmt: skip
     bar = None
     pending = None
     try:
+        _name_the_flow_run(spec)
+        log.info(f"run {spec.run_id} of recipe {spec.recipe.name}" + (" (resumed)" if spec.resumed else "")
+                 + f": {spec.recipe.n} rows wanted, at most {spec.recipe.budget} items")  # fmt: skip
         if shards > 1:
             run_sharded(run, shards, work_pool, redis)
             summary = write(spec, run)
@@ -340,7 +339,7 @@ def _artifacts(run: Run, summary: dict[str, Any]) -> dict[str, Any]:
     # the key figures here, and where the report is (a browser refuses a file:// link from the UI)
     figures = [
         f"**{summary['counts'].get('accepted', 0)} rows accepted** of {summary['counts'].get('generated', 0)} "
-        f"generated; model `{summary.get('model')}` via `{summary.get('engine')}`",
+        f"generated; model `{public_model_name(summary.get('model'))}` via `{summary.get('engine')}`",
         *([f"**{summary['shortfall']}**"] if summary.get("shortfall") else []),
         f"funnel: {funnel_text(summary)}",
         f"dataset: `{summary.get('path', '?')}`",

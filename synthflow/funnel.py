@@ -28,7 +28,7 @@ def funnel(summary: dict[str, Any]) -> list[dict[str, Any]]:
         row = {"stage": stage, "rows": c.get(stage, 0), "removed": removed}
         if stage == "accepted":
             row["over_target"] = summary.get("over_target", 0)
-            row["selected_out"] = c.get("selected_out", 0)
+            row["selected_out"] = summary.get("selected_out", 0)
         out.append(row)
     return out
 

@@ -57,8 +57,9 @@ def rows_table(rows: list[dict[str, Any]], path: Path | str) -> pa.Table:
     string or list in another) is one error naming the file, the column and the first two rows."""
     import pyarrow as pa
 
+    keys = list(dict.fromkeys(k for r in rows for k in r))  # every row's columns, not the first row's
     try:
-        return pa.Table.from_pylist(rows)
+        return pa.Table.from_pylist([{k: r.get(k) for k in keys} for r in rows])
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
         first: dict[str, tuple[int, str]] = {}
         for i, r in enumerate(rows, 1):

@@ -269,7 +269,7 @@ def extract_seeds(
         got = fn(**src.model_dump())
         if not got:
             raise UserError(f"{src.path or src.source}: no seeds found (seeds[{i}] of {where})")
-        if fields:
+        if fields:  # () for a generator that skips seeds it cannot use
             _check_fields(got, fields, src, i, reader)
         seeds.extend(got)
     if not seeds:

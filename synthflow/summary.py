@@ -42,6 +42,7 @@ def build(spec: RunSpec, ledger: Ledger, st: Stages) -> dict[str, Any]:
         "item_offset": spec.item_start,
         "items_discarded": ledger.discarded,
         "over_target": ledger.counts.get("over_target", 0),
+        "selected_out": ledger.counts.get("selected_out", 0),
         "top_rejects": [(s, r, c) for (s, r), c in heads.most_common(8)],
         "rejects_by_stage": dict(Counter(j.stage for j in ledger.rejects)),
         **usage_fields(use),

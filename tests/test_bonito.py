@@ -132,7 +132,7 @@ def test_extractive_answers_must_be_spans_of_the_passage():
             check_answer(tt, PASSAGE, q, answer, 20)
     for task, answer, why in [("Sentiment Classification", "positive", "task_too_short"),
                               ("Sentiment Classification Output: Task: task", "positive", "scaffold_in_task"),
-                              ("The sentiment classification task question", "positive", "task_is_a_label"),
+                              ("The sentiment classification task", "positive", "task_is_a_label"),
                               ("The Water Cycle title", "the water cycle Title", "answer_is_task")]:  # fmt: skip
         with pytest.raises(ValueError, match=why):
             check_answer(TASK_TYPES["title_generation"], PASSAGE, task, answer, 20)

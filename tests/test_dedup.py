@@ -361,3 +361,13 @@ def test_long_texts_keep_the_document_path():
     f.admit(_records([base], "o"))
     got = f(_records([base.replace("word7 ", "other "), " ".join(f"w{i}" for i in range(200))], "e"))
     assert [j.reason.split(":")[1] for j in got.rejects] == ["near"] and len(got.kept) == 1
+
+
+def test_rows_table_keeps_columns_the_first_row_lacks():
+    """Rows of an older run (no prompt/completion) before newer ones: no column is dropped."""
+    from synthflow.rows import rows_table
+
+    t = rows_table(
+        [{"id": "a", "text": "x"}, {"id": "b", "text": "y", "completion": [{"role": "assistant"}]}], "f"
+    )
+    assert t.column_names == ["id", "text", "completion"] and t.column("completion").to_pylist()[0] is None

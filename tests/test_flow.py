@@ -183,7 +183,7 @@ def test_a_cli_run_shows_in_the_prefect_ui(tmp_path, prefect_harness):
         (fr,) = client.read_flow_runs(
             flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"math-{run_id}"]))
         )
-        assert {"recipe:math", "engine:fake", "model:SmolLM2-135M-Instruct"} <= set(fr.tags)
+        assert {"recipe:math", "engine:fake", "model:HuggingFaceTB/SmolLM2-135M-Instruct"} <= set(fr.tags)
         logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[fr.id])))
         text = [lg.message for lg in logs]
         assert any(m.startswith(f"run {run_id} of recipe math") for m in text), text[:5]

@@ -4,6 +4,7 @@ retries with backoff on 5xx/429, timeouts, prefill flags, and a clear error when
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,8 +17,9 @@ from synthflow.errors import EngineUnavailable
 
 
 class Server:
-    def __init__(self, fail_first: int = 0, delay: float = 0.0):
+    def __init__(self, fail_first: int = 0, delay: float = 0.0, reply: tuple[int, object] | None = None):
         self.fail_first = fail_first
+        self.reply = reply  # (status, body) every chat call gets, e.g. a broken server
         self.delay = delay
         self.bodies: list[dict] = []
         self.active = 0
@@ -51,6 +53,8 @@ class Server:
                     time.sleep(outer.delay)
                     if n <= outer.fail_first:
                         return self._send(503, {"error": "busy"})
+                    if outer.reply is not None:
+                        return self._send(*outer.reply)
                     text = "echo: " + body["messages"][-1]["content"]
                     self._send(
                         200,
@@ -138,3 +142,34 @@ def test_prefill_and_structured_output_flags(server):
 def test_down_endpoint_is_a_user_error():
     with pytest.raises(EngineUnavailable, match="not reachable"):
         OpenAIEngine("http://127.0.0.1:9/v1", show_progress=False).start()
+
+
+@pytest.mark.parametrize(
+    ("reply", "says"),
+    [
+        ((500, {"error": "model crashed"}), "failed after 1 tries (HTTP 500)"),
+        ((400, {"error": "unknown model"}), "answered HTTP 400: "),
+        ((200, {"id": "x"}), "answered without choices[0].message"),
+        ((200, {"choices": []}), "answered without choices[0].message"),
+        ((200, "not an object"), "answered without choices[0].message"),
+    ],
+)
+def test_preflight_makes_one_real_chat_call(reply, says):
+    """An endpoint that lists its models but fails chat calls is caught before the run starts."""
+    s = Server(reply=reply)
+    try:
+        eng = OpenAIEngine(s.url, model="m", show_progress=False, max_retries=0)
+        with pytest.raises(EngineUnavailable, match=f"test chat call to model 'm' {re.escape(says)}"):
+            eng.preflight()
+        assert s.bodies[-1]["max_tokens"] == 1
+    finally:
+        s.close()
+
+
+def test_preflight_passes_a_working_endpoint_and_retries_a_busy_one():
+    s = Server(fail_first=2)
+    try:
+        OpenAIEngine(s.url, show_progress=False, backoff_s=0.01).preflight()  # 2 x 503, then an answer
+        assert len(s.bodies) == 3 and s.bodies[-1]["model"] == "served-model"
+    finally:
+        s.close()

@@ -107,7 +107,7 @@ import os, sys, time
 from synthflow import runlock
 rid, resumed, lock = runlock.claim_run(sys.argv[1], "math", "fp", "recipe.yaml")
 if os.fork() == 0:  # a worker started with fork (vLLM may start its engine core so)
-    print("forked", flush=True)  # its at-fork hook has run by now
+    open(os.path.join(sys.argv[1], "forked"), "w").close()  # its at-fork hook has run by now
     time.sleep(600)
     os._exit(0)
 print(rid, flush=True)
@@ -124,9 +124,12 @@ def test_a_forked_child_does_not_keep_a_killed_runs_lock(tmp_path):
     )
     # wait for both: the child closes the inherited lock fd in its at-fork hook, and a kill before
     # the child has been scheduled at all would find the lock still shared (seen once under load)
-    lines = {p.stdout.readline().strip(), p.stdout.readline().strip()}
-    (rid,) = lines - {"forked"}
+    rid = p.stdout.readline().strip()
     try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "forked").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert (tmp_path / "forked").exists(), "the forked child never ran"
         os.kill(p.pid, signal.SIGKILL)  # the run dies; its forked child lives on
         p.wait()
         got, resumed, lock = runlock.claim_run(tmp_path, "math", "fp", "r.yaml")

@@ -73,7 +73,36 @@ class OpenAIEngine:
         self._checked = True
 
     def preflight(self) -> None:
+        """Before a run starts: the endpoint lists its models (``start``) and answers one real chat
+        call (one token) with a well-formed reply, so a server that lists models but fails every
+        chat call is one line now, not a failure after the flow started."""
         self.start()
+        body = {"model": self.model, "messages": [{"role": "user", "content": "Say OK."}], "max_tokens": 1,
+                "temperature": 0.0}  # fmt: skip
+        where = f"engine openai at {self.base_url}: a test chat call to model {self.model!r}"
+        last = ""
+        for attempt in range(self.max_retries + 1):
+            try:
+                r = httpx.post(f"{self.base_url}/chat/completions", json=body, headers=self._headers(),
+                               timeout=min(self.timeout_s, 60.0))  # fmt: skip
+            except httpx.HTTPError as e:
+                last = f"{type(e).__name__}: {e}"
+            else:
+                if r.status_code not in RETRY_STATUS:
+                    if r.status_code >= 400:
+                        raise EngineUnavailable(f"{where} answered HTTP {r.status_code}: {r.text[:200]}")
+                    try:
+                        data = r.json()
+                        data["choices"][0]["message"]
+                        return
+                    except (ValueError, KeyError, IndexError, TypeError):
+                        raise EngineUnavailable(
+                            f"{where} answered without choices[0].message (not an OpenAI chat reply): "
+                            f"{r.text[:120]!r}"
+                        ) from None
+                last = f"HTTP {r.status_code}"
+            time.sleep(self.backoff_s * (2**attempt))
+        raise EngineUnavailable(f"{where} failed after {self.max_retries + 1} tries ({last})")
 
     def _body(self, req: Request, sampling: Sampling) -> dict[str, Any]:
         body: dict[str, Any] = {

@@ -89,11 +89,12 @@ TASK_TYPES: dict[str, TaskType] = {
 _WORD = re.compile(r"\w+", re.UNICODE)
 _ANSWER_LINE = re.compile(r"^\s*\**\s*Answer\s*\**\s*:\s*\**\s*", re.M | re.I)
 _TASK_LINE = re.compile(r"^\s*\**\s*Task\s*\**\s*:", re.M | re.I)
-# the prompt's own scaffolding inside a task ("Sentiment Classification Output: Task: task")
-_SCAFFOLD = re.compile(r"\b(task|output|answer)\s*:", re.I)
-# words that say what kind of task it is, not what it asks: a task needs 3 words besides these
+# the prompt's own scaffolding inside a task ("Sentiment Classification Output: Task: task"); a task
+# may say "answer:" ("... and answer: when was it built?"), so only Task:/Output: count
+_SCAFFOLD = re.compile(r"\b(task|output)\s*:", re.I)
+# words that only say what kind of task it is: a task made of nothing else is a label, not a task
 _LABEL_WORDS = frozenset(
-    {"task", "tasks", "output", "answer", "input", "question", "type", "label", "labels", "the", "a", "an"}
+    {"task", "tasks", "output", "type", "label", "labels", "the", "a", "an"}
     | {w for tt in TASK_TYPES.values() for w in re.findall(r"\w+", tt.title.lower())}
 )
 
@@ -139,7 +140,7 @@ def check_answer(tt: TaskType, passage: str, task: str, answer: str, max_span_wo
         raise ValueError("answer_is_task")
     if _SCAFFOLD.search(task):  # the template's "Task:"/"Output:" copied into the task
         raise ValueError("scaffold_in_task")
-    if sum(w.lower() not in _LABEL_WORDS for w in words(task)) < 3:  # "Sentiment classification task"
+    if all(w.lower() in _LABEL_WORDS for w in words(task)):  # "Sentiment classification task"
         raise ValueError("task_is_a_label")
     if tt.check == "span":
         n = len(words(answer))

@@ -150,7 +150,7 @@ def instruction_text(data: dict[str, Any]) -> str:
 @register("generator", "ensemble")
 class Ensemble(Generator):
     name = "ensemble"
-    seed_fields = ("instruction", "problem", "question", "text")
+    seed_fields = ()  # a seed without an instruction is skipped (plan), not an error
     prompts: ClassVar[dict[str, str]] = {
         "answer": "ensemble/answer.jinja2",
         "math": "ensemble/math.jinja2",

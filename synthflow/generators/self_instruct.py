@@ -143,6 +143,7 @@ class SelfInstructOptions(BaseModel):
 @register("generator", "self_instruct")
 class SelfInstruct(Generator):
     name = "self_instruct"
+    seed_fields = ("instruction",)
     prompts: ClassVar[dict[str, str]] = {
         "instructions": "self_instruct/instructions.jinja2",
         "classify": "self_instruct/classify.jinja2",
