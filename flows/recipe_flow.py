@@ -238,7 +238,10 @@ def _progress(run: Run) -> Any:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=run.recipe.n, desc=f"{run.recipe.name}: accepted", unit="row", dynamic_ncols=True)
+    from synthflow import terminal
+
+    return tqdm(total=run.recipe.n, desc=f"{run.recipe.name}: accepted", unit="row", dynamic_ncols=True,
+                file=terminal.err())  # fmt: skip
 
 
 @task(name="revise", retries=GENERATE_RETRIES, retry_delay_seconds=RETRY_DELAY_S, cache_policy=NO_CACHE)

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
+from synthflow import terminal
 from synthflow.errors import UserError, positive_int
 
 
@@ -101,7 +102,9 @@ def kill_descendants(grace_s: float = 3.0) -> int:
     return len(kids)
 
 
-def supervise(argv: list[str], stopped: str = "run stopped; the same command resumes it") -> int:
+def supervise(
+    argv: list[str], stopped: str = "run stopped; the same command resumes it", log: Path | None = None
+) -> int:
     """Run ``synthflow <argv>`` in a child process (its own session, so a terminal's Ctrl-C reaches
     only this one) and stay beside it. SIGINT (Ctrl-C) or SIGTERM stops the run at once: one line,
     every process the run started is stopped (vLLM's engine core and workers, sandbox servers, local
@@ -124,7 +127,9 @@ def supervise(argv: list[str], stopped: str = "run stopped; the same command res
             proc.kill()  # the run's own process first, at once: no crash reports from its tasks
         kill_descendants()  # then what it started (now ours): SIGTERM, SIGKILL after 3 s
         sys.stdout.flush()
-        print(f"synthflow: {what}: {stopped}", file=sys.stderr, flush=True)
+        print(
+            f"synthflow: {what}: {stopped}" + (f" (log: {log})" if log else ""), file=sys.stderr, flush=True
+        )
         os._exit(128 + signum)
 
     env = {**os.environ, "SYNTHFLOW_SUPERVISED": "1"}
@@ -135,14 +140,30 @@ def supervise(argv: list[str], stopped: str = "run stopped; the same command res
         if os.getppid() != me:
             os._exit(1)
 
+    streams: dict[str, Any] = {}
+    if log is not None:  # the run's processes print to the log; the terminal keeps synthflow's own lines
+        log.parent.mkdir(parents=True, exist_ok=True)
+        f = open(log, "ab")  # noqa: SIM115 - the child holds it; closed when it ends
+        t_out, t_err = os.dup(1), os.dup(2)
+        env |= {"SYNTHFLOW_TERMINAL_FDS": f"{t_out},{t_err}", "SYNTHFLOW_LOG": str(log)}
+        streams = {"stdout": f, "stderr": f, "pass_fds": (t_out, t_err)}
     proc = subprocess.Popen([sys.executable, "-m", "synthflow.cli", *argv], env=env, start_new_session=True,
-                            preexec_fn=die_with_me)  # fmt: skip
+                            preexec_fn=die_with_me, **streams)  # fmt: skip
+    if log is not None:
+        f.close()
+        os.close(t_out)
+        os.close(t_err)
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     rc = proc.wait()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     kill_descendants()
+    if rc < 0:  # the run's process was killed (the OOM killer, kill -9): one line, not a silent code
+        where = f" (log: {log})" if log else ""
+        print(f"synthflow: error: the run's process was killed by signal {-rc}; the same command resumes "
+              f"it{where}", file=sys.stderr, flush=True)  # fmt: skip
+        return 2
     return rc
 
 
@@ -151,22 +172,45 @@ def cmd_run(a: argparse.Namespace) -> int:
     from synthflow import run
     from synthflow.summary import format_summary
 
+    if os.environ.get("SYNTHFLOW_SUPERVISED") == "1":
+        terminal.claim()  # the run's process: its own lines to the terminal, the rest to the log
     ov = overrides(a)
     if a.shards < 1:
         raise UserError(f"--shards {a.shards}: give 1 or more")
     if a.work_pool and a.shards < 2:
         raise UserError("--work-pool: only for a sharded run (--shards 2 or more)")
-    run.check(a.recipe, ov, shards=a.shards)  # bad input fails here, before Prefect starts
+    recipe = run.check(a.recipe, ov, shards=a.shards)  # bad input fails here, before Prefect starts
     if os.environ.get("SYNTHFLOW_SUPERVISED") != "1" and a.argv is not None:
-        return supervise(a.argv)
+        log = None
+        if not a.verbose:  # engine and Prefect chatter to a log file beside the runs
+            from datetime import UTC, datetime
+
+            from synthflow.store import STAGING
+
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+            log = (
+                Path(recipe.output.root).resolve()
+                / STAGING
+                / "logs"
+                / f"{recipe.name}-{stamp}-{os.getpid()}.log"
+            )
+        return supervise(a.argv, log=log)
     _reap_orphan_prefect_servers()
     from flows.recipe_flow import run_recipe
 
     summary = run_recipe(recipe=a.recipe, overrides=ov, shards=a.shards, work_pool=a.work_pool, redis=a.redis,
                          dask=a.dask)  # fmt: skip
-    print(format_summary(summary))
+    lines = format_summary(summary)
+    if terminal.log_file() and summary.get("path"):  # the full log goes with the published run
+        import shutil
+
+        dest = Path(summary["path"]) / "run.log"
+        with contextlib.suppress(OSError):
+            shutil.copyfile(terminal.log_file(), dest)
+            lines += f"\n  full log: {dest}"
+    print(lines, file=terminal.out(), flush=True)
     if a.fail_short and summary.get("shortfall"):
-        print(f"synthflow: error: {summary['shortfall']} (--fail-short)", file=sys.stderr)
+        print(f"synthflow: error: {summary['shortfall']} (--fail-short)", file=terminal.err(), flush=True)
         return 3
     return 0
 
@@ -378,6 +422,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         "dataset equals the one-process run's (not for self_instruct or the select filter)",
     )
     r.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show the engine's and Prefect's logs live (default: they go to a log file under "
+        "<out>/.synthflow-staging/logs/, copied into the run folder as run.log; the terminal shows "
+        "progress, the summary and errors)",
+    )
+    r.add_argument(
         "--fail-short",
         action="store_true",
         help="exit 3 when fewer rows than --n were accepted (the rows found are still published); "
@@ -514,14 +566,18 @@ def main(argv: list[str] | None = None) -> int:
             check_writable(out, folder=WRITES_OUT[a.cmd])
         return a.fn(a)
     except UserError as e:
-        print(f"synthflow: error: {e}", file=sys.stderr)
+        print(terminal.error_line(f"synthflow: error: {e}"), file=terminal.err(), flush=True)
         return 2
     except KeyboardInterrupt:
-        print("synthflow: interrupted", file=sys.stderr)
+        print("synthflow: interrupted", file=terminal.err(), flush=True)
         return 130
     except OSError as e:  # a full disk, an unwritable or vanished path: one line naming it
         where = f"{e.filename}: " if e.filename else ""
-        print(f"synthflow: error: {where}{e.strerror or e}", file=sys.stderr)
+        print(
+            terminal.error_line(f"synthflow: error: {where}{e.strerror or e}"),
+            file=terminal.err(),
+            flush=True,
+        )
         return 2
 
 

@@ -179,6 +179,8 @@ def test_a_cli_run_shows_in_the_prefect_ui(tmp_path, prefect_harness):
     assert p.returncode == 0, p.stderr[-2000:]
     assert "INFO" not in p.stdout + p.stderr and len(p.stdout.splitlines()) <= 30
     run_id = json.loads(next((tmp_path / "out").glob("math/*/summary.json")).read_text())["run_id"]
+    # the run's processes logged to a file, copied into the run folder; the summary names it
+    assert (tmp_path / "out" / "math" / run_id / "run.log").is_file() and "full log: " in p.stdout
     with get_client(sync_client=True) as client:
         (fr,) = client.read_flow_runs(
             flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"math-{run_id}"]))
