@@ -128,6 +128,41 @@ def _name_the_flow_run(spec: RunSpec) -> None:
         get_run_logger().warning(f"could not name the flow run: {ex}")
 
 
+def _watch_cancellation(interval_s: float = 2.0) -> None:
+    """Cancelling the flow run in the Prefect UI or CLI (``prefect flow-run cancel``) stops a run
+    started from the CLI the way Ctrl-C does: a thread watches the run's state; on Cancelling it
+    marks the run Cancelled and signals the supervisor (SIGUSR1), which stops every process the run
+    started. (A run that a worker or ``serve`` started is cancelled by Prefect itself.)"""
+    import signal
+    import threading
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+    from prefect.states import Cancelled
+
+    run_id = flow_run.id
+    supervisor = os.getppid() if os.environ.get("SYNTHFLOW_SUPERVISED") == "1" else None
+    if run_id is None or supervisor is None:
+        return
+
+    def watch() -> None:
+        try:
+            with get_client(sync_client=True) as client:
+                while True:
+                    time.sleep(interval_s)
+                    state = client.read_flow_run(run_id).state
+                    if state is not None and state.name in ("Cancelling", "Cancelled"):
+                        client.set_flow_run_state(run_id, Cancelled(message="cancelled; stopped by synthflow"),
+                                                  force=True)  # fmt: skip
+                        os.kill(supervisor, signal.SIGUSR1)
+                        return
+        except Exception:  # noqa: BLE001, S110 - the API gone (the run ending): nothing to watch
+            return
+
+    threading.Thread(target=watch, name="synthflow-cancel-watch", daemon=True).start()
+
+
 def _flow_run_name() -> str:
     from prefect.runtime import flow_run
 
@@ -277,6 +312,7 @@ def run_recipe(
     pending = None
     try:
         _name_the_flow_run(spec)
+        _watch_cancellation()
         log.info(f"run {spec.run_id} of recipe {spec.recipe.name}" + (" (resumed)" if spec.resumed else "")
                  + f": {spec.recipe.n} rows wanted, at most {spec.recipe.budget} items")  # fmt: skip
         if shards > 1:

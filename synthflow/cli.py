@@ -122,7 +122,9 @@ def supervise(
     def stop(signum: int, _frame: Any) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C does not cut the cleanup short
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        what = "interrupted" if signum == signal.SIGINT else "terminated"
+        what = {signal.SIGINT: "interrupted", signal.SIGUSR1: "cancelled in Prefect"}.get(
+            signum, "terminated"
+        )
         with contextlib.suppress(OSError):
             proc.kill()  # the run's own process first, at once: no crash reports from its tasks
         kill_descendants()  # then what it started (now ours): SIGTERM, SIGKILL after 3 s
@@ -130,7 +132,7 @@ def supervise(
         print(
             f"synthflow: {what}: {stopped}" + (f" (log: {log})" if log else ""), file=sys.stderr, flush=True
         )
-        os._exit(128 + signum)
+        os._exit(130 if signum == signal.SIGUSR1 else 128 + signum)
 
     env = {**os.environ, "SYNTHFLOW_SUPERVISED": "1"}
     me = os.getpid()
@@ -155,6 +157,7 @@ def supervise(
         os.close(t_err)
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGUSR1, stop)  # the run's flow was cancelled in Prefect (recipe_flow)
     rc = proc.wait()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

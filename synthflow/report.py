@@ -44,6 +44,8 @@ def load_run(run_dir: Path) -> dict[str, Any]:
         raise UserError(f"{run_dir}: no such run folder")
     if not (run_dir / SUCCESS).is_file():
         raise UserError(f"{run_dir}: not a finished run (no {SUCCESS}); pass out/<recipe>/<run_id>")
+    if not (run_dir / "data").is_dir():
+        raise UserError(f"{run_dir}: no data/ folder, so not a complete synthflow run")
     try:
         summary = json.loads((run_dir / "summary.json").read_text())
     except (OSError, ValueError) as e:

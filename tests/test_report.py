@@ -91,6 +91,14 @@ def test_report_across_runs_and_bad_input(tmp_path, monkeypatch):
     assert text.count("<svg") == 4 and text.count("<tr>") == 1 + 3  # 4 trend plots; a table row per run
     bad = run_cli("report", str(tmp_path))
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "_SUCCESS" in bad.stderr
+    fake = tmp_path / "fake_run"  # _SUCCESS and a summary, but no data/: not a run
+    fake.mkdir()
+    (fake / "_SUCCESS").touch()
+    (fake / "summary.json").write_text("{}")
+    nodata = run_cli("report", str(fake))
+    assert (
+        nodata.returncode == 2 and "no data/ folder" in nodata.stderr and not (fake / "report.html").exists()
+    )
     unknown = run_cli("report", "--recipe", "nope", "--root", str(out))
     assert unknown.returncode == 2 and "no finished runs" in unknown.stderr and "math" in unknown.stderr
 

@@ -160,3 +160,43 @@ def test_a_failure_after_the_start_is_one_line_naming_the_log(tmp_path):
     log = lines[0].rsplit("(log: ", 1)[1].rstrip(")")
     assert "Traceback" in Path(log).read_text()  # the details are in the log
     assert not list((tmp_path / "out").glob("math/*/data/*.parquet"))
+
+
+def test_cancelling_the_flow_run_in_prefect_stops_a_cli_run(tmp_path, prefect_harness):
+    """Cancel in the Prefect UI (here through the API, as `prefect flow-run cancel` does) a run
+    started with `synthflow run`: it stops like Ctrl-C (one line, exit 130, no process left, nothing
+    published) and the flow run ends Cancelled."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+    from prefect.states import Cancelling
+
+    recipe = math_recipe(tmp_path, n=6, batch_size=4, max_items=48, engine__options__delay_s=1.0)
+    cache = tmp_path / "cache.sqlite3"
+    env = {**os.environ, "SYNTHFLOW_RESPONSE_CACHE": str(cache), "PREFECT_API_URL": PREFECT_API_URL.value()}
+    proc = subprocess.Popen([synthflow_exe(), "run", str(recipe)], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    try:
+        before = _cached(cache)
+        deadline = time.monotonic() + 120
+        while _cached(cache) <= before and time.monotonic() < deadline:  # generating
+            time.sleep(0.5)
+            assert proc.poll() is None, proc.communicate()
+        started = psutil.Process(proc.pid).children(recursive=True)
+        with get_client(sync_client=True) as client:
+            (fr,) = [
+                r for r in client.read_flow_runs() if r.name.startswith("math-") and r.state.is_running()
+            ]
+            client.set_flow_run_state(fr.id, Cancelling(), force=True)
+            t0 = time.monotonic()
+            _, err = proc.communicate(timeout=60)
+            took = time.monotonic() - t0
+            state = client.read_flow_run(fr.id).state
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert took < 10 and proc.returncode == 130, (took, proc.returncode, err[-2000:])
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("synthflow: cancelled in Prefect: run stopped") and "Traceback" not in err
+    assert state.name == "Cancelled"
+    assert not [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not list((tmp_path / "out").glob("math/*/data/*.parquet"))
