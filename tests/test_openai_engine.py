@@ -17,9 +17,10 @@ from synthflow.errors import EngineUnavailable
 
 
 class Server:
-    def __init__(self, fail_first: int = 0, delay: float = 0.0, reply: tuple[int, object] | None = None):
+    def __init__(self, fail_first: int = 0, delay: float = 0.0, reply=None):
         self.fail_first = fail_first
-        self.reply = reply  # (status, body) every chat call gets, e.g. a broken server
+        # reply(request body) -> (status, body) to send instead of the echo, or None for the echo
+        self.reply = reply
         self.delay = delay
         self.bodies: list[dict] = []
         self.active = 0
@@ -53,8 +54,8 @@ class Server:
                     time.sleep(outer.delay)
                     if n <= outer.fail_first:
                         return self._send(503, {"error": "busy"})
-                    if outer.reply is not None:
-                        return self._send(*outer.reply)
+                    if outer.reply is not None and (got := outer.reply(body)) is not None:
+                        return self._send(*got)
                     text = "echo: " + body["messages"][-1]["content"]
                     self._send(
                         200,
@@ -156,7 +157,7 @@ def test_down_endpoint_is_a_user_error():
 )
 def test_preflight_makes_one_real_chat_call(reply, says):
     """An endpoint that lists its models but fails chat calls is caught before the run starts."""
-    s = Server(reply=reply)
+    s = Server(reply=lambda _body: reply)
     try:
         eng = OpenAIEngine(s.url, model="m", show_progress=False, max_retries=0)
         with pytest.raises(EngineUnavailable, match=f"test chat call to model 'm' {re.escape(says)}"):

@@ -117,43 +117,19 @@ def test_a_failure_after_the_start_is_one_line_naming_the_log(tmp_path):
     """An endpoint that lists its models and answers the test chat call, then fails every call of
     the run: the terminal gets one line (exit 2) naming the log file, which holds Prefect's
     tracebacks; nothing is published."""
-    import json
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from .test_openai_engine import Server
 
-    calls = []
-
-    class H(BaseHTTPRequestHandler):
-        def log_message(self, *a):
-            pass
-
-        def _send(self, code, obj):
-            data = json.dumps(obj).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_GET(self):
-            self._send(200, {"data": [{"id": "m"}]})
-
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            calls.append(1)
-            if body["max_tokens"] == 1:  # the test chat call before the start
-                return self._send(200, {"choices": [{"message": {"content": "OK"}, "finish_reason": "stop"}]})
-            self._send(400, {"error": "context length exceeded"})
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    # the test chat call before the start (1 token) is answered; every call of the run is refused
+    httpd = Server(
+        reply=lambda body: None if body["max_tokens"] == 1 else (400, {"error": "context length exceeded"})
+    )
     try:
-        url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+        url = httpd.url
         r = math_recipe(tmp_path, n=2, batch_size=4, max_items=8)
         p = run_cli("run", str(r), "--engine", "openai", "--base-url", url, "--model", "m", cwd=tmp_path,
                     env={"SYNTHFLOW_RETRY_DELAY_S": "0"})  # fmt: skip
     finally:
-        httpd.shutdown()
+        httpd.close()
     lines = [ln for ln in p.stderr.splitlines() if ln.strip() and "accepted:" not in ln]
     assert p.returncode == 2 and len(lines) == 1 and "Traceback" not in p.stderr + p.stdout, p.stderr[-2000:]
     assert lines[0].startswith("synthflow: error: engine openai at ") and "HTTP 400" in lines[0]
