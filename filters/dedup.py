@@ -7,6 +7,10 @@ own rows (written atomically, never rewriting another run's), so runs that publi
 nothing. Rows enter the index only when the accept step keeps them (``admit``): a row that
 a later step rejected (shirker, thresholds) never blocks a good one, and within a batch the first
 accepted row of a duplicate pair wins.
+
+A run reads the segments when it starts. Runs that overlap do not see each other's rows then, so at
+publish (one run at a time, under the root's publish lock) ``recheck`` reads the segments written
+since, and a row that another run published first becomes a dedup reject of this one.
 """
 
 from __future__ import annotations
@@ -42,6 +46,27 @@ def index_dir(ctx: Any) -> Path | None:
     return Path(ctx.out_root) / INDEX_DIR if ctx.out_root is not None else None
 
 
+def stamps(folder: Path | None, suffix: str) -> dict[str, tuple[int, int]]:
+    """Segment file name -> (inode, mtime): a segment written or replaced since differs."""
+    out: dict[str, tuple[int, int]] = {}
+    for f in sorted(folder.glob(f"*{suffix}")) if folder is not None and folder.is_dir() else []:
+        try:
+            st = f.stat()
+        except OSError:  # replaced between the listing and the stat: read it at the recheck
+            continue
+        out[f.name] = (st.st_ino, st.st_mtime_ns)
+    return out
+
+
+def written_since(
+    folder: Path | None, suffix: str, before: dict[str, tuple[int, int]], own: str
+) -> list[Path]:
+    """The segments under ``folder`` that other runs wrote or replaced after ``before`` was taken."""
+    now = stamps(folder, suffix)
+    assert folder is not None or not now
+    return [folder / n for n, s in now.items() if n != f"{own}{suffix}" and before.get(n) != s]
+
+
 def _read_keys(path: Path) -> list[tuple[str, str]]:
     """(exact key, row id) lines of one exact-dedup index file; none when it does not exist."""
     lines = path.read_text().splitlines() if path.is_file() else []
@@ -69,6 +94,8 @@ class ExactDedup(Filter):
         self.new: dict[str, str] = {}
         d = index_dir(self.ctx)
         self.dir = d / "exact-v1" if d is not None and self.params.cross_run else None
+        self.loaded = stamps(self.dir, ".tsv")  # before reading: a segment written meanwhile is read again
+        self.dropped_at_publish = 0
         if self.dir is not None:
             legacy = d / "exact-v1.tsv"  # one file rewritten per run, before segments
             for f in [legacy, *sorted(self.dir.glob("*.tsv"))]:
@@ -96,6 +123,27 @@ class ExactDedup(Filter):
 
     def admit(self, records: list[Record]) -> StageResult:
         return self._check(records, add=True)
+
+    def recheck(self, accepted: list[Record]) -> StageResult:
+        """Rows that a run which overlapped this one published first (their keys are in segments
+        written since this run started) are dedup rejects naming that run's row."""
+        fresh: dict[str, str] = {}
+        for f in written_since(self.dir, ".tsv", self.loaded, self.ctx.run_id or "run"):
+            for k, rid in _read_keys(f):
+                fresh.setdefault(k, rid)
+        res = StageResult()
+        field = self.params.field or self.ctx.text_field
+        for r in accepted:
+            prev = fresh.get(exact_key(r.text_for(field)))  # (this run's own segment is not read)
+            if prev is not None:
+                res.rejects.append(Reject(r, self.stage, f"dedup:exact:{prev}"))
+            else:
+                res.kept.append(r)
+        self.dropped_at_publish += len(res.rejects)
+        return res
+
+    def summary(self) -> dict[str, Any]:
+        return {"dropped_at_publish": self.dropped_at_publish} if self.dropped_at_publish else {}
 
     def commit(self, accepted: set[str]) -> None:
         """This run's published keys, as its own segment of the cross-run index."""
@@ -164,6 +212,9 @@ class NearDedup(Filter):
         self.dir = d / f"near-{self.index.tag}" if on_disk else None
         self.short_dir = d / f"near-{self.short.tag}" if on_disk else None
         self.loaded = False
+        # before reading: a segment written meanwhile is read again at the recheck
+        self.stamps = {"long": stamps(self.dir, ".npz"), "short": stamps(self.short_dir, ".npz")}
+        self.dropped_at_publish = 0
         if self.dir is not None:
             legacy = d / f"near-{self.index.tag}.pkl"  # the whole index in one file, before segments
             self.loaded = self.index.load(legacy) if legacy.is_file() else False
@@ -211,14 +262,47 @@ class NearDedup(Filter):
     def admit(self, records: list[Record]) -> StageResult:
         return self._check(records, add=True)
 
+    def recheck(self, accepted: list[Record]) -> StageResult:
+        """Rows near-duplicating a row that a run which overlapped this one published first (in
+        segments written since this run started) are dedup rejects naming that row. (With Redis the
+        index is shared live: overlapping runs saw each other's rows at admit; rows two runs admit
+        in the same instant are not rechecked.)"""
+        own = self.ctx.run_id or "run"
+        others: dict[bool, NearDupIndex] = {}
+        for flag, index, folder in ((False, self.index, self.dir), (True, self.short, self.short_dir)):
+            files = written_since(folder, ".npz", self.stamps["short" if flag else "long"], own)
+            if files:
+                others[flag] = index.empty_like()
+                others[flag].load_files(files)
+        if not others:
+            return StageResult(kept=list(accepted))
+        field = self.params.field or self.ctx.text_field
+        texts = [r.text_for(field) for r in accepted]
+        short = [self._is_short(t) for t in texts]
+        matches: list[Any] = [None] * len(accepted)
+        for flag, index in others.items():
+            pick = [i for i in range(len(accepted)) if short[i] == flag]
+            got = index.query([short_form(texts[i]) if flag else texts[i] for i in pick]) if pick else []
+            for i, m in zip(pick, got, strict=True):
+                matches[i] = m
+        res = StageResult()
+        for r, m, flag in zip(accepted, matches, short, strict=True):
+            if m is None:  # (this run's own segment is not read)
+                res.kept.append(r)
+            else:
+                kind = "near_short" if flag else "near"
+                res.rejects.append(Reject(r, self.stage, f"dedup:{kind}:{m.key}:jaccard={m.jaccard:.2f}"))
+        self.dropped_at_publish += len(res.rejects)
+        return res
+
     def commit(self, accepted: set[str]) -> None:
         # rows that passed here but were not published (later filters, over target) leave the index
         for index, folder in ((self.index, self.dir), (self.short, self.short_dir)):
             index.remove([k for k in index.added if k not in accepted])
             if folder is not None:
                 keys = [k for k in index.added if k in accepted]
-                if keys or index is self.index:
-                    index.save_segment(folder / f"{self.ctx.run_id or 'run'}.npz", keys)
+                # a resumed run's rows from its own earlier segment are not in ``added``: kept if published
+                index.save_segment(folder / f"{self.ctx.run_id or 'run'}.npz", keys, keep=accepted)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -227,4 +311,5 @@ class NearDedup(Filter):
             "dropped": self.dropped,
             "dropped_short_path": self.dropped_short,
             "index_loaded": self.loaded,
+            **({"dropped_at_publish": self.dropped_at_publish} if self.dropped_at_publish else {}),
         }

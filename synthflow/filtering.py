@@ -124,6 +124,12 @@ class Filter(Component, ABC):
         another. Default: admit all."""
         return StageResult(kept=list(records))
 
+    def recheck(self, accepted: list[Record]) -> StageResult:
+        """At publish, while this run holds the output root's publish lock: check the run's rows
+        against what other runs published since this one loaded its index (runs started together
+        must not publish the same row twice). Default: keep all."""
+        return StageResult(kept=list(accepted))
+
     def finalize(self, accepted: list[Record]) -> None:
         """Once the run's accepted rows are known, before they are written (e.g. cluster ids)."""
 

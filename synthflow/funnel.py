@@ -26,6 +26,8 @@ def funnel(summary: dict[str, Any]) -> list[dict[str, Any]]:
     for stage, stages in FUNNEL_REJECTS.items():
         removed = {k: by_stage[k] for k in stages if by_stage.get(k)}
         row = {"stage": stage, "rows": c.get(stage, 0), "removed": removed}
+        if stage == "deduped" and summary.get("dropped_at_publish"):
+            row["published_elsewhere"] = summary["dropped_at_publish"]
         if stage == "accepted":
             row["over_target"] = summary.get("over_target", 0)
             row["selected_out"] = summary.get("selected_out", 0)
@@ -40,6 +42,8 @@ def funnel_text(summary: dict[str, Any]) -> str:
         extra = [f"-{n} {k}" for k, n in f["removed"].items()]
         if f.get("revisions"):
             extra.append(f"incl. {f['revisions']} revisions")
+        if f.get("published_elsewhere"):
+            extra.append(f"{f['published_elsewhere']} of them published first by an overlapping run")
         if f.get("over_target"):
             extra.append(f"{f['over_target']} of them over target")
         parts.append(f"{f['stage']} {f['rows']}" + (f" ({', '.join(extra)})" if extra else ""))

@@ -71,6 +71,16 @@ class Ledger:
             self.counts["over_target"] += len(extra)
             self.rejects.extend(Reject(r, "accept", "over_target") for r in extra)
 
+    def drop_at_publish(self, res: StageResult) -> None:
+        """Rows that another run published while this one ran (``Filter.recheck``): dedup rejects,
+        taken out of the counts as at admit. The run publishes fewer rows; it does not top up."""
+        self.accepted = list(res.kept)
+        self.rejects.extend(res.rejects)
+        for key in ("deduped", "scored", "accepted"):
+            self.counts[key] -= len(res.rejects)
+        if res.rejects:
+            self.counts["dropped_at_publish"] += len(res.rejects)
+
     def select(self, res: StageResult) -> None:
         """The pool's choice: the rows not chosen become ``accept`` rejects."""
         self.accepted = list(res.kept)

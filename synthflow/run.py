@@ -155,22 +155,33 @@ def pool_factor_of(recipe: Recipe) -> float:
 
 
 def publish(run: Run) -> Path:
-    """Write the run's rows and rejects, publish atomically, then persist the dedup indexes and
+    """Under the output root's publish lock: drop the rows that runs which overlapped this one
+    published first, add the rows to the cross-run dedup indexes, then write the rows and rejects
+    and publish them atomically (a run stopped between the two is resumable, and its resumed run
+    owns its index segment; the other order would let a later run publish its rows again). Then
     write the report."""
     st, ledger = run.stages, run.ledger
-    for f in st.filters["accept"]:
-        if hasattr(f, "choose"):  # a pool-level selection chooses n rows of the pool now
-            ledger.select(f.choose(ledger.accepted, run.recipe.n))
-    for fs in st.filters.values():
-        for f in fs:
-            f.finalize(ledger.accepted)
-    summary = run.summary()
-    st.writer.add(ledger.accepted, ledger.rejects)
-    path = st.writer.finalize(summary, st.generator.artifacts(), card_extra=st.card_extra(ledger.accepted))
-    accepted = {r.id for r in ledger.accepted}
-    for fs in st.filters.values():
-        for f in fs:
-            f.commit(accepted)
+    with runlock.publishing(Path(run.recipe.output.root)):
+        for fs in st.filters.values():
+            for f in fs:
+                res = f.recheck(ledger.accepted)
+                if res.rejects:
+                    ledger.drop_at_publish(res)
+        for f in st.filters["accept"]:
+            if hasattr(f, "choose"):  # a pool-level selection chooses n rows of the pool now
+                ledger.select(f.choose(ledger.accepted, run.recipe.n))
+        for fs in st.filters.values():
+            for f in fs:
+                f.finalize(ledger.accepted)
+        summary = run.summary()
+        accepted = {r.id for r in ledger.accepted}
+        for fs in st.filters.values():
+            for f in fs:
+                f.commit(accepted)
+        st.writer.add(ledger.accepted, ledger.rejects)
+        path = st.writer.finalize(
+            summary, st.generator.artifacts(), card_extra=st.card_extra(ledger.accepted)
+        )
     run.summary_final = {**summary, "path": str(path)}
     write_run_report(path)
     return path

@@ -19,6 +19,7 @@ import json
 import os
 import secrets
 import socket
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -146,6 +147,26 @@ def _locked(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def publishing(root: Path) -> Iterator[None]:
+    """Held while a run checks its rows against the runs that published since it started, publishes
+    and adds its rows to the cross-run indexes: runs under one output root publish one at a time."""
+    path = staging(root) / "publish.lock"
+    with open(path, "a+") as f:
+        _HELD.add(f.fileno())  # a forked child must not keep it (see _close_in_child)
+        try:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(
+                    f"synthflow: waiting for another run to finish publishing under {root}", file=sys.stderr
+                )
+                fcntl.flock(f, fcntl.LOCK_EX)
+            yield
+        finally:
+            _HELD.discard(f.fileno())  # closing the file releases the lock
 
 
 def _items_log(root: Path, recipe: str, fp: str) -> tuple[Path, Path]:

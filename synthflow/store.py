@@ -329,6 +329,8 @@ def _removed(f: dict[str, Any]) -> str:
     parts = [f"{n} ({k})" for k, n in f["removed"].items()]
     if f.get("revisions"):
         parts.append(f"(incl. {f['revisions']} revisions)")
+    if f.get("published_elsewhere"):
+        parts.append(f"({f['published_elsewhere']} published first by an overlapping run)")
     if f.get("over_target"):
         parts.append(f"({f['over_target']} past the target)")
     if f.get("selected_out"):

@@ -43,6 +43,7 @@ def build(spec: RunSpec, ledger: Ledger, st: Stages) -> dict[str, Any]:
         "items_discarded": ledger.discarded,
         "over_target": ledger.counts.get("over_target", 0),
         "selected_out": ledger.counts.get("selected_out", 0),
+        "dropped_at_publish": ledger.counts.get("dropped_at_publish", 0),
         "top_rejects": [(s, r, c) for (s, r), c in heads.most_common(8)],
         "rejects_by_stage": dict(Counter(j.stage for j in ledger.rejects)),
         **usage_fields(use),
@@ -85,10 +86,16 @@ def shortfall(s: dict[str, Any]) -> str | None:
     spent = s["items_planned"] >= (s.get("budget") or 0)
     why = f"the budget of {s['budget']} items was spent" if spent else "the run stopped before its budget"
     top = ", ".join(f"{r} ({n})" for _, r, n in (s.get("top_rejects") or [])[:3])
+    late = s.get("dropped_at_publish") or 0
     return (
         f"target not met: accepted {got} of {asked}; {why}"
+        + (f"; {late} rows were published first by an overlapping run" if late else "")
         + (f"; top rejects: {top}" if top else "")
-        + "; raise --max-items, use a larger model, or relax the recipe's thresholds"
+        + (
+            "; run the recipe again to add rows"
+            if late
+            else "; raise --max-items, use a larger model, or relax the recipe's thresholds"
+        )
     )
 
 

@@ -160,3 +160,22 @@ def sandbox_processes() -> list[str]:
         return False
 
     return [" ".join(r) for r in rows if UID_BASE <= int(r[0]) < UID_BASE + 64 and ours(int(r[1]))]
+
+
+def assert_funnel_adds_up(summary: dict) -> None:
+    """Each stage's rows are the previous stage's rows minus the rows rejected at that stage, in the
+    summary, the card and the Prefect table alike (they all come from ``funnel``)."""
+    from synthflow.funnel import FUNNEL_REJECTS, funnel
+
+    f = funnel(summary)
+    for prev, cur in zip(f, f[1:], strict=False):
+        assert cur["rows"] == prev["rows"] - sum(cur["removed"].values()), (prev, cur)
+    by_stage = summary["rejects_by_stage"]
+    assert set(by_stage) <= {s for stages in FUNNEL_REJECTS.values() for s in stages}, by_stage
+    assert f[-1]["rows"] == summary["counts"]["accepted"]
+    assert f[0]["rows"] == summary["counts"]["accepted"] + sum(
+        by_stage.values()
+    )  # every row is data or a reject
+    card = (Path(summary["path"]) / "README.md").read_text()
+    for row in f:
+        assert f"| {row['stage']} | {row['rows']} |" in card

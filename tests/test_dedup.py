@@ -279,6 +279,63 @@ def test_index_segments_from_runs_that_publish_together_are_all_kept(tmp_path):
     assert [r.id for r in kept] == ["c-4"]  # duplicates of both runs' published rows go
 
 
+def test_rows_an_overlapping_run_published_first_are_dropped_at_publish(tmp_path):
+    """Runs a and b load the index before either publishes (they overlap), and their rows repeat:
+    exact copies, a one-word edit of a long text, a short text with its numbers changed. a publishes
+    first; at b's publish, ``recheck`` drops each of b's rows that duplicates one of a's, naming it,
+    and keeps b's own rows, its new ones and rows that only look alike. A run that started after
+    a published rejects the same rows earlier (at dedup); the recheck finds nothing new for it."""
+    from filters.dedup import ExactDedup, NearDedup
+    from synthflow.filtering import FilterContext
+    from synthflow.record import Record
+
+    def rec(run: str, i: int, t: str) -> Record:
+        return Record(id=f"{run}-{i}", recipe="r", generator="g", seed_id="s", fields={"t": t})
+
+    long_a = " ".join(_docs("long", 5))  # 150 words: the long-text path
+    long_b = long_a.split()
+    long_b[70] = "edited"
+    a_rows = [rec("a", 0, "Sara buys 5 boxes of pears and eats 2 of them. How many are left?"),
+              rec("a", 1, long_a), rec("a", 2, "Write a haiku about the sea at night.")]  # fmt: skip
+    b_rows = [
+        rec("b", 0, "Sara buys 7 boxes of pears and eats 3 of them. How many are left?"),  # numbers changed
+        rec("b", 1, " ".join(long_b)),  # one word of 150 edited
+        rec("b", 2, "write a HAIKU about the sea at night"),  # an exact copy after normalising
+        rec("b", 3, "Explain how a bicycle gear changes the effort needed to climb a hill."),  # new
+    ]
+    opened = {}
+    for run in ("a", "b", "c"):
+        ctx = FilterContext(out_root=tmp_path, run_id=run)
+        opened[run] = [ExactDedup({"field": "t"}, ctx), NearDedup({"field": "t"}, ctx)]
+        if run == "b":  # a publishes after b started, before b publishes
+            for f in opened["a"]:
+                f.admit(f(a_rows).kept)
+            for f in opened["a"]:
+                f.recheck(a_rows)
+                f.commit({r.id for r in a_rows})
+    kept = b_rows
+    for f in opened["b"]:
+        assert f(kept).kept == kept  # b's own run saw nothing of a's: every row passes at dedup
+        f.admit(kept)
+    reasons = {}
+    for f in opened["b"]:
+        res = f.recheck(kept)
+        reasons |= {j.record.id: j.reason for j in res.rejects}
+        kept = res.kept
+    assert [r.id for r in kept] == ["b-3"]
+    assert reasons["b-2"] == "dedup:exact:a-2"
+    assert reasons["b-0"].startswith("dedup:near_short:a-0:")
+    assert reasons["b-1"].startswith("dedup:near:a-1:")
+    assert opened["b"][1].summary()["dropped_at_publish"] == 2 and opened["b"][0].summary() == {
+        "dropped_at_publish": 1}  # fmt: skip
+    # c started after a published: the same rows are dedup rejects at once, and its recheck adds none
+    c_rows = [rec("c", r.id[-1], r.fields["t"]) for r in b_rows]
+    ex, near = opened["c"]
+    passed = near(ex(c_rows).kept).kept
+    assert [r.id for r in passed] == ["c-3"]
+    assert [r.id for f in (ex, near) for r in f.recheck(passed).kept] == ["c-3", "c-3"]
+
+
 def test_a_resumed_run_keeps_its_earlier_segment_rows(tmp_path):
     idx = NearDupIndex()
     a, b = _docs("x", 3), _docs("y", 3)

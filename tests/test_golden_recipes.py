@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import DATA, assert_golden, fake_recipe
-from .helpers import VOLATILE, table_rows
+from .helpers import VOLATILE, assert_funnel_adds_up, table_rows
 
 RECIPES: dict[str, dict] = {
     "math": {"script": "fake_math.json", "generator__options__self_consistency": 0},
@@ -96,22 +96,3 @@ def assert_readme_queries_run(out: Path) -> None:
     assert len(queries) >= 3 and rethreshold
     for sql in [*queries, " ".join(rethreshold.group(1).split())]:
         assert main(["query", sql, "--out", str(out), "--format", "json"]) == 0, sql
-
-
-def assert_funnel_adds_up(summary: dict) -> None:
-    """Each stage's rows are the previous stage's rows minus the rows rejected at that stage, in the
-    summary, the card and the Prefect table alike (they all come from ``funnel``)."""
-    from synthflow.funnel import FUNNEL_REJECTS, funnel
-
-    f = funnel(summary)
-    for prev, cur in zip(f, f[1:], strict=False):
-        assert cur["rows"] == prev["rows"] - sum(cur["removed"].values()), (prev, cur)
-    by_stage = summary["rejects_by_stage"]
-    assert set(by_stage) <= {s for stages in FUNNEL_REJECTS.values() for s in stages}, by_stage
-    assert f[-1]["rows"] == summary["counts"]["accepted"]
-    assert f[0]["rows"] == summary["counts"]["accepted"] + sum(
-        by_stage.values()
-    )  # every row is data or a reject
-    card = (Path(summary["path"]) / "README.md").read_text()
-    for row in f:
-        assert f"| {row['stage']} | {row['rows']} |" in card

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -15,7 +16,7 @@ import pytest
 from synthflow.model import default_model_dir
 
 from .conftest import fake_recipe, math_recipe, synthflow_exe
-from .helpers import content, reasons, run_flow, task_upstreams
+from .helpers import content, reasons, run_flow, table_rows, task_upstreams
 
 CASES = {
     # math: n reached in the 2nd batch while the 3rd is being made (discarded)
@@ -116,18 +117,20 @@ def _cli_run(recipe: Path, out: Path, env: dict) -> subprocess.Popen:
     )
 
 
-def test_two_runs_started_together_both_publish(tmp_path):
-    """Two `synthflow run` of one recipe against one --out, at once: distinct run ids, disjoint
-    items, no shared rows, and a cross-run index holding both runs' rows."""
-    engine = {
-        "name": "fake",
-        "options": {"script": str(Path(__file__).parent / "data" / "fake_math.json"), "delay_s": 0.3},
-    }
-    # 40 items = one sample of each of the 40 seeds: the scripted texts differ between the two ranges
+def test_two_runs_started_together_publish_no_row_twice(tmp_path):
+    """Two `synthflow run` of one recipe against one --out, at once, whose answers repeat across
+    runs (40 topics, 3 scripted problems; each run alone would publish the 3). Both have loaded the
+    cross-run index before either generates (the scripted engine waits for the test). Distinct run
+    ids, disjoint items, both exit 0, and together they publish each problem once: the run that
+    published second dropped the 3 at its publish, as dedup rejects naming the first run's rows. The
+    index holds every published row."""
+    script = Path(__file__).parent / "data" / "fake_math_fixed.json"
+    go = tmp_path / "go"
+    engine = {"name": "fake", "options": {"script": str(script), "delay_s": 0.3, "wait_file": str(go)}}
     # SYNTHFLOW_CACHE moves the cache home (no embedded model there): name its tokenizer instead
     tok = str(default_model_dir())
     recipe = math_recipe(
-        tmp_path, n=2, batch_size=8, max_items=40, engine=engine, output__target_tokenizer=tok
+        tmp_path, n=3, batch_size=8, max_items=40, engine=engine, output__target_tokenizer=tok
     )
     out = tmp_path / "out"
     env = {
@@ -135,7 +138,17 @@ def test_two_runs_started_together_both_publish(tmp_path):
         "SYNTHFLOW_CACHE": str(tmp_path / "home"),
     }
     procs = [_cli_run(recipe, out, env) for _ in range(2)]
-    results = [p.communicate(timeout=600) for p in procs]
+    try:
+        deadline = time.monotonic() + 300
+        while len(list(tmp_path.glob("go.*"))) < 2 and time.monotonic() < deadline:
+            assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+            time.sleep(0.1)
+        go.touch()  # both runs are at their first engine call, their indexes loaded
+        results = [p.communicate(timeout=600) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
     for p, (o, e) in zip(procs, results, strict=True):
         assert p.returncode == 0, e[-2000:]
         assert "(resumed)" not in o
@@ -146,19 +159,21 @@ def test_two_runs_started_together_both_publish(tmp_path):
     ranges = sorted((s["item_offset"], s["item_offset"] + s["items_planned"]) for s in summaries)
     assert ranges[0][1] <= ranges[1][0], ranges  # disjoint item ranges
     rows = [[r for f in (d / "data").glob("*.parquet") for r in pq.read_table(f).to_pylist()] for d in dirs]
-    assert all(len(r) == 2 for r in rows)
-    items = [{r["item"] for r in rs} for rs in rows]
-    assert not items[0] & items[1]
-    problems = [{r["problem"] for r in rs} for rs in rows]
-    assert not problems[0] & problems[1]  # no row published twice
-    # both runs' rows are in the cross-run index (one segment each), none lost to a rewrite
+    problems = [r["problem"] for rs in rows for r in rs]
+    assert len(problems) == len(set(problems)) == 3, problems  # no row published twice
+    first, second = sorted(range(2), key=lambda k: -len(rows[k]))
+    assert len(rows[first]) == 3 and not rows[second]
+    assert [summaries[k]["dropped_at_publish"] for k in (first, second)] == [0, 3]
+    ids = {r["id"] for r in rows[first]}
+    named = {r["reject_reason"].split(":")[2] for r in table_rows(dirs[second], "rejects")
+             if r["reject_stage"] == "dedup"}  # fmt: skip
+    assert ids <= named  # each of the first run's rows, named by a dedup reject of the second
+    # both runs' published rows are in the cross-run index, none lost to a rewrite
     from filters.dedup import ExactDedup, NearDedup
     from synthflow.filtering import FilterContext
 
     ctx = FilterContext(out_root=out, run_id="probe")
     exact = ExactDedup({"field": "problem"}, ctx)
     near = NearDedup({"field": "problem"}, ctx)
-    ids = {r["id"] for rs in rows for r in rs}
     assert ids <= set(exact.seen.values())
     assert all(i in near.index for i in ids)
-    assert len(list((out / ".synthflow-index" / "exact-v1").glob("*.tsv"))) == 2

@@ -118,3 +118,50 @@ def test_a_run_that_falls_short_says_so(tmp_path, prefect_harness):
     other.mkdir()
     ok = run_recipe(recipe=str(math_recipe(other, n=1, batch_size=8, max_items=16)))
     assert ok["shortfall"] is None and "target not met" not in format_summary(ok)
+
+
+def test_runs_that_overlap_publish_no_row_twice(tmp_path):
+    """Two runs of one recipe opened before either publishes (as when started together), whose
+    answers repeat across runs (40 topics, 3 scripted problems): each alone gathers the 3 problems.
+    The first publishes them; at its publish the second drops them as dedup rejects naming the first
+    run's rows, publishes none, and its summary, funnel and card say so."""
+    import json
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    from synthflow.funnel import funnel_text
+
+    from .conftest import DATA
+    from .helpers import assert_funnel_adds_up
+
+    engine = {"name": "fake", "options": {"script": str(DATA / "fake_math_fixed.json")}}
+    recipe = str(math_recipe(tmp_path, n=3, batch_size=8, max_items=40, engine=engine))
+    runs = [Run.open(recipe), Run.open(recipe)]
+    try:
+        assert runs[0].run_id != runs[1].run_id
+        for run in runs:
+            while items := run.next_items():
+                pipeline.process_batch(run.stages, items, sink=run.ledger)
+        assert [len(r.ledger.accepted) for r in runs] == [3, 3]
+        (first, s1), (second, s2) = (r.finish() for r in runs)
+    finally:
+        for r in runs:
+            r.close()
+    a = pq.read_table(first / "data").to_pylist()
+    assert len(a) == 3 and pq.read_table(second / "data").num_rows == 0
+    rejects = pq.read_table(second / "rejects").to_pylist()
+    late = {r["reject_reason"] for r in rejects if r["reject_reason"].startswith("dedup:")} & {
+        f"dedup:exact:{r['id']}" for r in a}  # fmt: skip
+    assert len(late) == 3
+    assert s2["dropped_at_publish"] == 3 and s2["counts"]["accepted"] == 0
+    assert s2["filters"]["exact_dedup"]["dropped_at_publish"] == 3
+    text = funnel_text(s2)
+    assert "3 of them published first by an overlapping run" in text and "accepted 0" in text
+    assert json.loads((Path(second) / "summary.json").read_text())["dropped_at_publish"] == 3
+    assert "published first by an overlapping run" in (Path(second) / "README.md").read_text()
+    # the funnel still adds up (each stage's rows are the previous stage's minus its rejects), and
+    # every generated row is data or a reject
+    assert_funnel_adds_up(s2)
+    assert_funnel_adds_up(s1)
+    assert s2["counts"]["generated"] == len(rejects)

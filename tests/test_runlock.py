@@ -170,3 +170,29 @@ def test_a_torn_log_line_loses_no_reservation(tmp_path):
         f.write('{"run_id": "b", "sta')  # a crash mid-write
     assert runlock.reserve_items(tmp_path, "math", "fp", "c", 10) == 10
     assert runlock.reserve_items(tmp_path, "math", "fp", "d", 10) == 20
+
+
+PUBLISH = """
+import sys
+from pathlib import Path
+from synthflow import runlock
+with runlock.publishing(Path(sys.argv[1])):
+    Path(sys.argv[2]).touch()
+"""
+
+
+def test_runs_under_one_root_publish_one_at_a_time(tmp_path):
+    """While a run holds the root's publish lock, another run's publish waits (and says so in one
+    line), then goes on once the lock is released. Its fd is registered for the at-fork hook."""
+    done = tmp_path / "published"
+    with runlock.publishing(tmp_path):
+        p = subprocess.Popen([sys.executable, "-c", PUBLISH, str(tmp_path), str(done)], stderr=subprocess.PIPE,
+                             text=True)  # fmt: skip
+        line = p.stderr.readline()
+        assert line == f"synthflow: waiting for another run to finish publishing under {tmp_path}\n"
+        time.sleep(0.5)
+        assert not done.exists() and p.poll() is None
+        held = set(runlock._HELD)
+        assert held  # registered, so a forked child closes it (see the fork test above)
+    assert p.wait(timeout=30) == 0 and done.exists()
+    assert not held & runlock._HELD  # released with the lock

@@ -85,6 +85,7 @@ class NearDupIndex:
         self.threshold = threshold
         self.num_perm = num_perm
         self.shingle_k = shingle_k
+        self.lsh_threshold = lsh_threshold
         from datasketch import MinHashLSH
 
         self.hasher = MinHasher(num_perm, seed)
@@ -208,11 +209,12 @@ class NearDupIndex:
     # ---- persistence (memory backend) ------------------------------------------------------------
     # Each run appends one segment file (``<dir>/<run_id>.npz``: keys, signatures, shingle sets;
     # no pickle); nothing is ever rewritten whole, so runs that publish together lose nothing.
-    def save_segment(self, path: Path, keys: Sequence[str]) -> int:
-        """Write the given rows (added by this process) as one segment, atomically."""
+    def save_segment(self, path: Path, keys: Sequence[str], keep: set[str] | None = None) -> int:
+        """Write the given rows (added by this process) as one segment, atomically. Rows already
+        in the segment (a resumed run's) stay when they are in ``keys`` or ``keep``."""
         if self.sets is None:
             return 0  # redis persists itself
-        wanted = set(keys)
+        wanted = set(keys) | (keep or set())
         rows = {k: (self.sigs[k], self.sets[k]) for k in keys if k in self.sigs}
         if path.is_file():  # a resumed run that had published: its earlier rows stay
             for k, sig, s in _read_segment(path, self.tag):
@@ -234,12 +236,25 @@ class NearDupIndex:
             )
         return len(keys)
 
+    def empty_like(self) -> NearDupIndex:
+        """A new empty in-memory index with this one's parameters (its segments are readable)."""
+        return NearDupIndex(
+            self.threshold, self.num_perm, self.shingle_k, self.hasher.seed, name=self.name,
+            lsh_threshold=self.lsh_threshold,
+        )  # fmt: skip
+
     def load_segments(self, folder: Path) -> int:
         """Add every segment under ``folder``; returns the rows loaded."""
         if self.sets is None or not folder.is_dir():
             return 0
+        return self.load_files(sorted(folder.glob("*.npz")))
+
+    def load_files(self, segments: Sequence[Path]) -> int:
+        """Add the rows of these segment files; returns the rows loaded."""
+        if self.sets is None:
+            return 0
         n = 0
-        for seg in sorted(folder.glob("*.npz")):
+        for seg in segments:
             for key, sig, sset in _read_segment(seg, self.tag):
                 if key in self.lsh:
                     continue

@@ -60,6 +60,7 @@ class FakeOptions(BaseModel):
     kill_file: str | None = Field(
         None, description="on call fail_call, SIGKILL the process instead, once (this file marks it)"
     )
+    wait_file: str | None = Field(None, description="every call waits until this file exists")
 
 
 @register("engine", "fake")
@@ -77,5 +78,6 @@ def make_fake(cfg: Any) -> Any:
         cfg.model if cfg.model not in ("", "default") else "fake-model"
     )  # a named fake is its own model
     return FakeEngine(
-        o.script, model_id=model_id, delay_s=o.delay_s, fail_call=o.fail_call, kill_file=o.kill_file
-    )
+        o.script, model_id=model_id, delay_s=o.delay_s, fail_call=o.fail_call, kill_file=o.kill_file,
+        wait_file=o.wait_file,
+    )  # fmt: skip

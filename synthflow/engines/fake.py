@@ -8,6 +8,8 @@ The first matching rule answers; ``"scope": "all"`` matches the whole conversati
 reply look cut at max_tokens. ``delay_s`` sleeps per call so tests can kill a run mid-generation;
 ``fail_call: N`` raises once, on the N-th call, so tests can make a task fail and be retried; with
 ``kill_file`` it SIGKILLs its process on that call instead, once (the file marks that it happened).
+``wait_file``: every call waits until that file exists, and says it waits in ``<wait_file>.<pid>`` (a
+test lines up processes with it).
 
 For token-level scorers it is a "copy model" over whitespace words: a token seen earlier in the
 sequence has logprob ``seen_logprob`` (-0.5), any other ``unseen_logprob`` (-3.0), so a test can
@@ -38,6 +40,7 @@ class FakeEngine:
         delay_s: float = 0.0,
         fail_call: int = 0,
         kill_file: str | None = None,
+        wait_file: str | None = None,
     ):
         if isinstance(script, (str, Path)):
             script = json.loads(Path(script).read_text())
@@ -55,6 +58,7 @@ class FakeEngine:
         self.delay_s = delay_s
         self.fail_call = fail_call
         self.kill_file = kill_file
+        self.wait_file = wait_file
         self.calls = 0
         self.requests: list[Request] = []  # every request seen, for tests that check what was asked
         self.prompts_seen = 0
@@ -81,6 +85,10 @@ class FakeEngine:
 
     def generate(self, requests: list[Request], sampling: Sampling) -> list[Completion]:
         self.calls += 1
+        if self.wait_file and not os.path.exists(self.wait_file):
+            Path(f"{self.wait_file}.{os.getpid()}").touch()
+            while not os.path.exists(self.wait_file):
+                time.sleep(0.05)
         if self.calls == self.fail_call and self.kill_file:
             if not os.path.exists(self.kill_file):  # once: the retry of the killed process goes on
                 Path(self.kill_file).write_text(str(os.getpid()))
