@@ -26,7 +26,8 @@ _TURN_RE = re.compile(r"^<\|(system|user|assistant)\|>[ \t]*$", re.MULTILINE)
 
 def prompts_root() -> Path:
     env = os.environ.get("SYNTHFLOW_PROMPTS")
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "prompts"
+    # ``prompts/``, package data: ``synthflow/_prompts`` links to it in a checkout, a copy in a wheel
+    return Path(env) if env else Path(__file__).resolve().parent / "_prompts"
 
 
 @lru_cache(maxsize=1)

@@ -209,7 +209,9 @@ def format_validation_error(path: str, err: ValidationError) -> str:
     return f"{path}: field {where}: {msg}{more}"
 
 
-SHIPPED_RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+# the shipped recipes (``recipes/``), package data: ``synthflow/_recipes`` links to them in a checkout
+# and holds a copy in an installed wheel
+SHIPPED_RECIPES = Path(__file__).resolve().parent / "_recipes"
 
 
 def resolve_recipe_name(name: str) -> Path:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import yaml
 
@@ -101,3 +103,44 @@ def test_fields_written_by_an_earlier_step_may_be_read_later(tmp_path):
     d["filters"] = [f for f in d["filters"] if f["name"] != "verify"]
     p.write_text(yaml.safe_dump(d))
     assert "reads field 'solution'" in _err(p)
+
+
+def test_recipes_by_name_from_an_installed_wheel(tmp_path):
+    """The shipped recipes and prompts are package data: from a wheel of this checkout (unpacked,
+    imported instead of the checkout), in a folder with no ``recipes/``, a recipe loads by name with
+    its prompts, the copies equal the checkout's files, and a path still works."""
+    import subprocess
+    import sys
+    import zipfile
+
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels),
+         str(ROOT)],
+        check=True, capture_output=True, cwd=tmp_path,
+    )  # fmt: skip
+    site = tmp_path / "site"
+    with zipfile.ZipFile(next(wheels.glob("synthflow-*.whl"))) as z:
+        z.extractall(site)
+    for name in ("recipes", "prompts"):
+        shipped = sorted(p.relative_to(ROOT / name) for p in (ROOT / name).rglob("*") if p.is_file())
+        copied = site / "synthflow" / f"_{name}"
+        assert not copied.is_symlink() and shipped
+        for rel in shipped:
+            assert (copied / rel).read_bytes() == (ROOT / name / rel).read_bytes(), rel
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "mine.yaml").write_text((ROOT / "recipes" / "code.yaml").read_text())
+    probe = (
+        "import synthflow; from synthflow.recipe import load_recipe; from synthflow.prompts import load_prompt\n"
+        "print(synthflow.__file__)\n"
+        "for name in ('math', 'skillmix', 'mine.yaml'):\n"
+        "    r = load_recipe(name); print(r.name)\n"
+        "print(load_prompt('math/pal').version)\n"
+    )
+    p = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=elsewhere,
+                       env={**os.environ, "PYTHONPATH": str(site)})  # fmt: skip
+    assert p.returncode == 0, p.stderr[-2000:]
+    lines = p.stdout.splitlines()
+    assert lines[0] == str(site / "synthflow" / "__init__.py")
+    assert lines[1:4] == ["math", "skillmix", "code"] and lines[4]
