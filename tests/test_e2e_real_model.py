@@ -21,28 +21,32 @@ from .helpers import expected_figures
 pytestmark = pytest.mark.slow
 
 
-def test_math_through_the_cli_stopped_by_ctrl_c_then_resumed(tmp_path, prefect_harness):
-    """`synthflow run` on the embedded model is stopped mid-generation by SIGINT (Ctrl-C): it stops
-    within 10 s with one line, exit 130, nothing published, and no vLLM engine core or worker it
-    started left running. The same command then resumes (its first engine call from the cache) and
-    publishes. (SIGTERM takes the same path, and the temporary Prefect server a run starts is stopped
-    too: both are tested with the scripted engine; these runs use the session's server.)"""
+def test_math_through_the_cli_stopped_by_ctrl_c_and_sigterm_then_resumed(tmp_path, prefect_harness):
+    """`synthflow run` on the embedded model is stopped mid-run by SIGINT (Ctrl-C), then, resumed,
+    by SIGTERM: each stops within 10 s with one line, exit 130 / 143, nothing published, and no vLLM
+    engine core or worker it started left running. The same command then resumes (what the stopped
+    runs generated comes from the cache) and publishes the rows an uninterrupted run gives over the
+    same model responses. (The temporary Prefect server a run starts is stopped too: tested with the
+    scripted engine; these runs use the session's server.)"""
     import signal
 
     import yaml
     from prefect.settings import PREFECT_API_URL
 
+    from .helpers import content, reasons
     from .test_signals import stop_mid_generation
 
     data = yaml.safe_load((ROOT / "recipes" / "math.yaml").read_text())
-    data.update(n=2, batch_size=32, max_items=32)
+    data.update(n=2, batch_size=16, max_items=32)
     recipe = tmp_path / "math.yaml"
     recipe.write_text(yaml.safe_dump(data, sort_keys=False))
     cache = tmp_path / "cache.sqlite3"
     out = tmp_path / "out"  # the recipe's output root, relative to the run's folder
-    stop_mid_generation(tmp_path, recipe, signal.SIGINT, cache, wait_s=300, api=PREFECT_API_URL.value())
-    p = run_cli("run", str(recipe), env={"SYNTHFLOW_PROGRESS": "0", "SYNTHFLOW_RESPONSE_CACHE": str(cache)},
-                cwd=tmp_path, shared_prefect=True, timeout=1200)  # fmt: skip
+    api = PREFECT_API_URL.value()
+    stop_mid_generation(tmp_path, recipe, signal.SIGINT, cache, wait_s=300, api=api)
+    stop_mid_generation(tmp_path, recipe, signal.SIGTERM, cache, wait_s=300, api=api)
+    env = {"SYNTHFLOW_PROGRESS": "0", "SYNTHFLOW_RESPONSE_CACHE": str(cache)}
+    p = run_cli("run", str(recipe), env=env, cwd=tmp_path, shared_prefect=True, timeout=1200)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "funnel: seeds 40 -> generated" in p.stdout and "(resumed)" in p.stdout
     run_dir = next(out.glob("math/*/"))
@@ -79,3 +83,12 @@ def test_math_through_the_cli_stopped_by_ctrl_c_then_resumed(tmp_path, prefect_h
     assert "machine-generated" in (run_dir / "README.md").read_text()
     # the run's report draws every plot in a real browser (what `make dataset RECIPE=math` writes)
     assert_drawn(render(run_dir / "report.html"), expected_figures(run_dir))
+
+    # an uninterrupted run of the same command over the same model responses (the cache; another
+    # output root, so it starts at item 0 too) publishes the same rows and rejects
+    ref = run_cli("run", str(recipe), "--out", str(tmp_path / "ref"), env=env, cwd=tmp_path, shared_prefect=True,
+                  timeout=1200)  # fmt: skip
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    ref_dir = next((tmp_path / "ref").glob("math/*/"))
+    assert "(resumed)" not in ref.stdout
+    assert content(ref_dir) == content(run_dir) and reasons(ref_dir) == reasons(run_dir)
