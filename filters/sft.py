@@ -10,6 +10,7 @@ accept bucket itself, after the recipe's filters, so every published row has ``n
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +24,23 @@ from synthflow.filtering import Filter
 from synthflow.model import public_model_name
 from synthflow.record import Record, Reject, StageResult
 from synthflow.registry import register
+
+
+def load_tokenizer(name: str) -> Any:
+    """``AutoTokenizer.from_pretrained(name)``, without importing ``transformers.models.auto`` (about
+    5 s in every process that checks lengths) when a local folder names its tokenizer class: the
+    class it names is loaded, as AutoTokenizer would (a test checks both give the same ids)."""
+    import transformers
+
+    config = Path(name).expanduser() / "tokenizer_config.json"
+    if config.is_file():
+        cls_name = json.loads(config.read_text()).get("tokenizer_class")
+        cls = getattr(transformers, cls_name, None) if isinstance(cls_name, str) else None
+        if cls is not None and hasattr(cls, "from_pretrained"):
+            return cls.from_pretrained(name)
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(name)
 
 
 class SFTParams(BaseModel):
@@ -72,9 +90,7 @@ class SFTCheck(Filter):
     def tok(self) -> Any:
         if self._tok is None:
             try:
-                from transformers import AutoTokenizer
-
-                self._tok = AutoTokenizer.from_pretrained(self.tokenizer_name)
+                self._tok = load_tokenizer(self.tokenizer_name)
             except Exception as e:  # noqa: BLE001 - many kinds (missing folder, no network, bad files)
                 raise UserError(
                     f"output.target_tokenizer: cannot load tokenizer {self.tokenizer_name!r} "

@@ -55,6 +55,21 @@ def prefect_harness():
 
 
 @pytest.fixture(scope="session")
+def math_flow_run(tmp_path_factory, prefect_harness):
+    """One math run published through the Prefect flow (scripted engine, n=4), shared by the tests
+    that read it; a test that changes it works on a copy. Returns (its folder, its summary)."""
+    from flows.recipe_flow import run_recipe
+
+    tmp = tmp_path_factory.mktemp("math_flow_run")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SYNTHFLOW_RESPONSE_CACHE", str(tmp / "responses.sqlite3"))
+        mp.setenv("SYNTHFLOW_PROGRESS", "0")
+        mp.chdir(tmp)
+        summary = run_recipe(recipe=str(math_recipe(tmp, n=4, batch_size=16, max_items=64)))
+    return tmp, summary
+
+
+@pytest.fixture(scope="session")
 def real_engine():
     """The session's one real engine: vLLM with the embedded model on the CPU, provided through
     the engine factory, so every run in this process (``Run.open``, the plain loop) uses it

@@ -16,11 +16,9 @@ from .conftest import math_recipe
 
 
 @pytest.fixture
-def finished_run(tmp_path, prefect_harness):
-    from flows.recipe_flow import run_recipe
-
-    summary = run_recipe(recipe=str(math_recipe(tmp_path, n=4, batch_size=16, max_items=64)))
-    return tmp_path, summary
+def finished_run(math_flow_run):
+    """The session's published math run (read only)."""
+    return math_flow_run
 
 
 def test_flow_writes_dataset(finished_run):

@@ -34,9 +34,9 @@ SIZES = {
     "agentinstruct": (1, 4, 4),  # the 135M model's texts often loop to max_tokens (rejected as cut)
     "math_templates": (2, 32, 32),  # about 1 template in 16 parses on this model
 }
-# shorter answers where the 135M model's texts often run to the recipe's max_tokens (256): the
+# shorter answers where the 135M model's texts often run to the recipe's max_tokens (200-256): the
 # loop and its checks are what these runs test, and the time goes to tokens nobody reads
-SETS = {"skillmix": ["sampling.max_tokens=128"], "agentinstruct": ["sampling.max_tokens=128"]}
+SETS = {name: ["sampling.max_tokens=128"] for name in ("skillmix", "agentinstruct", "self_instruct")}
 
 
 def _check_run(recipe: str, s: dict, n: int, budget: int) -> Path:

@@ -155,10 +155,12 @@ def test_recipe_fingerprint_hashes_the_scorer_content_not_its_path(tmp_path, tra
 
 
 @pytest.fixture
-def fake_run(tmp_path, prefect_harness):
-    from flows.recipe_flow import run_recipe
+def fake_run(math_flow_run, tmp_path):
+    """A copy of the session's published math run (rescoring changes it in place)."""
+    import shutil
 
-    s = run_recipe(recipe=str(math_recipe(tmp_path, n=4, batch_size=16, max_items=64)))
+    src, s = math_flow_run
+    shutil.copytree(src / "out", tmp_path / "out", symlinks=True)
     return tmp_path / "out" / "math" / s["run_id"], s
 
 

@@ -43,6 +43,28 @@ def test_lengths_follow_the_chat_template_and_long_rows_are_rejects():
     assert f.summary()["too_long"] == 1 and f.summary()["tokenizer"] == str(default_model_dir())
 
 
+def test_the_tokenizer_is_the_one_autotokenizer_loads():
+    """``load_tokenizer`` takes the class a local folder names instead of importing AutoTokenizer's
+    machinery: the same class and the same ids under the chat template (system turn, several turns,
+    non-ASCII, an empty answer)."""
+    from transformers import AutoTokenizer
+
+    from filters.sft import load_tokenizer
+
+    name = str(default_model_dir())
+    ours, auto = load_tokenizer(name), AutoTokenizer.from_pretrained(name)
+    assert type(ours) is type(auto)
+    convs = [
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Héllo, 2+2?"},
+         {"role": "assistant", "content": "4 — ok ✓"}],
+        [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"},
+         {"role": "assistant", "content": ""}],
+    ]  # fmt: skip
+    for conv in convs:
+        want = auto.apply_chat_template(conv, tokenize=True, return_dict=True)["input_ids"]
+        assert ours.apply_chat_template(conv, tokenize=True, return_dict=True)["input_ids"] == want
+
+
 def test_a_row_without_messages_is_a_template_error():
     f = SFTCheck(SFTParams(), FilterContext())
     r = Record(id="r", recipe="t", generator="g", seed_id="s", messages=[])
