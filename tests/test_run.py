@@ -165,3 +165,10 @@ def test_runs_that_overlap_publish_no_row_twice(tmp_path):
     assert_funnel_adds_up(s2)
     assert_funnel_adds_up(s1)
     assert s2["counts"]["generated"] == len(rejects)
+    # the CLI summary: the shortfall names the rows lost at publish, and no score got a value (one line)
+    from synthflow.summary import format_summary
+
+    text = format_summary(s2)
+    assert "3 rows were published first by an overlapping run; " in s2["shortfall"]
+    assert s2["shortfall"].endswith("run the recipe again to add rows") and s2["shortfall"] in text
+    assert "  scores: no row was scored (" in text and "no value" not in text
