@@ -155,9 +155,9 @@ def format_summary(s: dict[str, Any]) -> str:
     ]
     if s.get("shortfall"):
         lines.append(f"  {s['shortfall']}")
-    if s["top_rejects"]:
+    if s["top_rejects"]:  # the top 5 here; every reject is in rejects/, the top 8 in summary.json
         lines.append("  top reject reasons:")
-        lines += [f"    {n:6d}  {st:8s} {r}" for st, r, n in s["top_rejects"]]
+        lines += [f"    {n:6d}  {st:8s} {r}" for st, r, n in s["top_rejects"][:5]]
     v = (s.get("filters") or {}).get("verify")
     if v:
         weak = "  WEAK SANDBOX (allow_weak)" if v.get("weak_sandbox") else ""
