@@ -108,15 +108,19 @@ def test_shipped_template_examples_check_out():
 
 def test_template_ids_and_splits_do_not_depend_on_the_run(tmp_path):
     """The split of a template is decided by its id; the id comes from the item and the template, so
-    every run splits the same way (it came from the random run id and the test split was chance)."""
-    ids = []
+    every run splits the same way (it came from the random run id and the test split was chance).
+    Row ids are the run's: two runs that draw the same items (e.g. two fingerprints, both from item
+    0) do not share row ids, so the cross-run dedup does not take one's row for the other resumed."""
+    ids, rows = [], []
     for run_id in ("20261124T000000-aaaaaa", "20261125T000000-bbbbbb"):
         gen, eng = make(tmp_path, "math_templates", "fake_templates.json", test_fraction=0.5)
         gen.run_id = run_id
         res = gen.run(gen.plan(0, 40), eng, Sampling())
         ids.append(sorted({(r.fields["template_id"], r.fields["split"]) for r in res.kept}))
+        rows.append({r.id for r in res.kept})
     assert ids[0] == ids[1]
     assert {s for _, s in ids[0]} == {"train", "test"}
+    assert rows[0] and not rows[0] & rows[1]
 
 
 # ---- anchored to seed problems with known answers (InfinityMATH) ---------------------------------

@@ -367,7 +367,9 @@ class MathTemplates(Generator):
             wording = draw_words(f["words"], len(drawn), tid)
             for k, (a, w) in enumerate(zip(drawn, wording, strict=True)):
                 v = self.new_record(it, "template", comp, engine, sampling)
-                v.id = stable_id(tid, k)
+                # the row's id is the run's (rec.id has the run id): a row of another run with the
+                # same template is a duplicate, not this row resumed
+                v.id = stable_id(rec.id, k)
                 v.raw = rec.raw
                 v.fields = {
                     "template_id": tid,
