@@ -62,9 +62,11 @@ def written_since(
     folder: Path | None, suffix: str, before: dict[str, tuple[int, int]], own: str
 ) -> list[Path]:
     """The segments under ``folder`` that other runs wrote or replaced after ``before`` was taken."""
-    now = stamps(folder, suffix)
-    assert folder is not None or not now
-    return [folder / n for n, s in now.items() if n != f"{own}{suffix}" and before.get(n) != s]
+    if folder is None:
+        return []
+    return [
+        folder / n for n, s in stamps(folder, suffix).items() if n != f"{own}{suffix}" and before.get(n) != s
+    ]
 
 
 def _read_keys(path: Path) -> list[tuple[str, str]]:
@@ -94,7 +96,7 @@ class ExactDedup(Filter):
         self.new: dict[str, str] = {}
         d = index_dir(self.ctx)
         self.dir = d / "exact-v1" if d is not None and self.params.cross_run else None
-        self.loaded = stamps(self.dir, ".tsv")  # before reading: a segment written meanwhile is read again
+        self.stamps = stamps(self.dir, ".tsv")  # before reading: a segment written meanwhile is read again
         self.dropped_at_publish = 0
         if self.dir is not None:
             legacy = d / "exact-v1.tsv"  # one file rewritten per run, before segments
@@ -128,7 +130,7 @@ class ExactDedup(Filter):
         """Rows that a run which overlapped this one published first (their keys are in segments
         written since this run started) are dedup rejects naming that run's row."""
         fresh: dict[str, str] = {}
-        for f in written_since(self.dir, ".tsv", self.loaded, self.ctx.run_id or "run"):
+        for f in written_since(self.dir, ".tsv", self.stamps, self.ctx.run_id or "run"):
             for k, rid in _read_keys(f):
                 fresh.setdefault(k, rid)
         res = StageResult()
@@ -226,18 +228,23 @@ class NearDedup(Filter):
     def _is_short(self, text: str) -> bool:
         return 0 < len(text.split()) < self.params.short_words
 
-    def _check(self, records: Sequence[Record], add: bool) -> StageResult:
-        res = StageResult()
+    def _match(
+        self, records: Sequence[Record], add: bool, long: NearDupIndex | None, short: NearDupIndex | None
+    ) -> tuple[StageResult, int]:
+        """Each record looked up in the index of its length (``long`` or ``short``; None: nothing
+        there) and, with ``add``, added when new. A match is a reject naming the row it duplicates.
+        Returns the result and how many of its rejects are short texts."""
+        res, n_short = StageResult(), 0
         if not records:
-            return res
+            return res, n_short
         field = self.params.field or self.ctx.text_field
         groups = [str(r.fields.get(self.params.group)) for r in records] if self.params.group else None
         texts = [r.text_for(field) for r in records]
-        short = [self._is_short(t) for t in texts]
+        is_short = [self._is_short(t) for t in texts]
         matches: list[Any] = [None] * len(records)
-        for flag, index in ((False, self.index), (True, self.short)):
-            pick = [i for i in range(len(records)) if short[i] == flag]
-            if not pick:
+        for flag, index in ((False, long), (True, short)):
+            pick = [i for i in range(len(records)) if is_short[i] == flag]
+            if not pick or index is None:
                 continue
             keys = [records[i].id for i in pick]
             txt = [short_form(texts[i]) if flag else texts[i] for i in pick]
@@ -245,14 +252,19 @@ class NearDedup(Filter):
             got = index.check_and_add(keys, txt, grp) if add else index.query(txt, grp, keys)
             for i, m in zip(pick, got, strict=True):
                 matches[i] = m
-        for r, m, flag in zip(records, matches, short, strict=True):
+        for r, m, flag in zip(records, matches, is_short, strict=True):
             if m is None:
                 res.kept.append(r)
             else:
-                self.dropped += 1
-                self.dropped_short += flag
+                n_short += flag
                 kind = "near_short" if flag else "near"
                 res.rejects.append(Reject(r, self.stage, f"dedup:{kind}:{m.key}:jaccard={m.jaccard:.2f}"))
+        return res, n_short
+
+    def _check(self, records: Sequence[Record], add: bool) -> StageResult:
+        res, n_short = self._match(records, add, self.index, self.short)
+        self.dropped += len(res.rejects)
+        self.dropped_short += n_short
         return res
 
     def __call__(self, records: Sequence[Record]) -> StageResult:
@@ -268,30 +280,17 @@ class NearDedup(Filter):
         index is shared live: overlapping runs saw each other's rows at admit; rows two runs admit
         in the same instant are not rechecked.)"""
         own = self.ctx.run_id or "run"
-        others: dict[bool, NearDupIndex] = {}
-        for flag, index, folder in ((False, self.index, self.dir), (True, self.short, self.short_dir)):
-            files = written_since(folder, ".npz", self.stamps["short" if flag else "long"], own)
-            if files:
-                others[flag] = index.empty_like()
-                others[flag].load_files(files)
-        if not others:
+        others: list[NearDupIndex | None] = []  # (long, short): the rows of those segments alone
+        for index, folder, before in ((self.index, self.dir, self.stamps["long"]),
+                                      (self.short, self.short_dir, self.stamps["short"])):  # fmt: skip
+            files = written_since(folder, ".npz", before, own)  # (this run's own segment is not read)
+            other = index.empty_like() if files else None
+            if other is not None:
+                other.load_files(files)
+            others.append(other)
+        if all(o is None for o in others):
             return StageResult(kept=list(accepted))
-        field = self.params.field or self.ctx.text_field
-        texts = [r.text_for(field) for r in accepted]
-        short = [self._is_short(t) for t in texts]
-        matches: list[Any] = [None] * len(accepted)
-        for flag, index in others.items():
-            pick = [i for i in range(len(accepted)) if short[i] == flag]
-            got = index.query([short_form(texts[i]) if flag else texts[i] for i in pick]) if pick else []
-            for i, m in zip(pick, got, strict=True):
-                matches[i] = m
-        res = StageResult()
-        for r, m, flag in zip(accepted, matches, short, strict=True):
-            if m is None:  # (this run's own segment is not read)
-                res.kept.append(r)
-            else:
-                kind = "near_short" if flag else "near"
-                res.rejects.append(Reject(r, self.stage, f"dedup:{kind}:{m.key}:jaccard={m.jaccard:.2f}"))
+        res, _ = self._match(accepted, False, *others)
         self.dropped_at_publish += len(res.rejects)
         return res
 

@@ -61,9 +61,7 @@ class Ledger:
     def add_admitted(self, res: StageResult) -> None:
         """Rows admitted into the dedup indexes: keep up to ``n``; rows past the target are rejects
         (``accept``, ``over_target``). Dedup rejects at admit time did not survive dedup after all."""
-        self.rejects.extend(res.rejects)
-        for key in ("deduped", "scored", "accepted"):
-            self.counts[key] -= len(res.rejects)
+        self._dedup_late(res.rejects)
         room = max(0, self.pool - len(self.accepted))
         self.accepted.extend(res.kept[:room])
         extra = res.kept[room:]
@@ -75,11 +73,15 @@ class Ledger:
         """Rows that another run published while this one ran (``Filter.recheck``): dedup rejects,
         taken out of the counts as at admit. The run publishes fewer rows; it does not top up."""
         self.accepted = list(res.kept)
-        self.rejects.extend(res.rejects)
-        for key in ("deduped", "scored", "accepted"):
-            self.counts[key] -= len(res.rejects)
+        self._dedup_late(res.rejects)
         if res.rejects:
             self.counts["dropped_at_publish"] += len(res.rejects)
+
+    def _dedup_late(self, rejects: list[Reject]) -> None:
+        """Dedup rejects of rows that had passed dedup, scoring and accept: out of those counts."""
+        self.rejects.extend(rejects)
+        for key in ("deduped", "scored", "accepted"):
+            self.counts[key] -= len(rejects)
 
     def select(self, res: StageResult) -> None:
         """The pool's choice: the rows not chosen become ``accept`` rejects."""

@@ -140,33 +140,29 @@ def claim_run(
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def _locked(path: Path, waiting: str | None = None) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` while the block runs; ``waiting``: the line to print when
+    another process holds it. Its fd is closed in a forked child (see _close_in_child)."""
     with open(path, "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
-def publishing(root: Path) -> Iterator[None]:
-    """Held while a run checks its rows against the runs that published since it started, publishes
-    and adds its rows to the cross-run indexes: runs under one output root publish one at a time."""
-    path = staging(root) / "publish.lock"
-    with open(path, "a+") as f:
-        _HELD.add(f.fileno())  # a forked child must not keep it (see _close_in_child)
+        _HELD.add(f.fileno())
         try:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                print(
-                    f"synthflow: waiting for another run to finish publishing under {root}", file=sys.stderr
-                )
+                if waiting:
+                    print(waiting, file=sys.stderr)
                 fcntl.flock(f, fcntl.LOCK_EX)
             yield
         finally:
-            _HELD.discard(f.fileno())  # closing the file releases the lock
+            _HELD.discard(f.fileno())
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def publishing(root: Path) -> contextlib.AbstractContextManager[None]:
+    """Held while a run checks its rows against the runs that published since it started, publishes
+    and adds its rows to the cross-run indexes: runs under one output root publish one at a time."""
+    waiting = f"synthflow: waiting for another run to finish publishing under {root}"
+    return _locked(staging(root) / "publish.lock", waiting)
 
 
 def _items_log(root: Path, recipe: str, fp: str) -> tuple[Path, Path]:

@@ -171,10 +171,10 @@ def format_summary(s: dict[str, Any]) -> str:
                 f"  {role}: {u['engine']} {u['model']}: {u['misses']} calls, {u['hits']} cached; "
                 f"tokens {u['prompt_tokens']} prompt, {u['completion_tokens']} completion; {u['engine_seconds']} s"
             )
-    valued = {k: d for k, d in (s.get("scores") or {}).items() if "median" in d}
-    if s.get("scores") and not valued:  # one line, not one per score
-        lines.append(f"  scores: no row was scored ({', '.join(s['scores'])})")
-    elif valued:
+    scores = s.get("scores") or {}
+    if scores and not any("median" in d for d in scores.values()):  # one line, not one per score
+        lines.append(f"  scores: no row was scored ({', '.join(scores)})")
+    elif scores:
         lines.append(
             "  scores (min / median / max over scored rows; accepted median; removed by thresholds):"
         )
